@@ -1,0 +1,1 @@
+"""The ``cram`` command-line interface (Click). Each command lives in its own module."""

@@ -1,0 +1,76 @@
+"""The ``cram`` Click group.
+
+Commands are loaded lazily (``cram bound`` does not import torch). Every command is one module
+in this package exposing a Click command; it parses, calls one library function, and prints or
+plots the result. Library errors (:class:`theory.errors.CramError`) become one clear line and
+exit status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import click
+
+from theory.errors import CramError
+
+# command name -> "module:attribute"
+COMMANDS: dict[str, str] = {
+    "bound": "cram_cli.bound:bound",
+    "train": "cram_cli.train:train",
+    "eval": "cram_cli.eval:eval_cmd",
+    "fit-gamma": "cram_cli.fit_gamma:fit_gamma",
+    "bench": "cram_cli.bench:bench",
+    "redundancy": "cram_cli.redundancy:redundancy",
+    "transfer": "cram_cli.transfer:transfer",
+}
+
+
+class InputError(click.ClickException):
+    """Bad input reported by the library: one line, exit status 2."""
+
+    exit_code = 2
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when that command runs (or help lists it)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = [n for n, target in COMMANDS.items() if _module_exists(target.split(":")[0])]
+        return sorted(set(names) | set(super().list_commands(ctx)))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None or not _module_exists(target.split(":")[0]):
+            return super().get_command(ctx, cmd_name)
+        module_name, attr = target.split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CramError as exc:
+            raise InputError(str(exc)) from None
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cram")
+def cli() -> None:
+    """cram: theory, simulation and training for Consolidation-based Routing for Adaptive Memory.
+
+    Train hybrid SSM + attention models whose router learns to skip attention for consolidated
+    patterns, check the routing bounds with an exact simulator, and fit consolidation curves.
+    Every result printed is measured by the command that prints it.
+    """
+
+
+if __name__ == "__main__":  # pragma: no cover
+    cli()

@@ -1,0 +1,1 @@
+"""Fused operators. Each op lives in its own folder with a reference, kernels and a README."""

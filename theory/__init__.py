@@ -1,0 +1,8 @@
+"""cram.theory: closed forms (sympy), curve models, fitting and shared statistics.
+
+The ground floor of the toolkit: it imports nothing from ``sim``, ``gpu`` or ``cram_cli``.
+"""
+
+from theory.errors import CramError
+
+__all__ = ["CramError"]
