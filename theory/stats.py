@@ -5,8 +5,8 @@ Used by ``sim`` (slopes of attention against n, over seeds), ``gpu`` and the cur
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
