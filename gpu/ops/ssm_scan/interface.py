@@ -1,0 +1,63 @@
+"""Public entry point of the selective SSM scan: validation and dispatch by device."""
+
+from __future__ import annotations
+
+import torch
+
+from theory.errors import CramError
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def ssm_scan(
+    x: torch.Tensor,
+    log_a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    *,
+    initial_state: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selective scan ``S_t = exp(log_a_t) S_{t-1} + b_t x_t^T``, ``y_t = c_t^T S_t``.
+
+    Args:
+        x: ``[B, T, H, P]`` inputs.
+        log_a: ``[B, T, H]`` per-step log decay, every entry ``<= 0``.
+        b, c: ``[B, T, H, N]`` input and output projections of the state.
+        initial_state: ``[B, H, N, P]`` state before step 0 (zeros when None).
+        chunk_size: time steps per chunk of the chunked algorithm (a positive int).
+
+    Returns ``(y [B, T, H, P], final_state [B, H, N, P])``, both in the dtype of ``x``.
+    CUDA tensors run the fused Triton kernels; anything else runs the chunked PyTorch path.
+    """
+    tensors = {"x": x, "log_a": log_a, "b": b, "c": c}
+    if initial_state is not None:
+        tensors["initial_state"] = initial_state
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CramError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dtype not in _FLOAT_DTYPES:
+            raise CramError(f"{name} must be float16, bfloat16, float32 or float64, got {tensor.dtype}")
+        if tensor.device != x.device:
+            raise CramError(f"{name} is on {tensor.device} but x is on {x.device}")
+    if x.dim() != 4:
+        raise CramError(f"x must have shape [B, T, H, P], got {tuple(x.shape)}")
+    bsz, t_len, h, p = x.shape
+    if log_a.shape != (bsz, t_len, h):
+        raise CramError(f"log_a must have shape [B, T, H] = {[bsz, t_len, h]}, got {list(log_a.shape)}")
+    if b.dim() != 4 or b.shape[:3] != (bsz, t_len, h):
+        raise CramError(f"b must have shape [B, T, H, N] with B, T, H = {bsz}, {t_len}, {h}, got {list(b.shape)}")
+    n = b.shape[3]
+    if c.shape != b.shape:
+        raise CramError(f"c must have the shape of b {list(b.shape)}, got {list(c.shape)}")
+    if initial_state is not None and initial_state.shape != (bsz, h, n, p):
+        raise CramError(
+            f"initial_state must have shape [B, H, N, P] = {[bsz, h, n, p]}, got {list(initial_state.shape)}"
+        )
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise CramError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if log_a.numel() and bool((log_a > 0).any() | torch.isnan(log_a).any()):
+        raise CramError("log_a must be <= 0 everywhere (a log decay) and not NaN")
+    from .cpu import ssm_scan_chunked
+
+    return ssm_scan_chunked(x, log_a, b, c, initial_state=initial_state, chunk_size=chunk_size)
