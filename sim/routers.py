@@ -302,10 +302,35 @@ def purity_count(m_r: int, n_q: int, delta: float) -> int:
     return int(math.ceil(math.log(delta) / math.log(m_r / n_q)))
 
 
+def _slot_counts(
+    cfg: SRCDConfig, world: World, n_seqs: int, start: int, tables, cover_pool: bool, max_seqs: int
+):
+    """Add the (key, query index) label counts of ``n_seqs`` TRAIN sequences of ``world``."""
+    rec_key, epi_key, rec_q, epi_q = tables
+    todo, seen = n_seqs, 0
+    while todo > 0:
+        chunk = min(todo, 512)
+        batch = generate(cfg, world, split_seeds("train", chunk, start))
+        start += chunk
+        seen += chunk
+        k = batch.query_key - cfg.key_offset
+        rec = batch.query_recurring
+        np.add.at(rec_key, k[rec], 1)
+        np.add.at(epi_key, k[~rec], 1)
+        rec_q += rec.sum(axis=0)
+        epi_q += (~rec).sum(axis=0)
+        todo -= chunk
+        if todo == 0 and cover_pool and seen < max_seqs:
+            if (rec_key[world.keys - cfg.key_offset] == 0).any():
+                todo = min(512, max_seqs - seen)
+    return start
+
+
 def fit_learned(
     cfg: SRCDConfig,
     worlds: list[World],
     *,
+    validate: list[World] | None = None,
     rec_budget: int = 4096,
     delta: float = 1e-6,
     cover_pool: bool = False,
@@ -315,14 +340,17 @@ def fit_learned(
     name: str = "LEARNED-STATIC",
     n_buckets: int = 256,
 ) -> LearnedRouter:
-    """Fit a :class:`LearnedRouter` on sequences from ``worlds`` (the TRAIN split).
+    """Fit a :class:`LearnedRouter` on TRAIN sequences from ``worlds``, select its tables on
+    ``validate`` (default: the training worlds), and freeze it.
 
     Each world contributes max(⌈rec_budget/m_r⌉, c + 1) sequences, c = :func:`purity_count`, so
-    every query index is seen often enough to be tested. A key-id bucket or query index is put in a
+    every query index is seen often enough to be tested. A key-id bucket or query index enters a
     skip table only if it was seen ≥ c times and never at an episodic slot (all-recurring by chance
-    has probability ≤ delta). A key is put in the key table if it was seen recurring and never
-    episodic. With ``cover_pool`` (control F2: fitting on the evaluation pool) sequences are added
-    until every pool key has been seen or ``max_seqs`` is reached.
+    has probability ≤ delta); a key enters the key table if it was seen recurring and never
+    episodic. Validation: a table is dropped if it would skip any episodic slot of the validation
+    sequences (a rule that does not carry over to other pools is not kept). With ``cover_pool``
+    (control F2: fitting on the evaluation pool) sequences are added until every pool key has been
+    seen or ``max_seqs`` is reached.
     """
     if not worlds:
         raise CramError("fit_learned needs at least one training world")
@@ -331,37 +359,44 @@ def fit_learned(
     c_need = purity_count(cfg.m_r, cfg.n_q, delta)
     shift = max(0, (cfg.U - 1).bit_length() - int(math.log2(n_buckets)))
     nb = ((cfg.U - 1) >> shift) + 1
-    rec_key = np.zeros(cfg.U, np.int64)
-    epi_key = np.zeros(cfg.U, np.int64)
-    rec_q = np.zeros(cfg.n_q, np.int64)
-    epi_q = np.zeros(cfg.n_q, np.int64)
     per_world = max(int(math.ceil(rec_budget / max(cfg.m_r, 1))), min(c_need + 1, max_seqs))
+    tables = (
+        np.zeros(cfg.U, np.int64),
+        np.zeros(cfg.U, np.int64),
+        np.zeros(cfg.n_q, np.int64),
+        np.zeros(cfg.n_q, np.int64),
+    )
     start = seed_start
     for world in worlds:
-        todo = per_world
-        seen = 0
-        while todo > 0:
-            chunk = min(todo, 512)
-            batch = generate(cfg, world, split_seeds("train", chunk, start))
-            start += chunk
-            seen += chunk
-            k = batch.query_key - cfg.key_offset
-            rec = batch.query_recurring
-            np.add.at(rec_key, k[rec], 1)
-            np.add.at(epi_key, k[~rec], 1)
-            rec_q += rec.sum(axis=0)
-            epi_q += (~rec).sum(axis=0)
-            todo -= chunk
-            if todo == 0 and cover_pool and seen < max_seqs:
-                if (rec_key[world.keys - cfg.key_offset] == 0).any():
-                    todo = min(512, max_seqs - seen)
-    rec_b = np.bincount(np.arange(cfg.U) >> shift, weights=rec_key, minlength=nb)
-    epi_b = np.bincount(np.arange(cfg.U) >> shift, weights=epi_key, minlength=nb)
+        start = _slot_counts(cfg, world, per_world, start, tables, cover_pool, max_seqs)
+    rec_key, epi_key, rec_q, epi_q = tables
+    bucket_of = np.arange(cfg.U) >> shift
+    rec_b = np.bincount(bucket_of, weights=rec_key, minlength=nb)
+    epi_b = np.bincount(bucket_of, weights=epi_key, minlength=nb)
+    skip_key = (rec_key > 0) & (epi_key == 0)
+    skip_bucket = (rec_b >= c_need) & (epi_b == 0)
+    skip_q = (rec_q >= c_need) & (epi_q == 0)
+    # validation: episodic slots each table would skip on the validation pools
+    vt = (
+        np.zeros(cfg.U, np.int64),
+        np.zeros(cfg.U, np.int64),
+        np.zeros(cfg.n_q, np.int64),
+        np.zeros(cfg.n_q, np.int64),
+    )
+    for world in validate if validate is not None else worlds:
+        start = _slot_counts(cfg, world, per_world, start, vt, False, max_seqs)
+    _, v_epi_key, _, v_epi_q = vt
+    if (v_epi_key[skip_key]).any():
+        skip_key = np.zeros_like(skip_key)
+    if np.bincount(bucket_of, weights=v_epi_key, minlength=nb)[skip_bucket].any():
+        skip_bucket = np.zeros_like(skip_bucket)
+    if v_epi_q[skip_q].any():
+        skip_q = np.zeros_like(skip_q)
     return LearnedRouter(
-        skip_key=(rec_key > 0) & (epi_key == 0),
-        skip_bucket=(rec_b >= c_need) & (epi_b == 0),
+        skip_key=skip_key,
+        skip_bucket=skip_bucket,
         shift=shift,
-        skip_q=(rec_q >= c_need) & (epi_q == 0),
+        skip_q=skip_q,
         trained_on=tuple(int(wd.seed) for wd in worlds),
         name=name,
         static=static,
