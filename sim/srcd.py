@@ -138,7 +138,9 @@ class SRCDConfig:
             if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
                 raise CramError(f"SRCD parameter {name} must be a finite number, got {val!r}")
         if self.m_r < 0 or self.m_e < 0 or self.d < 0:
-            raise CramError(f"m_r, m_e and d must be >= 0 (got m_r={self.m_r}, m_e={self.m_e}, d={self.d})")
+            raise CramError(
+                f"m_r, m_e and d must be >= 0 (got m_r={self.m_r}, m_e={self.m_e}, d={self.d})"
+            )
         if self.n_q < 1:
             raise CramError("a sequence needs at least one query slot (m_r + m_e >= 1)")
         if self.P < 1:
@@ -205,7 +207,9 @@ def zipf_probs(P: int, alpha: float) -> np.ndarray:
 
 
 def _rng(*entropy: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(e) & 0xFFFFFFFFFFFFFFFF for e in entropy]))
+    return np.random.default_rng(
+        np.random.SeedSequence([int(e) & 0xFFFFFFFFFFFFFFFF for e in entropy])
+    )
 
 
 def make_world(cfg: SRCDConfig, seed: int) -> World:
@@ -231,7 +235,9 @@ def make_world(cfg: SRCDConfig, seed: int) -> World:
     )
 
 
-def derive_world(parent: World, cfg: SRCDConfig, kind: str, *, s: float = 0.0, seed: int = 1) -> World:
+def derive_world(
+    parent: World, cfg: SRCDConfig, kind: str, *, s: float = 0.0, seed: int = 1
+) -> World:
     """A world related to ``parent`` (SPEC §3 splits).
 
     - "fresh": P new patterns whose keys are disjoint from the parent's.
@@ -240,7 +246,9 @@ def derive_world(parent: World, cfg: SRCDConfig, kind: str, *, s: float = 0.0, s
     - "conflict": as "transfer", but the shared keys are bound to new values (never the old one).
     """
     if kind not in ("fresh", "transfer", "conflict"):
-        raise CramError(f"derive_world kind must be 'fresh', 'transfer' or 'conflict', got {kind!r}")
+        raise CramError(
+            f"derive_world kind must be 'fresh', 'transfer' or 'conflict', got {kind!r}"
+        )
     if not (isinstance(s, (int, float)) and math.isfinite(s) and 0 <= s <= 1):
         raise CramError(f"overlap s must be in [0, 1], got {s!r}")
     if parent.P != cfg.P:
