@@ -1,0 +1,229 @@
+"""Training: strict configs, the metrics log, checkpoints, bit-identical resume, the NaN stop,
+the CLI, the byte-level text task."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cram_cli.main import cli
+from gpu import config as C
+from gpu.checkpoint import read_checkpoint
+from gpu.train import TrainingDiverged, lr_at, train
+from theory.errors import CramError
+
+TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
+        "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16", "train.batch_size=8",
+        "train.eval_sequences=32", "train.warmup_steps=2", "train.threads=1"]  # fmt: skip
+REQUIRED = {"step", "exposures", "loss", "acc_r", "acc_e", "acc", "rho_q", "rho_all", "phi",
+            "train_attn_frac", "distill_err", "router_precision", "router_recall", "wall_s",
+            "rec_attended", "rec_total", "epi_attended", "epi_total", "lr", "cum_lr"}  # fmt: skip
+
+
+def tiny(*extra: str) -> C.RunConfig:
+    return C.load_config(None, [*TINY, *extra])
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+def test_presets_load_and_default_is_quick():
+    assert {"quick", "paper", "text"} <= set(C.preset_names())
+    assert C.load_config() == C.load_config(preset="quick")
+    assert C.load_config(preset="paper").train.steps > C.load_config().train.steps
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.stepz=3", "unknown config key"),
+        ("trian.steps=3", "unknown config key"),
+        ("train.steps=1.5", "must be an integer"),
+        ("train.steps=abc", "must be an integer"),
+        ("router.name=oracle", "router.name must be one of"),
+        ("train.lr=true", "must be a number"),
+        ("srcd.n=20", "> n = 20"),
+        ("nokey", "key=value"),
+    ],
+)
+def test_bad_settings_are_clear_errors(override, fragment):
+    with pytest.raises(CramError, match=fragment):
+        C.load_config(None, [override])
+
+
+def test_toml_file_unknown_key(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[train]\nsteps = 5\nbogus = 1\n")
+    with pytest.raises(CramError, match="train.bogus"):
+        C.load_config(p)
+    p.write_text("[train\n")
+    with pytest.raises(CramError, match="not valid TOML"):
+        C.load_config(p)
+
+
+def test_config_round_trips_through_toml(tmp_path):
+    cfg = tiny("router.name=random", "train.lr=0.001")
+    p = tmp_path / "c.toml"
+    p.write_text(cfg.to_toml())
+    assert C.load_config(p) == cfg
+
+
+def test_lr_schedule_warmup_then_cosine_floor():
+    t = C.TrainConfig(steps=100, warmup_steps=10, lr=1.0, min_lr_frac=0.1)
+    assert lr_at(t, 0) == pytest.approx(0.1)
+    assert lr_at(t, 9) == pytest.approx(1.0)
+    assert lr_at(t, 99) == pytest.approx(0.1, abs=1e-3)
+    assert all(lr_at(t, s) >= lr_at(t, s + 1) for s in range(10, 99))
+
+
+# --- a run -------------------------------------------------------------------------------------
+
+
+def test_run_writes_log_config_checkpoints(tmp_path):
+    cfg = tiny("train.steps=6", "train.eval_every=3", "train.ckpt_every=3")
+    res = train(cfg, tmp_path / "r")
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [0, 3, 6]
+    assert REQUIRED <= set(lines[-1])
+    last = lines[-1]
+    assert last["exposures"] == pytest.approx(6 * 8 * 6 / 64)  # step·B·m_r/P
+    assert last["rec_total"] + last["epi_total"] == 32 * 8
+    assert last["cum_lr"] == pytest.approx(sum(lr_at(cfg.train, s) for s in range(6)))
+    assert C.load_config(tmp_path / "r" / "config.toml") == cfg
+    for name in ("last.safetensors", "checkpoints/step_0000003.safetensors", "checkpoints/step_0000006.safetensors"):
+        _, meta = read_checkpoint(tmp_path / "r" / name)
+        assert meta["config"] == cfg.to_dict() and meta["world_seed"] == 0
+        assert meta["srcd"]["n"] == cfg.srcd.n and "code_version" in meta
+    _, meta = read_checkpoint(tmp_path / "r")
+    assert meta["step"] == 6 and len(meta["metrics"]) == 3
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["step"] == 6
+    assert res.summary["acc"] == last["acc"]
+
+
+def _strip(ms):
+    return [{k: v for k, v in m.items() if k != "wall_s"} for m in ms]
+
+
+@pytest.mark.parametrize("router", ["cram", "random"])
+def test_resume_is_bit_identical(tmp_path, router):
+    cfg = tiny("train.steps=8", "train.eval_every=2", "train.ckpt_every=4", f"router.name={router}",
+               "router.explore=0.2")  # fmt: skip
+    full = train(cfg, tmp_path / "full")
+    part = train(cfg, tmp_path / "part", max_steps=5)  # checkpoint at 4 and at the stop (5)
+    assert part.stopped_early and part.step == 5
+    assert not (tmp_path / "part" / "summary.json").exists()
+    # the run is killed after its last checkpoint: resuming from step 5 must not notice
+    resumed = train(None, None, resume=tmp_path / "part")
+    assert _strip(resumed.metrics) == _strip(full.metrics)
+    on_disk = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert _strip(on_disk) == _strip(full.metrics)
+    a, _ = read_checkpoint(tmp_path / "full")
+    b, _ = read_checkpoint(tmp_path / "part")
+    for k in a:
+        if k.startswith(("model/", "optim/")):
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_from_an_older_checkpoint_truncates_the_log(tmp_path):
+    cfg = tiny("train.steps=6", "train.eval_every=2", "train.ckpt_every=2")
+    full = train(cfg, tmp_path / "r")
+    resumed = train(None, None, resume=tmp_path / "r" / "checkpoints" / "step_0000002.safetensors")
+    assert _strip(resumed.metrics) == _strip(full.metrics)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    import gpu.train as T
+
+    cfg = tiny("train.steps=6", "train.eval_every=2", "train.ckpt_every=2")
+    orig = T._SRCDTask.forward
+
+    def poisoned(self, model, step, gen):
+        out, frac = orig(self, model, step, gen)
+        if step == 3:
+            out.loss = out.loss * float("nan")
+        return out, frac
+
+    monkeypatch.setattr(T._SRCDTask, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match="step 4.*last good checkpoint"):
+        train(cfg, tmp_path / "r")
+    _, meta = read_checkpoint(tmp_path / "r")
+    assert meta["step"] == 2
+    t, _ = read_checkpoint(tmp_path / "r")
+    assert all(torch.isfinite(v).all() for k, v in t.items() if k.startswith("model/"))
+
+
+@pytest.mark.parametrize("router", ["dense", "none", "skip-all", "stride", "oracle-pos", "learned-static"])
+def test_every_router_trains(tmp_path, router):
+    res = train(tiny("train.steps=4", "train.eval_every=4", f"router.name={router}"), None)
+    m = res.metrics[-1]
+    assert math.isfinite(m["loss"])
+    if router in ("none", "skip-all"):
+        assert m["rho_q"] == 0 and m["rho_all"] == 0
+    if router == "dense":
+        assert m["rho_q"] == 1 and m["rho_all"] == 1 and m["phi"] == pytest.approx(1)
+
+
+def test_learned_static_router_is_frozen_after_its_phase(tmp_path):
+    cfg = tiny("train.steps=6", "train.eval_every=3", "train.ckpt_every=3", "router.name=learned-static",
+               "router.static_frac=0.5", "train.keep_checkpoints=true")  # fmt: skip
+    train(cfg, tmp_path / "r")
+    a, _ = read_checkpoint(tmp_path / "r" / "checkpoints" / "step_0000003.safetensors")
+    b, _ = read_checkpoint(tmp_path / "r" / "checkpoints" / "step_0000006.safetensors")
+    router_keys = [k for k in a if k.startswith("model/") and ".router." in k]
+    assert router_keys and all(torch.equal(a[k], b[k]) for k in router_keys)
+    moved = [k for k in a if k.startswith("model/") and ".memory." in k]
+    assert any(not torch.equal(a[k], b[k]) for k in moved)
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+
+def _sets(*extra: str) -> list[str]:
+    out = []
+    for s in [*TINY, *extra]:
+        out += ["--set", s]
+    return out
+
+
+def test_cli_train_json_and_resume(tmp_path):
+    r = CliRunner().invoke(cli, ["train", *_sets("train.steps=4", "train.eval_every=2"), "--out", str(tmp_path / "r"),
+                                 "--quiet", "--json", "--max-steps", "2"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["train", "--resume", str(tmp_path / "r"), "--quiet", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 4 and summary["out"] == str(tmp_path / "r")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--set", "train.nope=1"], "unknown config key"),
+        (["--set", "train.steps=x"], "must be an integer"),
+        (["--resume", "/nonexistent/run"], "does not exist"),
+        (["--task", "text"], "--data"),
+        (["--preset", "nosuch"], "unknown preset"),
+    ],
+)
+def test_cli_train_bad_input_is_one_line(args, fragment):
+    r = CliRunner().invoke(cli, ["train", *args, "--quiet"])
+    assert r.exit_code != 0
+    assert fragment in r.output
+    assert "Traceback" not in r.output
+
+
+def test_text_task_trains_and_checkpoints(tmp_path):
+    data = tmp_path / "t.txt"
+    data.write_text("the quick brown fox jumps over the lazy dog. " * 80)
+    r = CliRunner().invoke(cli, ["train", "--task", "text", "--data", str(data), "--set", "train.steps=3",
+                                 "--set", "train.eval_every=3", "--set", "text.seq_len=32", "--set", "model.d_model=32",
+                                 "--set", "train.batch_size=4", "--set", "text.eval_batches=1",
+                                 "--out", str(tmp_path / "r"), "--quiet", "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    _, meta = read_checkpoint(tmp_path / "r")
+    assert meta["arch"] == "gpt-bytes" and meta["config"]["task"] == "text"
+    assert meta["metrics"][-1]["bpb"] > 0
