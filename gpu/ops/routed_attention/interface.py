@@ -59,7 +59,8 @@ def routed_attention(
 
     A routed query at position ``t`` attends keys ``0..t``. Non-routed rows of the result are
     exactly zero; ``dq`` is zero there and ``dk``, ``dv`` collect the routed queries' share.
-    CUDA tensors run the fused Triton kernels; anything else runs the blocked CPU path.
+    CUDA tensors run the fused Triton kernels (float64 on CUDA and all other devices run the
+    exact PyTorch path: blocked, or dense when nearly every position is routed).
     """
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         if not isinstance(tensor, torch.Tensor):
@@ -83,6 +84,10 @@ def routed_attention(
     if not (scale > 0 and scale != float("inf")):
         raise CramError(f"scale must be a positive finite number, got {scale}")
     mask = route_to_mask(route, t_len, bsz)
+    if q.is_cuda and q.dtype != torch.float64:  # tl.dot has no float64 path
+        from .triton import routed_attention_triton
+
+        return routed_attention_triton(q, k, v, mask, scale=scale)
     from .cpu import routed_attention_cpu
 
     return routed_attention_cpu(q, k, v, mask, scale=scale)
