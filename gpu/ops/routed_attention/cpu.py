@@ -138,10 +138,10 @@ class BlockedRoutedAttention(torch.autograd.Function):
                 og = torch.matmul(p, vh[b, :, :length])  # (H, n, D)
                 out[b, pg] = og.transpose(0, 1)
                 saved_elems += p.numel()
-                plan.append([b, pg, first, length, qs, og, p])
+                plan.append([b, pg, first, length, qs, p])
         if saved_elems > _SAVE_LIMIT:  # keep memory bounded: recompute in backward
             for item in plan:
-                item[6] = None
+                item[5] = None
         ctx.plan = plan
         ctx.scale = scale
         ctx.shape = (bsz, t_len, h, d)
@@ -158,7 +158,7 @@ class BlockedRoutedAttention(torch.autograd.Function):
         dq = torch.zeros(bsz, t_len, h, d, dtype=kh.dtype, device=kh.device)
         dkh = torch.zeros_like(kh)
         dvh = torch.zeros_like(vh)
-        for b, pg, first, length, qs, og, p in ctx.plan:
+        for b, pg, first, length, qs, p in ctx.plan:
             kp, vp = kh[b, :, :length], vh[b, :, :length]
             if p is None:
                 p = _block_probs(qs, kp, pg, first)

@@ -47,7 +47,7 @@ def _empty(shape, *, dtype, device) -> torch.Tensor:
 
 @triton.jit
 def _fwd_kernel(
-    Q, K, V, O, LSE, IDX, CNT,
+    Q, K, V, Out, LSE, IDX, CNT,
     qk_scale,  # softmax scale * log2(e): the kernel works with exp2
     T, H, M,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -104,14 +104,14 @@ def _fwd_kernel(
         m_i = m_new
     acc = acc / l_i[:, None]
     valid = offs_m < cnt
-    o_ptr = O + base + pos[:, None].to(tl.int64) * row + offs_d[None, :]
-    tl.store(o_ptr, acc.to(O.dtype.element_ty), mask=valid[:, None] & d_ok[None, :])
+    o_ptr = Out + base + pos[:, None].to(tl.int64) * row + offs_d[None, :]
+    tl.store(o_ptr, acc.to(Out.dtype.element_ty), mask=valid[:, None] & d_ok[None, :])
     tl.store(LSE + pid_bh * M + offs_m, m_i + tl.log2(l_i), mask=valid)
 
 
 @triton.jit
 def _delta_kernel(
-    O, DO, DELTA, IDX, CNT, T, H, M,
+    Out, DO, DELTA, IDX, CNT, T, H, M,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -127,7 +127,7 @@ def _delta_kernel(
     pos = tl.load(IDX + b * M + offs_m, mask=offs_m < M, other=0)
     ptr = base + pos[:, None].to(tl.int64) * row + offs_d[None, :]
     ok = valid[:, None] & (offs_d < D)[None, :]
-    o = tl.load(O + ptr, mask=ok, other=0.0).to(tl.float32)
+    o = tl.load(Out + ptr, mask=ok, other=0.0).to(tl.float32)
     do = tl.load(DO + ptr, mask=ok, other=0.0).to(tl.float32)
     tl.store(DELTA + pid_bh * M + offs_m, tl.sum(o * do, axis=1), mask=offs_m < M)
 
