@@ -379,7 +379,9 @@ def run_bound(cfg: BoundConfig, progress: Progress | None = None) -> BoundResult
             batch = generate(scfg, world, split_seeds("iid", B, start=(cfg.seed + s) * B))
             for r in routers:
                 rr = learned if isinstance(r, LearnedRouter) else r
-                c = timer.static(scfg, batch, rr, w=cfg.w, memory=world)
+                # the world is offered to every router: a static one must not use it (H3), and
+                # P1 catches one that does
+                c = timer.static(scfg, batch, rr, w=cfg.w, memory=world, world=world)
                 _store(seq[r.name], i, s, c, cfg.d_model)
             for K in cfg.Ks:
                 run = timer.cr(scfg, batch, K)

@@ -234,7 +234,7 @@ class CRState:
 
 
 @numba.njit(cache=True)
-def _cr_kernel(qpos, qkey, qtarget, qrec, K, value, count, attend, out):
+def _cr_kernel(qpos, qkey, qtarget, qrec, K, verify, value, count, attend, out):
     B, n_q = qkey.shape
     for b in range(B):
         arec = 0
@@ -255,6 +255,10 @@ def _cr_kernel(qpos, qkey, qtarget, qrec, K, value, count, attend, out):
                     else:
                         cepi += 1
                         cskip += 1
+                elif verify:
+                    # teacher forcing shows the true value after the prediction: restart the count
+                    value[k] = y
+                    count[k] = 1
             else:
                 attend[b, i] = 1
                 pia += qpos[b, i] + 1
@@ -295,10 +299,14 @@ class CRRun:
         return r
 
 
-def run_cr(cfg: SRCDConfig, batch: Batch, K: int, state: CRState | None = None) -> CRRun:
+def run_cr(
+    cfg: SRCDConfig, batch: Batch, K: int, state: CRState | None = None, *, verify: bool = False
+) -> CRRun:
     """Run CR_K over the sequences of ``batch`` in order (a stream), from ``state`` (empty if None).
 
-    The state passed in is not modified; the final state is returned in the result.
+    The state passed in is not modified; the final state is returned in the result. With
+    ``verify`` (the verifying variant of H11), a skipped prediction that the teacher-forced next
+    token shows to be wrong resets the key's entry to (true value, 1), so it is attended again.
     """
     _check_batch(cfg, batch)
     if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
@@ -309,7 +317,7 @@ def run_cr(cfg: SRCDConfig, batch: Batch, K: int, state: CRState | None = None) 
     attend = np.zeros((B, cfg.n_q), dtype=np.uint8)
     _cr_kernel(
         batch.query_pos, batch.query_key, batch.query_target, batch.query_recurring,
-        int(K), st.value, st.count, attend, out,
+        int(K), bool(verify), st.value, st.count, attend, out,
     )  # fmt: skip
     m_r = batch.query_recurring.sum(axis=1).astype(np.int64)
     return CRRun(int(K), Counts.from_array(out, m_r, cfg.n_q - m_r, cfg.n), attend, st)
