@@ -351,3 +351,59 @@ def concat_batches(batches: list[Batch]) -> Batch:
         raise CramError("no batches to concatenate")
     names = [f for f in Batch.__dataclass_fields__]
     return Batch(**{k: np.concatenate([getattr(b, k) for b in batches]) for k in names})
+
+
+def relabel(
+    cfg: SRCDConfig, batch: Batch, b: int, recurring: tuple[int, ...] | list[int], *, seed: int = 0
+) -> tuple[SRCDConfig, Batch, World]:
+    """Another pool consistent with sequence ``b``: the queries ``recurring`` (indices in query
+    order) recur, the others are episodic (SPEC §5, H3/H4/H6).
+
+    Returns (config, one-sequence batch with the same tokens and the new labels, world). The pool
+    holds the chosen queried keys with their in-context values and is filled up to P with keys
+    that do not occur in the sequence (random values); ranks are in the order given.
+    """
+    rec = sorted({int(i) for i in recurring})
+    n_q = cfg.n_q
+    if any(i < 0 or i >= n_q for i in rec):
+        raise CramError(f"query indices must lie in [0, {n_q}), got {rec}")
+    if len(rec) > cfg.P:
+        raise CramError(f"{len(rec)} recurring queries do not fit a pool of P = {cfg.P}")
+    new_cfg = cfg.replace(m_r=len(rec), m_e=n_q - len(rec))
+    rng = np.random.default_rng(seed)
+    qkey = batch.query_key[b]
+    qtarget = batch.query_target[b]
+    used = set((batch.tokens[b][batch.binding_pos[b]] - cfg.key_offset).tolist())
+    free = np.setdiff1d(np.arange(cfg.U, dtype=np.int64), np.fromiter(used, np.int64, len(used)))
+    fill = rng.choice(free, size=cfg.P - len(rec), replace=False)
+    keys = np.concatenate([qkey[rec] - cfg.key_offset, fill]).astype(np.int64)
+    values = np.concatenate(
+        [qtarget[rec] - cfg.value_offset, rng.integers(0, cfg.v, size=cfg.P - len(rec))]
+    ).astype(np.int64)
+    w = np.arange(1, cfg.P + 1, dtype=np.float64) ** (-float(cfg.alpha))
+    world = World(
+        keys=keys + cfg.key_offset,
+        values=values + cfg.value_offset,
+        probs=w / w.sum(),
+        seed=int(seed),
+        shared=np.zeros(cfg.P, dtype=bool),
+        reserved=np.sort(keys),
+        kind="relabelled",
+    )
+    mask = np.zeros(n_q, dtype=bool)
+    mask[rec] = True
+    rank = np.full(n_q, -1, dtype=np.int64)
+    rank[rec] = np.arange(len(rec))
+    one = Batch(
+        tokens=batch.tokens[b : b + 1].copy(),
+        query_pos=batch.query_pos[b : b + 1].copy(),
+        query_key=batch.query_key[b : b + 1].copy(),
+        query_target=batch.query_target[b : b + 1].copy(),
+        query_recurring=mask[None, :],
+        query_rank=rank[None, :],
+        query_overridden=np.zeros((1, n_q), dtype=bool),
+        binding_pos=batch.binding_pos[b : b + 1].copy(),
+        binding_query=batch.binding_query[b : b + 1].copy(),
+        seeds=batch.seeds[b : b + 1].copy(),
+    )
+    return new_cfg, one, world
