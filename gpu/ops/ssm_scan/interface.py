@@ -28,7 +28,8 @@ def ssm_scan(
         chunk_size: time steps per chunk of the chunked algorithm (a positive int).
 
     Returns ``(y [B, T, H, P], final_state [B, H, N, P])``, both in the dtype of ``x``.
-    CUDA tensors run the fused Triton kernels; anything else runs the chunked PyTorch path.
+    CUDA tensors run the fused Triton kernels; float64 on CUDA and every other device run the
+    chunked PyTorch path.
     """
     tensors = {"x": x, "log_a": log_a, "b": b, "c": c}
     if initial_state is not None:
@@ -58,6 +59,10 @@ def ssm_scan(
         raise CramError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if log_a.numel() and bool((log_a > 0).any() | torch.isnan(log_a).any()):
         raise CramError("log_a must be <= 0 everywhere (a log decay) and not NaN")
+    if x.is_cuda and x.dtype != torch.float64:
+        from .triton import ssm_scan_triton
+
+        return ssm_scan_triton(x, log_a, b, c, initial_state=initial_state, chunk_size=chunk_size)
     from .cpu import ssm_scan_chunked
 
     return ssm_scan_chunked(x, log_a, b, c, initial_state=initial_state, chunk_size=chunk_size)
