@@ -234,7 +234,7 @@ class CRState:
 
 
 @numba.njit(cache=True)
-def _cr_kernel(qpos, qkey, qtarget, qrec, K, verify, value, count, attend, out):
+def _cr_kernel(qpos, qkey, qtarget, qrec, K, verify, value, count, attend, correct, out):
     B, n_q = qkey.shape
     for b in range(B):
         arec = 0
@@ -249,6 +249,7 @@ def _cr_kernel(qpos, qkey, qtarget, qrec, K, verify, value, count, attend, out):
             rec = qrec[b, i]
             if count[k] >= K:
                 attend[b, i] = 0
+                correct[b, i] = value[k] == y
                 if value[k] == y:
                     if rec:
                         crec += 1
@@ -261,6 +262,7 @@ def _cr_kernel(qpos, qkey, qtarget, qrec, K, verify, value, count, attend, out):
                     count[k] = 1
             else:
                 attend[b, i] = 1
+                correct[b, i] = 1
                 pia += qpos[b, i] + 1
                 if rec:
                     arec += 1
@@ -285,11 +287,13 @@ def _cr_kernel(qpos, qkey, qtarget, qrec, K, verify, value, count, attend, out):
 
 @dataclass
 class CRRun:
-    """CR_K on a stream: per-sequence counts, per-slot attend flags (T, n_q), the final table."""
+    """CR_K on a stream: per-sequence counts, per-slot attend and correct flags (T, n_q), the
+    final table."""
 
     K: int
     counts: Counts
     attend: np.ndarray
+    correct: np.ndarray
     state: CRState = field(repr=False)
 
     def decisions(self, batch: Batch, n: int) -> np.ndarray:
@@ -315,12 +319,15 @@ def run_cr(
     B = len(batch)
     out = np.zeros((B, len(COUNT_FIELDS)), dtype=np.int64)
     attend = np.zeros((B, cfg.n_q), dtype=np.uint8)
+    correct = np.zeros((B, cfg.n_q), dtype=np.uint8)
     _cr_kernel(
         batch.query_pos, batch.query_key, batch.query_target, batch.query_recurring,
-        int(K), bool(verify), st.value, st.count, attend, out,
+        int(K), bool(verify), st.value, st.count, attend, correct, out,
     )  # fmt: skip
     m_r = batch.query_recurring.sum(axis=1).astype(np.int64)
-    return CRRun(int(K), Counts.from_array(out, m_r, cfg.n_q - m_r, cfg.n), attend, st)
+    return CRRun(
+        int(K), Counts.from_array(out, m_r, cfg.n_q - m_r, cfg.n), attend, correct.astype(bool), st
+    )
 
 
 def distinct_patterns_cum(batch: Batch) -> np.ndarray:
@@ -407,3 +414,9 @@ def relabel(
         seeds=batch.seeds[b : b + 1].copy(),
     )
     return new_cfg, one, world
+
+
+def take(batch: Batch, idx) -> Batch:
+    """The sequences ``idx`` (an index, slice or index array) of ``batch`` as a new batch."""
+    sel = np.atleast_1d(np.arange(len(batch))[idx])
+    return Batch(**{k: getattr(batch, k)[sel] for k in Batch.__dataclass_fields__})
