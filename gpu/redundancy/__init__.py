@@ -1,10 +1,11 @@
 """GPT-2 attention redundancy (SPEC §7): how much attention output the state already predicts.
 
-Public entry points: :func:`measure_redundancy` (one model), :func:`load_model` (a local Hugging
-Face GPT-2 directory or a cram text checkpoint) and :class:`RedundancyConfig`.
+Public entry points: :func:`measure_path` (a GPT-2 directory, a cram checkpoint or a cram run),
+:func:`measure_redundancy` (one loaded model), :func:`load_model` and :class:`RedundancyConfig`.
 """
 
 from gpu.redundancy.adapters import LMAdapter, LoadedModel, load_hf_gpt2
+from gpu.redundancy.api import load_model, measure_path, redundancy_trajectory
 from gpu.redundancy.measure import PREDICTORS, RedundancyConfig, measure_redundancy
 
 __all__ = [
@@ -13,5 +14,8 @@ __all__ = [
     "PREDICTORS",
     "RedundancyConfig",
     "load_hf_gpt2",
+    "load_model",
+    "measure_path",
     "measure_redundancy",
+    "redundancy_trajectory",
 ]

@@ -11,7 +11,9 @@ exposes exactly those pieces:
 * ``qkv(layer, x)``         -> queries, keys and values, each ``(B, H, T, hd)``
 * ``attend(layer, q, k, v)``-> causal per-head outputs ``z``, ``(B, T, H, hd)``
 * ``w_o(layer), b_o(layer)``-> the output projection: ``o = z.flatten(-2) @ W_O + b_O``
+* ``before_attention(layer, h)`` -> any non-attention blocks before attention layer ``layer``
 * ``after_attention(layer, h)`` -> the rest of the block (MLP sublayer with its residual add)
+  and any non-attention blocks up to the next attention layer
 * ``logits(h)``             -> next-token logits ``(B, T, V)``
 
 :class:`HFGPT2Adapter` implements it for Hugging Face GPT-2 checkpoints loaded from a local
@@ -55,6 +57,10 @@ class LMAdapter(ABC):
 
     @abstractmethod
     def embed(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+    def before_attention(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """Blocks without attention that run before attention layer ``layer`` (none for GPT-2)."""
+        return h
 
     @abstractmethod
     def ln1(self, layer: int, h: torch.Tensor) -> torch.Tensor: ...
@@ -222,8 +228,13 @@ def _tokenizer_for(model_dir: Path, tokenizer: str, vocab_size: int):
         raise CramError(f"tokenizer directory {tok_dir} does not exist")
     from transformers import AutoTokenizer
 
+    files = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt")
     try:
+        if not any((tok_dir / f).is_file() for f in files):
+            raise FileNotFoundError(tok_dir)
         tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+        if len(tok) == 0:
+            raise ValueError("empty vocabulary")
     except Exception:
         raise CramError(
             f"no tokenizer files in {tok_dir}: save GPT-2's tokenizer there (see --help), point "

@@ -22,7 +22,7 @@ import torch
 
 from theory.errors import CramError
 
-DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "data" / "corpus" / "essays.txt"
+DEFAULT_CORPUS = Path(__file__).resolve().parent / "default_corpus.txt"
 SPLIT_WEIGHTS = {"fit": 4.0, "val": 1.0, "test": 2.0}
 EOT_LINE = re.compile(r"^[ \t]*<\|endoftext\|>[ \t]*$", re.MULTILINE)
 

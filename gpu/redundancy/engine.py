@@ -48,6 +48,7 @@ def run(
     h = adapter.embed(tokens)
     out = Pass(nll=torch.empty(0))
     for layer in range(adapter.n_layers):
+        h = adapter.before_attention(layer, h)
         x = adapter.ln1(layer, h)
         q, k, v = adapter.qkv(layer, x)
         z = adapter.attend(layer, q, k, v)  # (B, T, H, hd)

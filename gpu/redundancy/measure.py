@@ -338,7 +338,8 @@ def _gate_pass(ad, split, cfg, layers, preds, consts, tick):
 
 
 def _test_pass(ad, split, cfg, layers, preds, consts, gates, tick):
-    names = [p for p in cfg.predictors] + ["c2_shuffled"]
+    # P0 is control C1 and the shuffled ridge control C2: both are always measured
+    names = ["p0"] + [p for p in cfg.predictors if p != "p0"] + ["c2_shuffled"]
     L, taus, sweep = len(layers), cfg.taus, cfg.sweep_taus
     nt, ns = len(taus), len(sweep)
     doc_ids = {d: i for i, d in enumerate(split.docs)}
