@@ -24,6 +24,40 @@ def _print_summary(summary: dict, out_dir: Path | None, as_json: bool) -> None:
     Console().print(table)
 
 
+def _plot(metrics: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    if metrics and "rho_q" in metrics[0]:
+        pts = [m for m in metrics if m["step"] > 0]
+        steps = [m["step"] for m in pts]
+        for key, style in (("E_rec", "-o"), ("rho_q", "-s"), ("rho_all", "-^")):
+            ax1.plot(steps, [m[key] for m in pts], style, ms=3, label=key)
+        ax1.axhline(metrics[-1]["floor_rho_q"], color="k", ls=":", lw=1, label="floor m_e/n_q")
+        ax1.set_xscale("log")
+        ax1.set_xlabel("optimizer step")
+        ax1.set_ylabel("attention utilization")
+        ax1.set_title("attention use over training (IID probe set)")
+        ax1.legend(fontsize=8)
+        for key in ("acc_r", "acc_e", "acc"):
+            ax2.plot(steps, [m[key] for m in pts], "-o", ms=3, label=key)
+        ax2.set_xscale("log")
+        ax2.set_ylabel("accuracy")
+    else:
+        pts = [m for m in metrics if m.get("val_loss") is not None]
+        ax1.plot([m["step"] for m in pts], [m["bpb"] for m in pts], "-o", ms=3, label="validation bits per byte")
+        ax1.set_ylabel("bits per byte")
+        ax1.legend(fontsize=8)
+    ax2.set_xlabel("optimizer step")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 @click.command(
     "train",
     short_help="Train a CRAM model on SRCD (default: the quick CPU preset) or on a text file.",
@@ -46,16 +80,19 @@ def _print_summary(summary: dict, out_dir: Path | None, as_json: bool) -> None:
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Stop after this many steps in total (the schedule still follows train.steps); "
                    "continue later with --resume.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Save the attention-utilization and accuracy curves over training (PNG) to this path.")
 @click.option("--quiet", is_flag=True, help="Do not show the progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as one JSON object.")
-def train(preset, config_file, overrides, task, data, out_dir, resume, max_steps, quiet, as_json) -> None:
+def train(preset, config_file, overrides, task, data, out_dir, resume, max_steps, plot_path, quiet, as_json) -> None:
     """Train a hybrid SSM + attention model whose router learns when to attend.
 
     With no arguments this runs the quick preset on the CPU (a small SRCD task, minutes on two
     cores) and writes its results to runs/quick-<time>. Settings come from a preset or a TOML file,
     then --set overrides; unknown keys and wrong types are errors. Each evaluation appends one
     JSON line to metrics.jsonl; checkpoints are safetensors files with JSON metadata; --resume
-    continues a stopped run and ends with the same metrics as an uninterrupted one. Launch with
+    continues a stopped run and ends with the same metrics as an uninterrupted one (on a finished
+    run it only reprints the summary, and --plot redraws the curves). Launch with
     torchrun for data-parallel training (rank 0 logs and saves).
     """
     from gpu.config import load_config
@@ -81,10 +118,12 @@ def train(preset, config_file, overrides, task, data, out_dir, resume, max_steps
             out_dir = str(Path("runs") / f"{preset or (Path(config_file).stem if config_file else 'quick')}-{time.strftime('%Y%m%d-%H%M%S')}")
     elif out_dir is not None:
         raise click.UsageError("--resume writes into the run's own folder; drop --out")
-    if not as_json and not quiet:
-        click.echo(f"writing to {out_dir or resume}", err=True)
+    if not as_json and not quiet and resume is None:
+        click.echo(f"writing to {out_dir}", err=True)
     result = run_train(cfg, out_dir, resume=resume, max_steps=max_steps, progress=not quiet)
     if result.stopped_early:
         click.echo(f"stopped at step {result.step} (--max-steps); "
                    f"continue with: cram train --resume {result.out_dir}", err=True)
+    if plot_path:
+        _plot(result.metrics, plot_path)
     _print_summary(result.summary, result.out_dir, as_json)

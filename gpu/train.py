@@ -192,6 +192,7 @@ def train(
     """
     rank, world_size = _dist_info()
     start_step, metrics, wall0, cum_lr = 0, [], 0.0, 0.0
+    owns_group = False
     pending: dict[str, float] = {}  # training statistics accumulated since the last evaluation
     ck_tensors = ck_meta = None
     if resume is not None:
@@ -217,6 +218,7 @@ def train(
 
         if not dist.is_initialized():
             dist.init_process_group("nccl" if _device(tcfg, rank).type == "cuda" else "gloo")
+            owns_group = True
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     device = _device(tcfg, rank)
@@ -299,7 +301,14 @@ def train(
                 torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
             opt.step()
             cum_lr += lr
-            acc_loss += float(loss.detach())
+            loss_val = float(loss.detach())
+            if world_size > 1:  # log the global batch's mean, not rank 0's share
+                import torch.distributed as dist
+
+                stats = torch.tensor([loss_val, attn_frac], dtype=torch.float64, device=device)
+                dist.all_reduce(stats)
+                loss_val, attn_frac = (stats / world_size).tolist()
+            acc_loss += loss_val
             acc_frac += attn_frac
             n_acc += 1
             s1 = step + 1
@@ -316,6 +325,10 @@ def train(
         stopped_early = end_step < tcfg.steps
     finally:
         bar.close()
+        if owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     summary = summarize_run(metrics)
     if out is not None and is_main and not stopped_early:
         atomic_write_json(out / "summary.json", summary)

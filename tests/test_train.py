@@ -193,8 +193,10 @@ def test_cli_train_json_and_resume(tmp_path):
     r = CliRunner().invoke(cli, ["train", *_sets("train.steps=4", "train.eval_every=2"), "--out", str(tmp_path / "r"),
                                  "--quiet", "--json", "--max-steps", "2"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(cli, ["train", "--resume", str(tmp_path / "r"), "--quiet", "--json"])
+    r = CliRunner().invoke(cli, ["train", "--resume", str(tmp_path / "r"), "--quiet", "--json",
+                                 "--plot", str(tmp_path / "u.png")])  # fmt: skip
     assert r.exit_code == 0, r.output
+    assert (tmp_path / "u.png").stat().st_size > 1000
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["step"] == 4 and summary["out"] == str(tmp_path / "r")
 
