@@ -1,0 +1,85 @@
+"""The ``cram bound`` command: output, JSON, plot, symbolic form and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cram_cli.main import cli
+
+SMALL = ["--freq", "0.1", "--fe", "0.03", "--P", "64", "--n-min", "128", "--n-max", "512",
+         "--seeds", "20", "--batch", "2", "--T", "600", "--stream-P", "16"]  # fmt: skip
+
+
+def _run(args):
+    return CliRunner().invoke(cli, ["bound", *args])
+
+
+def test_json_and_plot(tmp_path):
+    fig = tmp_path / "bound.png"
+    res = _run([*SMALL, "--json", "--plot", str(fig)])
+    assert res.exit_code == 0, res.output
+    js = json.loads(res.output)
+    assert js["freq"] == 0.1
+    assert set(js["criteria"]) == {"P1", "P2", "P3", "P4", "P5"} and all(js["criteria"].values())
+    assert set(js["controls"]) == {"F1", "F2", "F3", "F4", "F5"}
+    assert js["routers"]["ORACLE-POS"]["static"] and not js["routers"]["CR_2"]["static"]
+    assert js["seconds"] > 0
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_text_output_names_every_part():
+    res = _run([*SMALL, "--routers", "ORACLE-POS,RAND_0.5,SKIP-ALL+M", "--K", "2"])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    for part in ("RAND_0.5", "CR_2", "P1 pass", "P5 pass", "F3 pass", "Stream separation", "router decisions/s",
+                 "Result: every criterion holds."):  # fmt: skip
+        assert part in out
+
+
+def test_failing_criterion_exits_1_and_says_which():
+    res = _run([*SMALL, "--T", "20", "--routers", "ORACLE-POS", "--K", "3"])
+    assert res.exit_code == 1
+    last = res.output.strip().splitlines()[-1]
+    assert (
+        "P4 FAIL" in res.output
+        and last.startswith("Result: FAILED")
+        and "P4" in last
+        and "T_0" in res.output
+    )
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--freq", "0"], "freq must lie in (0, 1)"),
+        (["--freq", "1.5"], "freq must lie in (0, 1)"),
+        (["--freq", "abc"], "--freq must be a number"),
+        (["--fe", "-0.1"], "f_e must lie"),
+        (["--routers", "ALL,NOPE"], "unknown router 'NOPE'"),
+        (["--P", "10"], "m_r <= P"),
+        (["--K", "1,x"], "--K must be a comma-separated list"),
+        (["--n-min", "512", "--n-max", "256"], "n range"),
+        (["--seeds", "1.5"], "--seeds must be an integer"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, words):
+    res = _run(args)
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and words in lines[0], res.output
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("flag", [[], ["--latex"], ["--json"]])
+def test_symbolic(flag):
+    res = _run(["--symbolic", *flag])
+    assert res.exit_code == 0, res.output
+    if flag == ["--json"]:
+        names = [t["name"] for t in json.loads(res.output)["theorems"]]
+        assert any(n.startswith("Theorem 1") for n in names)
+    else:
+        assert "Theorem 2 (CR_K upper bound)" in res.output and "assumes:" in res.output
+        assert ("\\geq" in res.output) == (flag == ["--latex"])
