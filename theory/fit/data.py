@@ -1,0 +1,221 @@
+"""Curve data for the fitters, and the readers that make it.
+
+A :class:`CurveData` is either *binomial* (``k`` attended of ``n`` probe queries at each time,
+fitted by maximum likelihood) or *Gaussian* (values ``y`` only, optionally with standard
+deviations, fitted by least squares). Readers accept
+
+* a ``cram train`` run directory or its ``metrics.jsonl`` (fields ``step``, ``exposures``,
+  ``cum_lr``, ``rec_attended``, ``rec_total``, ``rho_q``),
+* a CSV with a header ``t,k,N`` or ``t,E`` (an optional ``sigma`` column gives standard
+  deviations for ``t,E``; lines starting with ``#`` are comments).
+
+Every problem with the input raises :class:`~theory.errors.CramError` with one sentence.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from theory.errors import CramError
+
+TIME_UNITS = {"step": "optimizer steps", "exposures": "exposures per pattern",
+              "cum_lr": "cumulative learning rate"}
+
+
+@dataclass
+class CurveData:
+    """One consolidation curve. ``kind`` is ``"binomial"`` (k of n) or ``"gaussian"`` (y)."""
+
+    t: np.ndarray
+    y: np.ndarray  # E(t) = k/n for binomial data
+    k: np.ndarray | None = None
+    n: np.ndarray | None = None
+    sigma: np.ndarray | None = None
+    name: str = "data"
+    time_unit: str = "t"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return "binomial" if self.k is not None else "gaussian"
+
+    def __len__(self) -> int:
+        return int(self.t.size)
+
+    def subset(self, mask: np.ndarray) -> CurveData:
+        def pick(a):
+            return (None if a is None else a[mask])
+        return CurveData(self.t[mask], self.y[mask], pick(self.k), pick(self.n), pick(self.sigma),
+                         self.name, self.time_unit, list(self.warnings))
+
+
+def make_binomial(t, k, n, *, name: str = "data", time_unit: str = "t",
+                  require_increasing: bool = True) -> CurveData:
+    """Validated binomial curve data: 0 <= k <= n, n > 0, t > 0 and increasing, no NaN."""
+    t, k, n = (np.asarray(a, dtype=np.float64).ravel() for a in (t, k, n))
+    if not (t.size == k.size == n.size):
+        raise CramError(f"{name}: t, k and N have different lengths ({t.size}, {k.size}, {n.size})")
+    _check_t(t, name, require_increasing)
+    if not (np.all(np.isfinite(k)) and np.all(np.isfinite(n))):
+        raise CramError(f"{name}: the counts contain NaN or inf")
+    if np.any(n <= 0):
+        raise CramError(f"{name}: every probe count N must be positive")
+    if np.any(k < 0):
+        raise CramError(f"{name}: attended counts k must be non-negative")
+    if np.any(k > n):
+        i = int(np.argmax(k > n))
+        raise CramError(f"{name}: attended count k={k[i]:g} exceeds N={n[i]:g} at t={t[i]:g}")
+    return CurveData(t, k / n, k, n, None, name, time_unit)
+
+
+def make_gaussian(t, y, sigma=None, *, name: str = "data", time_unit: str = "t",
+                  require_increasing: bool = True) -> CurveData:
+    """Validated value-only curve data (least squares), with optional standard deviations."""
+    t, y = np.asarray(t, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if t.size != y.size:
+        raise CramError(f"{name}: t and E have different lengths ({t.size}, {y.size})")
+    _check_t(t, name, require_increasing)
+    if not np.all(np.isfinite(y)):
+        raise CramError(f"{name}: E contains NaN or inf")
+    if sigma is not None:
+        sigma = np.asarray(sigma, dtype=np.float64).ravel()
+        if sigma.size != t.size or not np.all(np.isfinite(sigma)) or np.any(sigma <= 0):
+            raise CramError(f"{name}: sigma must be finite and positive at every point")
+    return CurveData(t, y, None, None, sigma, name, time_unit)
+
+
+def _check_t(t: np.ndarray, name: str, require_increasing: bool) -> None:
+    if t.size == 0:
+        raise CramError(f"{name}: no data points")
+    if not np.all(np.isfinite(t)):
+        raise CramError(f"{name}: t contains NaN or inf")
+    if np.any(t <= 0):
+        raise CramError(f"{name}: every time must be positive (log-time models), got t={t.min():g}")
+    if require_increasing and np.any(np.diff(t) <= 0):
+        i = int(np.argmax(np.diff(t) <= 0))
+        raise CramError(f"{name}: t is not strictly increasing (t={t[i]:g} then t={t[i + 1]:g})")
+
+
+def pool(runs: list[CurveData], name: str | None = None) -> CurveData:
+    """Concatenate several runs (seeds) into one data set sorted by time (repeated t allowed)."""
+    if not runs:
+        raise CramError("no runs to pool")
+    kinds = {r.kind for r in runs}
+    if len(kinds) != 1:
+        raise CramError("cannot pool runs with counts and runs without counts; give one kind")
+    t = np.concatenate([r.t for r in runs])
+    order = np.argsort(t, kind="stable")
+    def cat(attr):
+        return (None if getattr(runs[0], attr) is None
+               else np.concatenate([getattr(r, attr) for r in runs])[order])
+    sig = cat("sigma") if all(r.sigma is not None for r in runs) else None
+    return CurveData(t[order], cat("y"), cat("k"), cat("n"), sig,
+                     name or f"{len(runs)} runs pooled", runs[0].time_unit,
+                     [w for r in runs for w in r.warnings])
+
+
+# --- readers ---------------------------------------------------------------------------
+
+def read_curve(path: str | Path, *, time: str = "step") -> CurveData:
+    """Read a run directory, a ``metrics.jsonl`` or a CSV into :class:`CurveData`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.exists():
+        raise CramError(f"{path}: no such file")
+    if not path.is_file():
+        raise CramError(f"{path}: not a regular file")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        raise CramError(f"{path}: the file is empty")
+    if path.suffix.lower() in (".jsonl", ".json"):
+        return _read_metrics(text, str(path), time)
+    return _read_csv(text, str(path))
+
+
+def _read_metrics(text: str, name: str, time: str) -> CurveData:
+    if time not in TIME_UNITS:
+        raise CramError(f"unknown time unit {time!r}; choose from {', '.join(TIME_UNITS)}")
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    records, warnings = [], []
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                warnings.append(f"{name}: skipped a truncated last line (line {i + 1})")
+                continue
+            raise CramError(f"{name}: line {i + 1} is not valid JSON") from None
+        if not isinstance(rec, dict):
+            raise CramError(f"{name}: line {i + 1} is not a JSON object")
+        records.append(rec)
+    evals = [r for r in records if "rec_attended" in r or "rho_q" in r]
+    if not evals:
+        raise CramError(f"{name}: no evaluation records (need rec_attended/rec_total or rho_q)")
+    if any(time not in r for r in evals):
+        raise CramError(f"{name}: an evaluation record has no {time!r} field (choose --time)")
+    t = np.array([_num(r[time], name, time) for r in evals])
+    has_counts = all("rec_attended" in r and "rec_total" in r for r in evals)
+    if has_counts:
+        k = np.array([_num(r["rec_attended"], name, "rec_attended") for r in evals])
+        n = np.array([_num(r["rec_total"], name, "rec_total") for r in evals])
+    else:
+        warnings.append(f"{name}: no rec_attended/rec_total counts; fitting rho_q (attention per "
+                        "query, recurring and episodic together) by Gaussian least squares")
+        y = np.array([_num(r.get("rho_q"), name, "rho_q") for r in evals])
+    keep = t > 0
+    if not np.all(keep):
+        warnings.append(f"{name}: dropped {int((~keep).sum())} evaluation(s) at {time} <= 0 "
+                        "(log-time models need t > 0)")
+    if has_counts:
+        data = make_binomial(t[keep], k[keep], n[keep], name=name, time_unit=TIME_UNITS[time])
+    else:
+        data = make_gaussian(t[keep], y[keep], name=name, time_unit=TIME_UNITS[time])
+    data.warnings.extend(warnings)
+    return data
+
+
+def _num(v, name: str, key: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise CramError(f"{name}: field {key!r} is missing or not a number ({v!r})")
+    if not math.isfinite(v):
+        raise CramError(f"{name}: field {key!r} is NaN or inf")
+    return float(v)
+
+
+def _read_csv(text: str, name: str) -> CurveData:
+    rows = [r for r in csv.reader(io.StringIO(
+        "\n".join(ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#"))))]
+    if not rows:
+        raise CramError(f"{name}: no header line")
+    header = [h.strip() for h in rows[0]]
+    low = [h.lower() for h in header]
+    body = rows[1:]
+    if not body:
+        raise CramError(f"{name}: the header is there but there are no data rows")
+
+    def col(key: str) -> np.ndarray:
+        j = low.index(key)
+        out = []
+        for i, r in enumerate(body):
+            try:
+                out.append(float(r[j]))
+            except (IndexError, ValueError):
+                raise CramError(f"{name}: row {i + 2}, column {key!r} is not a number") from None
+        return np.array(out)
+
+    if "t" not in low:
+        raise CramError(f"{name}: the CSV needs a column 't' and either 'k,N' or 'E' (got {header})")
+    if "k" in low and "n" in low:
+        return make_binomial(col("t"), col("k"), col("n"), name=name)
+    if "e" in low:
+        sigma = col("sigma") if "sigma" in low else None
+        return make_gaussian(col("t"), col("e"), sigma, name=name)
+    raise CramError(f"{name}: the CSV needs columns 't,k,N' or 't,E' (got {header})")
