@@ -156,8 +156,9 @@ class LoadedModel:
     encode: Callable[[str], list[int]]
     bos_id: int | None
     tokenizer: str  # "bytes" or the tokenizer's source directory
-    source: str  # "hf-gpt2" or "cram"
+    source: str  # "hf-gpt2" or "cram-text"
     path: str
+    step: int | None = None  # training step of a cram checkpoint
 
 
 def _import_transformers():

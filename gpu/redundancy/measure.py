@@ -622,6 +622,7 @@ def _assemble(loaded, text, splits, cfg, window, layers, preds, fit_info, test) 
             "n_heads": ad.n_heads,
             "d_model": ad.d_model,
             "tokenizer": loaded.tokenizer,
+            "step": loaded.step,
         },
         "data": {
             "corpus": str(text) if text is not None else "bundled default corpus",
