@@ -310,7 +310,8 @@ def _print_text(res, plot_path):
         f"m_e = {st['m_e']} per sequence; mean R = {st['R_mean']:.1f}):"
     )
     out(
-        f"  ORACLE-POS: cumulative recurring attention at T = {st['T']}: {st['oracle_A_rec_cum_T']:.0f}"
+        f"  ORACLE-POS: cumulative recurring attention at T = {st['T']}: {st['oracle_A_rec_cum_T']:.0f}; any static "
+        f"router with acc_e = 1 pays at least {st['static_lower_bound_T']:.0f} (Theorem 1, L1 form, w = {c.w})"
     )
     for name, d in st["cr"].items():
         ratio = st["oracle_A_rec_cum_T"] / d["A_rec_cum_T"] if d["A_rec_cum_T"] else float("inf")
@@ -331,7 +332,7 @@ def _print_text(res, plot_path):
     out("")
     out(
         f"Wall time {res.seconds:.1f} s (numba warm-up {res.jit_seconds:.1f} s); simulator: "
-        f"{res.decisions_per_second:.3g} router decisions/s over {res.decisions:.3g} decisions"
+        f"{res.decisions_per_second:.3g} router decisions/s ({res.decisions:.3g} decisions scored)"
     )
     if plot_path:
         out(f"Figure written to {plot_path}")

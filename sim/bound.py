@@ -338,7 +338,7 @@ class _Timer:
         t0 = time.perf_counter()
         run = run_cr(cfg, batch, K, state)
         self.seconds += time.perf_counter() - t0
-        self.decisions += batch.tokens.size
+        self.decisions += batch.query_key.size  # CR_K decides at query slots only
         return run
 
 
@@ -657,6 +657,10 @@ def _run_stream(cfg: BoundConfig, timer: _Timer, say: Progress) -> dict[str, Any
     return out
 
 
+def tb_l1(m_r: int, m_e: int, eps, w: int) -> Fraction:
+    return bounds.lower_bound_l1(m_r, m_e, eps, w)
+
+
 def _analyse_stream(cfg: BoundConfig, st: dict[str, Any]):
     S, T = cfg.seeds, cfg.T
     scfg = st["cfg"]
@@ -768,6 +772,9 @@ def _analyse_stream(cfg: BoundConfig, st: dict[str, Any]):
         "m_e": scfg.m_e,
         "R_mean": float(st["R"].mean()),
         "oracle_A_rec_cum_T": float(static_cum[-1]),
+        # Theorem 1 (exact L1 form, eps = 0) summed over the stream: what any static router with
+        # acc_e = 1 must pay in expectation
+        "static_lower_bound_T": float(T * tb_l1(scfg.m_r, scfg.m_e, 0, cfg.w)),
         "cr": per_k,
         "curves": curves,
     }
