@@ -375,7 +375,7 @@ def run_bound(cfg: BoundConfig, progress: Progress | None = None) -> BoundResult
         leak_routers = {}
         for leak in ("key_range", "position"):
             lcfg = scfg.replace(leak=leak)
-            leak_routers[leak] = (lcfg, _fit_static(lcfg, cfg, i))
+            leak_routers[leak] = (lcfg, _fit_static(lcfg, cfg, i, cover=True))
         f1cfg = scfg.replace(m_e=0, d=scfg.n_q)
         for s in range(S):
             say(f"sweep n={n}", (i * S + s) / steps)
@@ -456,12 +456,16 @@ def run_bound(cfg: BoundConfig, progress: Progress | None = None) -> BoundResult
     )
 
 
-def _fit_static(scfg: SRCDConfig, cfg: BoundConfig, i: int) -> LearnedRouter:
+def _fit_static(scfg: SRCDConfig, cfg: BoundConfig, i: int, cover: bool = False) -> LearnedRouter:
     """LEARNED-STATIC at one n: fitted on one pool, its tables selected on another; both drawn
-    from the prior independently of the evaluation pools (world seeds from TRAIN_WORLD_SEED on)."""
+    from the prior independently of the evaluation pools (world seeds from TRAIN_WORLD_SEED on).
+    ``cover`` (used for the leaky layouts of F3) fits until every key of the fitting pool was seen:
+    with leak="key_range" every pool has the same keys, so the key table then covers them all."""
     fit_world = make_world(scfg, TRAIN_WORLD_SEED + 2 * cfg.seed)
     val_world = make_world(scfg, TRAIN_WORLD_SEED + 2 * cfg.seed + 1)
-    return fit_learned(scfg, [fit_world], validate=[val_world], seed_start=i << 24)
+    return fit_learned(
+        scfg, [fit_world], validate=[val_world], seed_start=i << 24, cover_pool=cover, max_seqs=5000
+    )
 
 
 def _store(dst: dict[str, np.ndarray], i: int, s: int, c: Counts, d_model: int) -> None:

@@ -348,7 +348,8 @@ def fit_learned(
     skip table only if it was seen ≥ c times and never at an episodic slot (all-recurring by chance
     has probability ≤ delta); a key enters the key table if it was seen recurring and never
     episodic. Validation: a table is dropped if it would skip any episodic slot of the validation
-    sequences (a rule that does not carry over to other pools is not kept). With ``cover_pool``
+    sequences, or skips fewer than c recurring ones there (a rule that does not carry over to other
+    pools, or is not seen to, is not kept). With ``cover_pool``
     (control F2: fitting on the evaluation pool) sequences are added until every pool key has been
     seen or ``max_seqs`` is reached.
     """
@@ -376,7 +377,8 @@ def fit_learned(
     skip_key = (rec_key > 0) & (epi_key == 0)
     skip_bucket = (rec_b >= c_need) & (epi_b == 0)
     skip_q = (rec_q >= c_need) & (epi_q == 0)
-    # validation: episodic slots each table would skip on the validation pools
+    # validation: a table is kept only if, on the validation pools, it skips no episodic slot and
+    # at least c recurring ones (so that "no episodic slot" is evidence, not chance)
     vt = (
         np.zeros(cfg.U, np.int64),
         np.zeros(cfg.U, np.int64),
@@ -385,13 +387,18 @@ def fit_learned(
     )
     for world in validate if validate is not None else worlds:
         start = _slot_counts(cfg, world, per_world, start, vt, False, max_seqs)
-    _, v_epi_key, _, v_epi_q = vt
-    if (v_epi_key[skip_key]).any():
-        skip_key = np.zeros_like(skip_key)
-    if np.bincount(bucket_of, weights=v_epi_key, minlength=nb)[skip_bucket].any():
-        skip_bucket = np.zeros_like(skip_bucket)
-    if v_epi_q[skip_q].any():
-        skip_q = np.zeros_like(skip_q)
+    v_rec_key, v_epi_key, v_rec_q, v_epi_q = vt
+    v_rec_b = np.bincount(bucket_of, weights=v_rec_key, minlength=nb)
+    v_epi_b = np.bincount(bucket_of, weights=v_epi_key, minlength=nb)
+
+    def keep(table, rec, epi):
+        return (
+            table if epi[table].sum() == 0 and rec[table].sum() >= c_need else np.zeros_like(table)
+        )
+
+    skip_key = keep(skip_key, v_rec_key, v_epi_key)
+    skip_bucket = keep(skip_bucket, v_rec_b, v_epi_b)
+    skip_q = keep(skip_q, v_rec_q, v_epi_q)
     return LearnedRouter(
         skip_key=skip_key,
         skip_bucket=skip_bucket,
