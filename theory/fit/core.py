@@ -293,7 +293,7 @@ def _fit_model(model, data, fixed, x0, n_starts, with_cov) -> FitResult:
             if best is None or val < best[1]:
                 best = (theta, val, res)
         theta, _, res = best
-    if not prob.binomial:
+    if not prob.binomial and (x0 is None or with_cov):  # bootstrap refits skip the polish
         theta = _polish_ls(prob, theta)
     return _finish(prob, theta, res, nfev, with_cov)
 
@@ -301,7 +301,7 @@ def _fit_model(model, data, fixed, x0, n_starts, with_cov) -> FitResult:
 def _polish_ls(prob: Problem, theta: np.ndarray) -> np.ndarray:
     lo = np.array([-np.inf if b[0] is None else b[0] for b in prob.bounds])
     hi = np.array([np.inf if b[1] is None else b[1] for b in prob.bounds])
-    x0 = np.clip(theta, lo + 1e-12 * (1 + np.abs(lo)), hi - 1e-12 * (1 + np.abs(hi)))
+    x0 = _inside(theta, lo, hi)
 
     def resid(th):
         with np.errstate(all="ignore"):
@@ -314,6 +314,13 @@ def _polish_ls(prob: Problem, theta: np.ndarray) -> np.ndarray:
     except ValueError:
         return theta
     return out.x if prob.nll(out.x) <= prob.nll(theta) else theta
+
+
+def _inside(theta: np.ndarray, lo: np.ndarray, hi: np.ndarray, rel: float = 1e-12) -> np.ndarray:
+    """``theta`` moved strictly inside finite bounds (least_squares rejects a start on a bound)."""
+    lo_in = np.where(np.isfinite(lo), lo + rel * (1 + np.abs(np.where(np.isfinite(lo), lo, 0))), -np.inf)
+    hi_in = np.where(np.isfinite(hi), hi - rel * (1 + np.abs(np.where(np.isfinite(hi), hi, 0))), np.inf)
+    return np.clip(theta, lo_in, hi_in)
 
 
 def _finish(prob: Problem, theta: np.ndarray, res, nfev: int, with_cov: bool) -> FitResult:

@@ -23,7 +23,7 @@ from scipy.stats import chi2 as chi2_dist
 
 from theory.curves import get_model
 from theory.errors import CramError
-from theory.fit.core import FitResult, Problem, fit_model, single_thread_blas
+from theory.fit.core import FitResult, Problem, _inside, fit_model, single_thread_blas
 from theory.fit.data import CurveData, pool
 from theory.stats import percentile_ci
 
@@ -218,7 +218,7 @@ def logit_ls_crosscheck(model: str, data: CurveData, base: FitResult, *,
             r = (np.log(e / (1 - e)) - lo_obs) * wt
         return np.where(np.isfinite(r), r, 1e6)
 
-    x0 = np.clip(base.theta, lo + 1e-9 * (1 + np.abs(lo)), hi - 1e-9 * (1 + np.abs(hi)))
+    x0 = _inside(base.theta, lo, hi, 1e-9)
     with single_thread_blas():
         out = least_squares(resid, x0, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=4000)
         from theory.fit.core import _finish

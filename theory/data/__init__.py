@@ -1,0 +1,1 @@
+"""Bundled human reference data for ``cram fit-gamma --human`` (CSV files + ``human.json``)."""
