@@ -348,14 +348,9 @@ def _print_symbolic(latex: bool, as_json: bool) -> None:
     from theory.bounds import theorems
 
     items = list(theorems())
-    try:  # Proposition 3 is owned by theory.count_model (another task); show it when present
-        from theory import count_model  # type: ignore[attr-defined]
-
-        extra = getattr(count_model, "theorems", None)
-        if callable(extra):
-            items += [t for t in extra() if hasattr(t, "render")]
-    except ImportError:
-        pass
+    prop3 = _proposition3()
+    if prop3 is not None:
+        items.append(prop3)
     fmt = "latex" if latex else "pretty"
     if as_json:
         click.echo(
@@ -365,6 +360,35 @@ def _print_symbolic(latex: bool, as_json: bool) -> None:
     for t in items:
         click.echo(t.render(fmt))
         click.echo("")
+
+
+def _proposition3():
+    """Proposition 3 from theory.count_model (owned by the fit-gamma task), when it is present."""
+    try:
+        from theory import count_model
+    except ImportError:
+        return None
+    expr_fn = getattr(count_model, "asymptotic_expr", None)
+    if not callable(expr_fn):
+        return None
+    import sympy as sp
+
+    from theory.bounds import Theorem
+
+    N, alpha = sp.symbols("N alpha", positive=True)
+    return Theorem(
+        "Proposition 3 (count model of CR_K)",
+        "[P]",
+        (
+            "CR_K with Zipf(alpha) recurrence; pattern j seen ~ Poi(N p_j) times after N recurring queries",
+            "alpha > 1 and P -> infinity (for finite P the curve drops to 0 near N = K zeta(alpha) P^alpha)",
+        ),
+        (
+            sp.Eq(sp.Function("E_rec")(N), expr_fn()),
+            sp.Eq(sp.Symbol("gamma"), 1 - 1 / alpha),
+        ),
+        note="from theory.count_model.asymptotic_expr",
+    )
 
 
 def _plot(res, path):

@@ -83,3 +83,11 @@ def test_symbolic(flag):
     else:
         assert "Theorem 2 (CR_K upper bound)" in res.output and "assumes:" in res.output
         assert ("\\geq" in res.output) == (flag == ["--latex"])
+
+
+def test_symbolic_prints_proposition3_from_the_count_model():
+    count_model = pytest.importorskip("theory.count_model")
+    if not hasattr(count_model, "asymptotic_expr"):
+        pytest.skip("theory.count_model has no asymptotic_expr")
+    res = _run(["--symbolic"])
+    assert res.exit_code == 0 and "Proposition 3" in res.output and "[P]" in res.output
