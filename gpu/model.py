@@ -422,9 +422,12 @@ def attention_flops(route: torch.Tensor, d: int) -> tuple[float, float]:
     """(F_route, F_all) of one attention layer of width d summed over a batch (SPEC §1.4).
 
     F_all = Σ_t (8 d² + 4 d t); F_route = Σ_t 4 d² + Σ_{t∈A} (4 d² + 4 d t), positions t = 1..n.
+    The K/V projections (the Σ_t 4 d² term) are counted for every sequence with at least one
+    routed position; a sequence that never attends needs no keys or values, so it costs 0.
     """
     bsz, n = route.shape
     t = torch.arange(1, n + 1, dtype=torch.float64, device=route.device)
     f_all = bsz * float((8 * d * d + 4 * d * t).sum())
-    f_route = bsz * n * 4.0 * d * d + float(((4 * d * d + 4 * d * t) * route.double()).sum())
+    any_routed = float(route.any(dim=1).sum())
+    f_route = any_routed * n * 4.0 * d * d + float(((4 * d * d + 4 * d * t) * route.double()).sum())
     return f_route, f_all

@@ -125,8 +125,13 @@ def test_attention_flops_match_spec():
     full = torch.ones(2, n, dtype=torch.bool)
     fr, fa = attention_flops(full, d)
     assert fr == pytest.approx(fa)
-    fr0, fa0 = attention_flops(torch.zeros(2, n, dtype=torch.bool), d)
-    assert fr0 / fa0 == pytest.approx(4 * d * d * n / sum(8 * d * d + 4 * d * t for t in range(1, n + 1)))
+    fr0, _ = attention_flops(torch.zeros(2, n, dtype=torch.bool), d)
+    assert fr0 == 0  # never attending needs no keys or values
+    first = torch.zeros(2, n, dtype=torch.bool)
+    first[:, 0] = True  # the floor: K/V everywhere, one query with one key
+    fr1, fa1 = attention_flops(first, d)
+    floor = 4 * d * d * n / sum(8 * d * d + 4 * d * t for t in range(1, n + 1))
+    assert fr1 / fa1 == pytest.approx(floor + (4 * d * d + 4 * d) / (fa1 / 2))
     one = torch.zeros(1, n, dtype=torch.bool)
     one[0, 4] = True  # position t = 5
     fr1, _ = attention_flops(one, d)
