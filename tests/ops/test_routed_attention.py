@@ -97,10 +97,10 @@ def test_triton_kernels_match_reference(ra_triton, case):
     _check(fn, MASKS[case], torch.float32)
 
 
-@pytest.mark.parametrize("per_block", [1, 3, 16, 64])
+@pytest.mark.parametrize("width", [1, 5, 16, 64, None])
 @pytest.mark.parametrize("case", list(MASKS))
-def test_blocked_cpu_path_matches_reference(case, per_block):
-    fn = lambda q, k, v, m: routed_attention_blocked(q, k, v, m, scale=D**-0.5, per_block=per_block)  # noqa: E731
+def test_blocked_cpu_path_matches_reference(case, width):
+    fn = lambda q, k, v, m: routed_attention_blocked(q, k, v, m, scale=D**-0.5, width=width)  # noqa: E731
     _check(fn, MASKS[case], torch.float32)
 
 
@@ -128,14 +128,14 @@ def test_blocked_path_recomputes_when_saving_would_be_too_large(monkeypatch):
 @given(
     t_len=st.integers(1, 40),
     frac=st.floats(0.0, 1.0),
-    per_block=st.integers(1, 8),
+    width=st.integers(1, 50),
     seed=st.integers(0, 2**16),
 )
-def test_blocked_path_matches_reference_on_random_routes(t_len, frac, per_block, seed):
+def test_blocked_path_matches_reference_on_random_routes(t_len, frac, width, seed):
     gen = torch.Generator().manual_seed(seed)
-    q, k, v, g = (torch.randn(1, t_len, 1, 8, generator=gen, dtype=torch.float64) for _ in range(4))
-    mask = torch.rand(1, t_len, generator=gen) < frac
-    out, grads = _run(lambda a, b, c, m: routed_attention_blocked(a, b, c, m, scale=0.5, per_block=per_block), q, k, v, g, mask)
+    q, k, v, g = (torch.randn(3, t_len, 2, 8, generator=gen, dtype=torch.float64) for _ in range(4))
+    mask = torch.rand(3, t_len, generator=gen) < frac  # rows differ: blocks pad across rows
+    out, grads = _run(lambda a, b, c, m: routed_attention_blocked(a, b, c, m, scale=0.5, width=width), q, k, v, g, mask)
     ref, ref_grads = _run(lambda a, b, c, m: routed_attention_reference(a, b, c, m, scale=0.5), q, k, v, g, mask)
     assert rel_err(out, ref) < 1e-10
     for got, want in zip(grads, ref_grads):

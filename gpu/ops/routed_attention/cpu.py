@@ -1,31 +1,42 @@
 """CPU paths of routed attention.
 
-Two exact algorithms, chosen by a cost rule in :func:`routed_attention_cpu`:
+Three exact algorithms, chosen by a cost model in :func:`routed_attention_cpu`:
 
-* **blocked** (:class:`BlockedRoutedAttention`): the routed positions of a batch row are split into
-  position blocks of width ``W`` (a power of two chosen so that a block holds about
-  ``_QUERIES_PER_BLOCK`` routed queries). A block whose last routed query sits at ``p_last`` reads
-  only the key prefix ``0..p_last``: one score matmul, a causal bias on the block's own tail
+* **blocked** (:class:`BlockedRoutedAttention`): positions are cut into blocks of width ``W``.
+  Block ``j`` gathers the routed queries of every batch row that fall in ``[jW, (j+1)W)``
+  (rows padded to the block's largest count) and reads only the key prefix up to the block's last
+  routed position: one batched score matmul, a causal bias on the block's own ``<= W`` tail
   columns (never a ``T x T`` mask), an in-place softmax and one value matmul. The backward pass
-  accumulates ``dk``, ``dv`` in place with ``baddbmm_`` on the same prefixes. Work is
-  ``sum_t∈A (t + W/2)`` instead of ``T^2 / 2``.
-* **dense**: fused causal SDPA on every position, non-routed rows zeroed afterwards. Cheaper than
-  the blocked path only when almost every position is routed.
+  accumulates ``dk``, ``dv`` in place (``baddbmm_``) on the same prefixes. Work is about
+  ``sum_{t routed} (t + W/2)``; ``W = T`` is the plain "gather, attend to everything, scatter"
+  scheme, small ``W`` trades wasted tail work for more, smaller matmuls.
+* **gathered**: the routed queries of every row gathered into one batch, one fused SDPA call
+  against all ``T`` keys with a ``[B, M, T]`` boolean mask, rows scattered back. Few calls, so it
+  wins on small problems (short ``T``, large batch) where call overhead dominates.
+* **dense**: fused causal SDPA on every position, non-routed rows zeroed afterwards; it wins
+  only when nearly every position is routed.
 
-Half-precision inputs are computed in float32 and cast back.
+The cost model prices each candidate ``W`` (powers of two and ``T``) from the actual routed
+counts per block, the gathered path from the largest routed count, the dense path from ``T``, with per-element and per-call constants
+measured on a 2-core CPU. Half-precision inputs are computed in float32 and cast back.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-# Routed queries per position block: fewer means less masked-tail waste but more small matmuls.
-_QUERIES_PER_BLOCK = 16
-# Above this routed fraction the fused dense kernel beats the blocked path.
-_DENSE_FRACTION = 0.6
+# Cost-model constants (seconds), measured with gpu/bench.py on the 2-core sandbox.
+_PAIR_DIM = 0.4e-9  # blocked: per (query, key, head, head-dim) element, all six matmuls
+_PAIR = 4e-9  # blocked: per (query, key, head) element, bias/softmax/softmax-backward passes
+_BLOCK = 400e-6  # blocked: fixed cost of one block (about 20 small tensor calls)
+_DENSE_PAIR_DIM = 0.3e-9  # fused dense kernel: per (query, key, head, head-dim) element
+_DENSE_PAIR = 2e-9  # fused dense kernel: per (query, key, head) element
+_DENSE_CALL = 1e-3
+_GATHER_PAIR_DIM = 0.45e-9  # gathered masked SDPA: per (query, key, head, head-dim) element
+_GATHER_PAIR = 6e-9  # gathered masked SDPA: per (query, key, head) element (the mask)
+_GATHER_CALL = 1.5e-3
+_BLOCKED_CALL = 1e-3  # blocked: transposed copies of k, v and the gradient buffers
 # Score/probability elements kept for the backward pass before it recomputes them instead.
 _SAVE_LIMIT = 1 << 26
 
@@ -75,103 +86,146 @@ def routed_attention_dense(
     return torch.where(mask[:, :, None, None], out, torch.zeros((), dtype=out.dtype))
 
 
-def position_blocks(pos: list[int], t_len: int, per_block: int) -> list[tuple[int, int]]:
-    """Split sorted routed positions into blocks of one power-of-two width ``W``.
+def block_plan(mask: torch.Tensor, width: int):
+    """Per-block gather plan for the blocked path.
 
-    Returns ``(start, end)`` index ranges into ``pos``; a block holds the routed positions
-    ``p`` with one value of ``p // W``. ``W`` is the power of two nearest to
-    ``per_block * T / len(pos)``, clipped to ``[32, T]``.
+    Returns a list of ``(start, length, gather_pos [B, n], scatter_pos [B, n])`` for every block
+    that holds a routed query: ``start = jW``; ``length`` = 1 + the block's last routed position;
+    padding lanes gather position ``start`` and scatter to the dummy row ``T``.
     """
-    n = len(pos)
-    if n == 0:
-        return []
-    width = per_block * t_len / n
-    width = int(min(max(32, 2 ** round(math.log2(max(width, 1.0)))), max(t_len, 1)))
-    blocks = []
-    start = 0
-    for i in range(1, n + 1):
-        if i == n or pos[i] // width != pos[start] // width:
-            blocks.append((start, i))
-            start = i
-    return blocks
+    bsz, t_len = mask.shape
+    width = max(1, min(int(width), t_len))
+    n_blocks = -(-t_len // width)
+    padded = F.pad(mask, (0, n_blocks * width - t_len)).view(bsz, n_blocks, width)
+    counts = padded.sum(-1)  # (B, nb)
+    per_block = counts.max(0).values.tolist()  # rows are padded to the largest count
+    order = torch.argsort((~padded).to(torch.int8), dim=-1, stable=True)  # routed lanes first
+    offsets = torch.arange(n_blocks, device=mask.device)[None, :, None] * width
+    pos = order + offsets  # (B, nb, W) absolute positions, routed ones first in each block
+    lane = torch.arange(width, device=mask.device)[None, None, :]
+    valid = lane < counts[..., None]
+    last = torch.where(valid, pos, -1).amax(dim=(0, 2)).tolist()  # (nb,)
+    plan = []
+    for j, n in enumerate(per_block):
+        if n == 0:
+            continue
+        start = j * width
+        pj, vj = pos[:, j, :n], valid[:, j, :n]
+        plan.append((start, last[j] + 1, torch.where(vj, pj, start), torch.where(vj, pj, t_len)))
+    return plan
 
 
-def _tail_bias(pg: torch.Tensor, first: int, length: int, dtype: torch.dtype) -> torch.Tensor | None:
-    """Additive causal bias for the columns ``first+1 .. length-1`` of a block, or None."""
-    if length - 1 <= first:
+def _plan_cost(counts: torch.Tensor, width: int, t_len: int, heads: int, dim: int) -> float:
+    """Estimated seconds of the blocked path for one width, from routed counts per block."""
+    n = counts.max(0).values.double()  # (nb,) padded queries per block
+    starts = torch.arange(n.numel(), dtype=torch.float64) * width
+    lengths = torch.clamp(starts + width, max=t_len)
+    pairs = float((n * lengths).sum()) * counts.shape[0]
+    return pairs * heads * (_PAIR_DIM * dim + _PAIR) + int((n > 0).sum()) * _BLOCK + _BLOCKED_CALL
+
+
+def choose_cpu_algorithm(mask: torch.Tensor, heads: int, dim: int) -> tuple[str, int]:
+    """Pick ``("dense", T)``, ``("gathered", T)`` or ``("blocked", W)`` by the cost model in
+    the module docstring."""
+    bsz, t_len = mask.shape
+    dense = bsz * t_len * (t_len + 1) / 2 * heads * (_DENSE_PAIR_DIM * dim + _DENSE_PAIR) + _DENSE_CALL
+    best = ("dense", t_len, dense)
+    most = int(mask.sum(1).max()) if mask.numel() else 0
+    gathered = bsz * most * t_len * heads * (_GATHER_PAIR_DIM * dim + _GATHER_PAIR) + _GATHER_CALL
+    if gathered < best[2]:
+        best = ("gathered", t_len, gathered)
+    widths = {t_len}
+    w = 32
+    while w < t_len:
+        widths.add(w)
+        w *= 2
+    for w in sorted(widths):
+        nb = -(-t_len // w)
+        counts = F.pad(mask, (0, nb * w - t_len)).view(bsz, nb, w).sum(-1)
+        cost = _plan_cost(counts, w, t_len, heads, dim)
+        if cost < best[2]:
+            best = ("blocked", w, cost)
+    return best[0], best[1]
+
+
+def _tail_bias(gpos: torch.Tensor, start: int, length: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """Additive causal bias ``(B, 1, n, length - start)`` for the block's own columns."""
+    if length - 1 <= start:
         return None
-    cols = torch.arange(first + 1, length, device=pg.device)
-    bias = torch.zeros(pg.numel(), length - first - 1, dtype=dtype, device=pg.device)
-    return bias.masked_fill_(pg[:, None] < cols[None, :], float("-inf"))
+    cols = torch.arange(start, length, device=gpos.device)
+    bias = torch.zeros(*gpos.shape, length - start, dtype=dtype, device=gpos.device)
+    return bias.masked_fill_(gpos[..., None] < cols, float("-inf"))[:, None]
 
 
-def _block_probs(qs: torch.Tensor, kp: torch.Tensor, pg: torch.Tensor, first: int) -> torch.Tensor:
-    """Softmax probabilities ``(H, n, L)`` of pre-scaled queries ``qs`` against key prefix ``kp``."""
-    s = torch.matmul(qs, kp.transpose(-1, -2))  # (H, n, L)
-    bias = _tail_bias(pg, first, kp.shape[1], s.dtype)
+def _block_probs(qs, kh, gpos, start, length):
+    """Softmax probabilities ``(B, H, n, L)`` of pre-scaled queries against the key prefix."""
+    s = torch.matmul(qs, kh[:, :, :length].transpose(-1, -2))  # (B, H, n, L)
+    bias = _tail_bias(gpos, start, length, s.dtype)
     if bias is not None:
-        s[:, :, first + 1 :] += bias
+        s[..., start:] += bias
     return torch.softmax(s, -1, out=s)
+
+
+def _flat(x: torch.Tensor, length: int) -> torch.Tensor:
+    """``(B, H, T, D)`` contiguous -> the ``(B*H, length, D)`` prefix view, for ``baddbmm_``."""
+    b, h, t, d = x.shape
+    return x.view(b * h, t, d)[:, :length]
 
 
 class BlockedRoutedAttention(torch.autograd.Function):
     """Exact routed attention over position blocks; see the module docstring."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, scale, per_block):  # noqa: D401
+    def forward(ctx, q, k, v, mask, scale, width):
         bsz, t_len, h, d = q.shape
         work = torch.float64 if q.dtype == torch.float64 else torch.float32
         qw = q.to(work)
         kh = k.to(work).transpose(1, 2).contiguous()  # (B, H, T, D): contiguous prefixes
         vh = v.to(work).transpose(1, 2).contiguous()
-        out = torch.zeros(bsz, t_len, h, d, dtype=work, device=q.device)
+        out = torch.zeros(bsz, t_len + 1, h, d, dtype=work, device=q.device)  # row T: padding
+        rows = torch.arange(bsz, device=q.device)[:, None]
         plan = []
-        saved_elems = 0
-        for b in range(bsz):
-            pos = mask[b].nonzero().flatten()
-            pl = pos.tolist()
-            for s, e in position_blocks(pl, t_len, per_block):
-                pg = pos[s:e]
-                first, length = pl[s], pl[e - 1] + 1
-                qs = qw[b, pg].transpose(0, 1) * scale  # (H, n, D)
-                p = _block_probs(qs, kh[b, :, :length], pg, first)
-                og = torch.matmul(p, vh[b, :, :length])  # (H, n, D)
-                out[b, pg] = og.transpose(0, 1)
-                saved_elems += p.numel()
-                plan.append([b, pg, first, length, qs, p])
-        if saved_elems > _SAVE_LIMIT:  # keep memory bounded: recompute in backward
+        saved = 0
+        for start, length, gpos, spos in block_plan(mask, width):
+            qs = qw[rows, gpos].transpose(1, 2) * scale  # (B, H, n, D)
+            p = _block_probs(qs, kh, gpos, start, length)
+            og = torch.matmul(p, vh[:, :, :length])  # (B, H, n, D)
+            out[rows, spos] = og.transpose(1, 2)
+            saved += p.numel()
+            plan.append([start, length, gpos, spos, qs, p])
+        if saved > _SAVE_LIMIT:  # keep memory bounded: recompute in backward
             for item in plan:
                 item[5] = None
         ctx.plan = plan
         ctx.scale = scale
-        ctx.shape = (bsz, t_len, h, d)
         ctx.in_dtype = q.dtype
         ctx.save_for_backward(kh, vh)
-        return out.to(q.dtype)
+        return out[:, :t_len].to(q.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         kh, vh = ctx.saved_tensors
         scale = ctx.scale
-        bsz, t_len, h, d = ctx.shape
-        gw = grad_out.to(kh.dtype)
-        dq = torch.zeros(bsz, t_len, h, d, dtype=kh.dtype, device=kh.device)
+        bsz, h, t_len, d = kh.shape
+        gw = F.pad(grad_out.to(kh.dtype), (0, 0, 0, 0, 0, 1))  # row T (padding lanes) is zero
+        dq = torch.zeros(bsz, t_len + 1, h, d, dtype=kh.dtype, device=kh.device)
         dkh = torch.zeros_like(kh)
         dvh = torch.zeros_like(vh)
-        for b, pg, first, length, qs, p in ctx.plan:
-            kp, vp = kh[b, :, :length], vh[b, :, :length]
+        rows = torch.arange(bsz, device=kh.device)[:, None]
+        for start, length, gpos, spos, qs, p in ctx.plan:
             if p is None:
-                p = _block_probs(qs, kp, pg, first)
-            dog = gw[b, pg].transpose(0, 1)  # (H, n, D)
-            dvh[b, :, :length].baddbmm_(p.transpose(-1, -2), dog)
-            dp = torch.matmul(dog, vp.transpose(-1, -2))  # (H, n, L)
+                p = _block_probs(qs, kh, gpos, start, length)
+            dog = gw[rows, spos].transpose(1, 2)  # (B, H, n, D)
+            n = dog.shape[2]
+            _flat(dvh, length).baddbmm_(p.reshape(-1, n, length).transpose(-1, -2), dog.reshape(-1, n, d))
+            dp = torch.matmul(dog, vh[:, :, :length].transpose(-1, -2))  # (B, H, n, L)
             # dS = P * (dP - rowsum(dP * P)), fused; rowsum(dP * P) equals dO . O.
             ds = torch._softmax_backward_data(dp, p, -1, p.dtype)
-            dq[b, pg] = torch.matmul(ds, kp).transpose(0, 1) * scale
-            dkh[b, :, :length].baddbmm_(ds.transpose(-1, -2), qs)
+            dq[rows, spos] = torch.matmul(ds, kh[:, :, :length]).transpose(1, 2) * scale
+            _flat(dkh, length).baddbmm_(ds.reshape(-1, n, length).transpose(-1, -2), qs.reshape(-1, n, d))
         ctx.plan = None
         dt = ctx.in_dtype
-        return dq.to(dt), dkh.transpose(1, 2).to(dt), dvh.transpose(1, 2).to(dt), None, None, None
+        return dq[:, :t_len].to(dt), dkh.transpose(1, 2).to(dt), dvh.transpose(1, 2).to(dt), None, None, None
 
 
 def routed_attention_blocked(
@@ -181,16 +235,22 @@ def routed_attention_blocked(
     mask: torch.Tensor,
     *,
     scale: float,
-    per_block: int = _QUERIES_PER_BLOCK,
+    width: int | None = None,
 ) -> torch.Tensor:
-    """The blocked path; shapes as in :func:`gpu.ops.routed_attention.routed_attention`."""
-    return BlockedRoutedAttention.apply(q, k, v, mask, scale, per_block)
+    """The blocked path; shapes as in :func:`gpu.ops.routed_attention.routed_attention`.
+    ``width`` (block width ``W``) defaults to the cost model's choice."""
+    if width is None:
+        _, width = choose_cpu_algorithm(mask, q.shape[2], q.shape[3])
+    return BlockedRoutedAttention.apply(q, k, v, mask, scale, width)
 
 
 def routed_attention_cpu(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, *, scale: float
 ) -> torch.Tensor:
-    """The CPU dispatch target: dense SDPA when nearly all positions are routed, else blocked."""
-    if mask.numel() and float(mask.float().mean()) > _DENSE_FRACTION:
+    """The CPU dispatch target: the cheapest of dense, gathered and blocked (best width)."""
+    algo, width = choose_cpu_algorithm(mask, q.shape[2], q.shape[3])
+    if algo == "dense":
         return routed_attention_dense(q, k, v, mask, scale=scale)
-    return routed_attention_blocked(q, k, v, mask, scale=scale)
+    if algo == "gathered":
+        return routed_attention_gathered(q, k, v, mask, scale=scale)
+    return BlockedRoutedAttention.apply(q, k, v, mask, scale, width)
