@@ -45,7 +45,7 @@ def _overlaps(ctx, param, value):
 @click.option(
     "--chunk",
     type=click.IntRange(1),
-    default=16,
+    default=32,
     show_default=True,
     help="Sequences per evaluation call; the bootstrap unit of R (all-position counts).",
 )
