@@ -310,3 +310,43 @@ def test_missing_transformers_names_the_extra(tmp_path, monkeypatch):
     res = _invoke([str(tmp_path / "m"), "--quiet"])
     assert res.exit_code == 2
     assert "pip install 'cram[gpt2]'" in res.output
+
+
+def test_tokenizer_from_the_model_directory(tmp_path, corpus):
+    """The default --tokenizer auto reads the tokenizer saved beside the weights (a tiny byte-level
+    BPE here, as GPT-2's is) and starts each window with its BOS token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    docs = read_documents(corpus)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(docs, trainer)
+    tok = GPT2TokenizerFast(
+        tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2)
+    )
+    model.save_pretrained(str(tmp_path / "m"))
+    tok.save_pretrained(str(tmp_path / "m"))
+    from gpu.redundancy import load_model
+
+    lm = load_model(tmp_path / "m")
+    assert lm.bos_id == tok.convert_tokens_to_ids("<|endoftext|>")
+    assert lm.encode("the one") == tok("the one")["input_ids"]
+    sp = split_corpus(docs, lm.encode, bos_id=lm.bos_id, window=64, max_tokens=None)
+    assert all(w.tokens[0] == lm.bos_id for w in sp["test"].windows)
+    res = _invoke([str(tmp_path / "m"), "--text", str(corpus), "--min-pos", "4", "--max-tokens", "all", "--quiet",
+                   "--predictors", "p0,p1", "--no-gate", "--no-per-layer", "--bootstrap", "0", "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output)
+    assert r["model"]["tokenizer"] == str(tmp_path / "m") and r["data"]["window"] == 64
+    assert r["headline"]["ci"] is None  # --bootstrap 0
