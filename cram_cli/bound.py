@@ -404,11 +404,12 @@ def _plot(res, path):
     cmap = plt.get_cmap("tab20")
     for i, (name, ys) in enumerate(res.curves["A_rec_mean"].items()):
         color = cmap(i % 20)
-        ax1.plot(ns, [max(y, 1e-1) for y in ys], "o-", color=color, label=name, ms=3)
-        if name in res.curves["bound"]:
-            ax1.plot(
-                ns, [max(y, 1e-1) for y in res.curves["bound"][name]], "--", color=color, lw=0.8
-            )
+        pos = [(x, y) for x, y in zip(ns, ys) if y > 0]  # log axis: A_rec = 0 has no point
+        if pos:
+            ax1.plot(*zip(*pos), "o-", color=color, label=name, ms=3)
+        bnd = [(x, y) for x, y in zip(ns, res.curves["bound"].get(name, [])) if y > 0]
+        if bnd:
+            ax1.plot(*zip(*bnd), "--", color=color, lw=0.8)
     ax1.set_xscale("log", base=2)
     ax1.set_yscale("log")
     ax1.set_xlabel("sequence length n")

@@ -661,10 +661,6 @@ def _run_stream(cfg: BoundConfig, timer: _Timer, say: Progress) -> dict[str, Any
     return out
 
 
-def tb_l1(m_r: int, m_e: int, eps, w: int) -> Fraction:
-    return bounds.lower_bound_l1(m_r, m_e, eps, w)
-
-
 def _analyse_stream(cfg: BoundConfig, st: dict[str, Any]):
     S, T = cfg.seeds, cfg.T
     scfg = st["cfg"]
@@ -778,7 +774,7 @@ def _analyse_stream(cfg: BoundConfig, st: dict[str, Any]):
         "oracle_A_rec_cum_T": float(static_cum[-1]),
         # Theorem 1 (exact L1 form, eps = 0) summed over the stream: what any static router with
         # acc_e = 1 must pay in expectation
-        "static_lower_bound_T": float(T * tb_l1(scfg.m_r, scfg.m_e, 0, cfg.w)),
+        "static_lower_bound_T": float(T * bounds.lower_bound_l1(scfg.m_r, scfg.m_e, 0, cfg.w)),
         "cr": per_k,
         "curves": curves,
     }
