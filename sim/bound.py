@@ -733,8 +733,17 @@ def _analyse_stream(cfg: BoundConfig, st: dict[str, Any]):
             p4_margin = min(p4_margin, slope4 - 0.9, 1.1 - slope4)
             if not ok4:
                 p4_fail.append(f"CR_{K}: ratio slope {slope4:.4f} outside [0.9, 1.1]")
+        decades = {}
+        lo = 1
+        while lo * 10 <= T:  # SPEC §4: the log-log slope separately for each decade of T
+            g = _log_grid(lo, lo * 10)
+            decades[f"{lo}-{lo * 10}"] = _log_slope(
+                n_rec[g - 1].astype(np.float64), mean_cum[g - 1]
+            )
+            lo *= 10
         per_k[f"CR_{K}"] = {
             "A_rec_cum_T": float(mean_cum[-1]),
+            "decade_slopes": decades,
             "K_times_D_T": float((K * st["D"][:, -1]).mean()),
             "K_times_P": K * scfg.P,
             "bound_violations": viol,
