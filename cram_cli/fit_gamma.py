@@ -41,8 +41,9 @@ def _positive(ctx, param, value):
               help="Consolidation threshold K of the count model.")
 @click.option("--P", "P", type=click.IntRange(min=1, max=10**8), default=10**6, show_default=True,
               help="Number of recurring patterns in the count model.")
-@click.option("--n-range", nargs=2, type=float, default=(1e3, 1e7), show_default=True,
-              help="Range of N (recurring queries) on which the count-model curve is fitted.")
+@click.option("--n-range", nargs=2, type=float, default=None,
+              help="Range of N (recurring queries) on which the count-model curve is fitted "
+                   "[default: 1e3 1e7 for alpha > 1, K*P/100 to 10*K*P otherwise].")
 @click.option("--time", "time_unit", type=click.Choice(["step", "exposures", "cum_lr"]),
               default="step", show_default=True,
               help="Time axis read from metrics.jsonl: optimizer steps, exposures per pattern, "
@@ -96,9 +97,11 @@ def fit_gamma(runs, human, list_human, count_model, alpha, K, P, n_range, time_u
     if count_model:
         if alpha is None or K is None:
             raise click.UsageError("--count-model needs --alpha and --K")
-        if not 0 < n_range[0] < n_range[1]:
-            raise click.BadParameter("needs 0 < N_MIN < N_MAX", param_hint="--n-range")
-        cm = {"alpha": alpha, "K": K, "P": P, "n_min": n_range[0], "n_max": n_range[1]}
+        cm = {"alpha": alpha, "K": K, "P": P}
+        if n_range is not None:
+            if not 0 < n_range[0] < n_range[1]:
+                raise click.BadParameter("needs 0 < N_MIN < N_MAX", param_hint="--n-range")
+            cm.update(n_min=n_range[0], n_max=n_range[1])
     elif alpha is not None or K is not None:
         raise click.UsageError("--alpha and --K only apply with --count-model")
     n_inputs = sum([bool(runs), human is not None, cm is not None])

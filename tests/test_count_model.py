@@ -83,3 +83,16 @@ def test_h12c_fitted_gamma_of_the_exact_curve(alpha, K):
     data = count_model_data(alpha=alpha, K=K, P=10**6, points=30)
     fit = fit_model("M1", data)
     assert abs(fit.gamma - (1 - 1 / alpha)) < 0.03
+
+
+@pytest.mark.parametrize("K,sharp", [(3, False), (10, True)])
+def test_uniform_recurrence_sharpness_verdict(K, sharp):
+    from theory.fit.analysis import fit_gamma
+
+    res = fit_gamma(count_model={"alpha": 0.0, "K": K, "P": 10**4}, resamples=0,
+                    with_human=False, models=["M1", "M2", "M5", "M6"])
+    tr = res["transition"]
+    assert tr["sharp"] is sharp
+    assert tr["W"] == pytest.approx(uniform_width(K), abs=0.05)
+    # t_c sits near N = K P (the step of F_K(N/P))
+    assert 0.3 < tr["t_c_methods"]["M6"] / (K * 10**4) < 3

@@ -31,12 +31,20 @@ from theory.fit.uncertainty import (
 Z95 = 1.959963984540054
 
 
-def count_model_data(*, alpha: float, K: int, P: int = 10**6, n_min: float = 1e3,
-                     n_max: float = 1e7, points: int = 40, probes: float = 1e4) -> CurveData:
+def count_model_data(*, alpha: float, K: int, P: int = 10**6, n_min: float | None = None,
+                     n_max: float | None = None, points: int = 40, probes: float = 1e4) -> CurveData:
     """Proposition 3's exact curve as binomial data with ``probes`` nominal probe queries per
-    point and expected (noise-free) counts k = probes * E_rec(N)."""
+    point and expected (noise-free) counts k = probes * E_rec(N). The default N range is
+    [1e3, 1e7] for alpha > 1 (the power-law regime) and [K P / 100, 10 K P] otherwise (around
+    the step at N ~ K P)."""
     from theory.count_model import exact_curve
 
+    if alpha > 1:
+        n_min = 1e3 if n_min is None else n_min
+        n_max = 1e7 if n_max is None else n_max
+    else:
+        n_min = K * P / 100 if n_min is None else n_min
+        n_max = 10.0 * K * P if n_max is None else n_max
     if not (0 < n_min < n_max) or points < 3:
         raise CramError("the count-model grid needs 0 < n_min < n_max and at least 3 points")
     if probes <= 0:
@@ -86,6 +94,9 @@ def fit_gamma(*, runs: list[str | Path] | None = None, human: str | None = None,
         run_data = [r.subset(r.t >= t_min) for r in run_data]
         if len(data) == 0:
             raise CramError(f"no data points at t >= {t_min:g}")
+    if 1 < len(run_data) < 10:
+        warnings.append(f"only {len(run_data)} runs: a bootstrap over fewer than 10 seeds gives a "
+                        "coarse interval")
     if len(run_data) > 1:
         kinds = {r.kind for r in run_data}
         if len(kinds) > 1:
