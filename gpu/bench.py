@@ -1,0 +1,297 @@
+"""Kernel benchmark: routed attention and the SSM scan against their baselines, side by side.
+
+Every case times a forward + backward pass (a random upstream gradient, the result summed into
+a loss) of the candidate and of its baseline(s) in the same run, interleaved repeat by repeat,
+and reports medians, so a noisy shared machine slows both sides alike.
+
+* ``routed_attention`` at routed fraction ``rho`` (exactly ``round(rho * T)`` random positions per
+  row, at least one) against dense causal ``scaled_dot_product_attention`` over all positions
+  (``baseline = "sdpa_dense"``) and, on the CPU, against masked SDPA over the gathered routed
+  queries (``"sdpa_gathered"``, the simple exact scheme). ``flop_limit`` is the ratio of the
+  dense causal work to the routed work, ``(T (T+1) / 2) / sum_{t routed} (t + 1)``.
+* ``ssm_scan`` against the sequential float64 reference (``"reference"``).
+* ``model_step`` (optional): one training step (forward + backward) of the CRAM model of the
+  ``quick`` preset with the ``random`` router forced to route a fraction ``rho`` of positions;
+  the baseline is the same model with every position routed (``rho = 1``).
+
+:func:`bench_kernels` returns ``{"machine": {...}, "cases": [...]}`` with one dict per case
+(keys in :data:`CASE_KEYS`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+
+import torch
+import torch.nn.functional as F
+
+from theory.errors import CramError
+
+OPS = ("routed_attention", "ssm_scan", "model_step")
+CASE_KEYS = (
+    "op", "device", "dtype", "T", "rho", "batch", "heads", "head_dim", "algorithm",
+    "ms", "baseline", "baseline_ms", "speedup", "flop_limit",
+)
+DEFAULT_RHOS = (1 / 64, 1 / 16, 1 / 4, 1.0)
+
+
+def default_t_values(device: str) -> tuple[int, ...]:
+    """Sequence lengths measured by default: short enough for a quick CPU run."""
+    return (4096, 16384) if device == "cuda" else (1024, 4096)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], None], device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - start) * 1e3
+
+
+def _interleaved(fns: dict[str, Callable[[], None]], repeats: int, device: str) -> dict[str, float]:
+    """Median milliseconds of each function; one warm-up call each (Triton autotunes there)."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_timed(fn, device))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def routed_mask(batch: int, t_len: int, rho: float, generator: torch.Generator) -> torch.Tensor:
+    """Exactly ``max(1, round(rho * T))`` routed positions per row, chosen at random."""
+    count = max(1, min(t_len, round(rho * t_len)))
+    keys = torch.rand(batch, t_len, generator=generator)
+    idx = keys.topk(count, dim=1).indices
+    mask = torch.zeros(batch, t_len, dtype=torch.bool)
+    mask.scatter_(1, idx, True)
+    return mask
+
+
+def _fwd_bwd(fn: Callable[[], torch.Tensor], grad: torch.Tensor, leaves: Sequence[torch.Tensor]):
+    def step() -> None:
+        for leaf in leaves:
+            leaf.grad = None
+        out = fn()
+        out.backward(grad)
+
+    return step
+
+
+def _attention_cases(t_len, rhos, repeats, device, dtype, batch, heads, head_dim, gen) -> list[dict]:
+    from gpu.ops.routed_attention import routed_attention
+    from gpu.ops.routed_attention.cpu import choose_cpu_algorithm, routed_attention_gathered
+
+    shape = (batch, t_len, heads, head_dim)
+    q, k, v, g = (torch.randn(shape, generator=gen).to(device=device, dtype=dtype) for _ in range(4))
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    scale = head_dim**-0.5
+    dense = _fwd_bwd(
+        lambda: F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+        ).transpose(1, 2),
+        g,
+        leaves,
+    )
+    cases = []
+    for rho in rhos:
+        mask = routed_mask(batch, t_len, rho, gen).to(device)
+        pos = torch.arange(1, t_len + 1, dtype=torch.float64, device=device)
+        routed_work = float((mask.double() * pos).sum()) / batch
+        flop_limit = t_len * (t_len + 1) / 2 / routed_work
+        fns = {
+            "candidate": _fwd_bwd(lambda mask=mask: routed_attention(q, k, v, mask), g, leaves),
+            "sdpa_dense": dense,
+        }
+        if device == "cpu":
+            fns["sdpa_gathered"] = _fwd_bwd(
+                lambda mask=mask: routed_attention_gathered(q, k, v, mask, scale=scale), g, leaves
+            )
+            algo = "cpu-" + "-w".join(str(x) for x in choose_cpu_algorithm(mask, heads, head_dim))
+        else:
+            algo = "triton"
+        ms = _interleaved(fns, repeats, device)
+        for base in [name for name in fns if name != "candidate"]:
+            cases.append(
+                {
+                    "op": "routed_attention", "device": device, "dtype": str(dtype).replace("torch.", ""),
+                    "T": t_len, "rho": rho, "batch": batch, "heads": heads, "head_dim": head_dim,
+                    "algorithm": algo, "ms": ms["candidate"], "baseline": base, "baseline_ms": ms[base],
+                    "speedup": ms[base] / ms["candidate"], "flop_limit": flop_limit,
+                }
+            )
+    return cases
+
+
+def _ssm_case(t_len, repeats, device, dtype, batch, heads, head_dim, state, chunk, gen) -> dict:
+    from gpu.ops.ssm_scan import ssm_scan
+    from gpu.ops.ssm_scan.reference import ssm_scan_reference
+
+    x = torch.randn(batch, t_len, heads, head_dim, generator=gen)
+    log_a = -torch.rand(batch, t_len, heads, generator=gen) * 0.5
+    b, c = (torch.randn(batch, t_len, heads, state, generator=gen) for _ in range(2))
+    g = torch.randn(batch, t_len, heads, head_dim, generator=gen).to(device=device, dtype=dtype)
+    leaves = [t.to(device=device, dtype=dtype).requires_grad_() for t in (x, log_a, b, c)]
+    fns = {
+        "candidate": _fwd_bwd(lambda: ssm_scan(*leaves, chunk_size=chunk)[0], g, leaves),
+        "reference": _fwd_bwd(lambda: ssm_scan_reference(*leaves)[0], g, leaves),
+    }
+    ms = _interleaved(fns, repeats, device)
+    return {
+        "op": "ssm_scan", "device": device, "dtype": str(dtype).replace("torch.", ""), "T": t_len,
+        "rho": None, "batch": batch, "heads": heads, "head_dim": head_dim,
+        "algorithm": "triton" if device == "cuda" else f"cpu-chunked-{chunk}",
+        "ms": ms["candidate"], "baseline": "reference", "baseline_ms": ms["reference"],
+        "speedup": ms["reference"] / ms["candidate"], "flop_limit": None, "d_state": state,
+    }
+
+
+def _model_cases(t_len, rhos, repeats, device, batch, gen) -> list[dict]:
+    from gpu.config import load_config
+    from gpu.model import build_model
+
+    steps = {}
+    models = {}
+    for rho in sorted(set(rhos) | {1.0}):
+        cfg = load_config(preset="quick", overrides=["router.name=random", f"router.budget={rho!r}"])
+        torch.manual_seed(0)
+        model = build_model(cfg).to(device)
+        lo, hi = model.target_range if model.target_range is not None else (0, model.vocab_size)
+        tokens = torch.randint(0, model.vocab_size, (batch, t_len), generator=gen).to(device)
+        targets = torch.full((batch, t_len), -1, dtype=torch.long)
+        targets[:, -8:] = torch.randint(lo, hi, (batch, 8), generator=gen)
+        targets = targets.to(device)
+        rng = torch.Generator().manual_seed(1)
+
+        def step(model=model, tokens=tokens, targets=targets, rng=rng) -> None:
+            model.zero_grad(set_to_none=True)
+            model(tokens, targets, generator=rng).loss.backward()
+
+        models[rho] = model
+        steps[rho] = step
+    ms = _interleaved({str(r): s for r, s in steps.items()}, repeats, device)
+    cfg = models[1.0].cfg
+    return [
+        {
+            "op": "model_step", "device": device, "dtype": "float32", "T": t_len, "rho": rho,
+            "batch": batch, "heads": cfg.n_heads, "head_dim": cfg.d_model // cfg.n_heads,
+            "algorithm": f"quick preset, pattern {cfg.pattern}, random router",
+            "ms": ms[str(rho)], "baseline": "model_rho_1", "baseline_ms": ms["1.0"],
+            "speedup": ms["1.0"] / ms[str(rho)], "flop_limit": None,
+        }
+        for rho in rhos
+    ]
+
+
+def machine_info(device: str) -> dict:
+    """Where the numbers came from."""
+    info = {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": device,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+        try:
+            import triton
+
+            info["triton"] = triton.__version__
+        except ImportError:  # pragma: no cover
+            info["triton"] = None
+    return info
+
+
+def parse_rho(text: str) -> float:
+    """A routed fraction written as a decimal or a fraction (``0.25``, ``1/64``), in (0, 1]."""
+    try:
+        value = float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise CramError(f"rho must be a number or a fraction like 1/16, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise CramError(f"rho must lie in (0, 1], got {text!r}")
+    return value
+
+
+def bench_kernels(
+    *,
+    t_values: Sequence[int] | None = None,
+    rhos: Sequence[float] = DEFAULT_RHOS,
+    repeats: int = 3,
+    device: str | None = None,
+    ops: Sequence[str] = ("routed_attention", "ssm_scan"),
+    batch: int = 1,
+    heads: int = 4,
+    head_dim: int = 64,
+    d_state: int = 16,
+    chunk_size: int = 64,
+    model_t: int = 512,
+    model_batch: int = 8,
+    threads: int | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Run the benchmark; see the module docstring. ``progress(label)`` is called per case."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise CramError(f"device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CramError("device cuda was requested but no CUDA device is available")
+    unknown = sorted(set(ops) - set(OPS))
+    if unknown or not ops:
+        raise CramError(f"unknown op(s) {unknown}; choose from {list(OPS)}")
+    if repeats < 1:
+        raise CramError(f"repeats must be >= 1, got {repeats}")
+    for name, value in (("batch", batch), ("heads", heads), ("head_dim", head_dim), ("d_state", d_state),
+                        ("chunk_size", chunk_size), ("model_t", model_t), ("model_batch", model_batch)):
+        if value < 1:
+            raise CramError(f"{name} must be >= 1, got {value}")
+    t_values = tuple(t_values) if t_values else default_t_values(device)
+    if any(t < 2 for t in t_values):
+        raise CramError(f"every T must be >= 2, got {list(t_values)}")
+    if not rhos or any(not 0 < r <= 1 for r in rhos):
+        raise CramError(f"every rho must lie in (0, 1], got {list(rhos)}")
+    if threads is not None:
+        if threads < 1:
+            raise CramError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    gen = torch.Generator().manual_seed(seed)
+    cases: list[dict] = []
+    if "routed_attention" in ops:
+        for t_len in t_values:
+            if progress:
+                progress(f"routed_attention T={t_len}")
+            cases += _attention_cases(t_len, rhos, repeats, device, dtype, batch, heads, head_dim, gen)
+    if "ssm_scan" in ops:
+        for t_len in t_values:
+            if progress:
+                progress(f"ssm_scan T={t_len}")
+            cases.append(_ssm_case(t_len, repeats, device, dtype, batch, heads, head_dim, d_state, chunk_size, gen))
+    if "model_step" in ops:
+        if progress:
+            progress(f"model_step T={model_t}")
+        cases += _model_cases(model_t, rhos, repeats, device, model_batch, gen)
+    return {"machine": machine_info(device), "cases": cases}
+
+
+def count_cases(ops: Sequence[str], t_values: Sequence[int], rhos: Sequence[float]) -> int:
+    """How many ``progress`` calls :func:`bench_kernels` makes (for a progress bar)."""
+    return len(t_values) * (("routed_attention" in ops) + ("ssm_scan" in ops)) + ("model_step" in ops)

@@ -1,0 +1,97 @@
+"""The kernel benchmark library and ``cram bench kernels`` at toy sizes (seconds, not minutes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cram_cli.main import cli
+from gpu.bench import CASE_KEYS, bench_kernels, parse_rho, routed_mask
+from theory.errors import CramError
+
+TINY = dict(t_values=[24], rhos=[0.25, 1.0], repeats=1, batch=2, heads=2, head_dim=8, d_state=4, chunk_size=8,
+            model_t=16, model_batch=2, device="cpu")
+
+
+def test_every_case_has_the_documented_keys_and_consistent_ratios():
+    result = bench_kernels(ops=["routed_attention", "ssm_scan", "model_step"], **TINY)
+    cases = result["cases"]
+    assert result["machine"]["device"] == "cpu" and result["machine"]["torch"] == torch.__version__
+    ops = [c["op"] for c in cases]
+    assert ops.count("routed_attention") == 2 * 2  # two rho values x (dense, gathered) baselines
+    assert ops.count("ssm_scan") == 1 and ops.count("model_step") == 2
+    for c in cases:
+        assert set(CASE_KEYS) <= set(c)
+        assert c["ms"] > 0 and c["baseline_ms"] > 0
+        assert c["speedup"] == pytest.approx(c["baseline_ms"] / c["ms"])
+    full = [c for c in cases if c["op"] == "routed_attention" and c["rho"] == 1.0]
+    assert all(c["flop_limit"] == pytest.approx(1.0) for c in full)
+    sparse = [c for c in cases if c["op"] == "routed_attention" and c["rho"] == 0.25]
+    assert all(c["flop_limit"] > 1.5 for c in sparse)
+    json.dumps(result, allow_nan=False)
+
+
+def test_routed_mask_routes_exactly_round_rho_t_per_row():
+    gen = torch.Generator().manual_seed(0)
+    for rho, want in ((1 / 64, 2), (0.25, 25), (1.0, 100), (1e-4, 1)):
+        mask = routed_mask(3, 100, rho, gen)
+        assert mask.sum(1).tolist() == [want] * 3
+
+
+@pytest.mark.parametrize("text, value", [("1/64", 1 / 64), ("0.25", 0.25), (" 1 ", 1.0)])
+def test_parse_rho_accepts_fractions(text, value):
+    assert parse_rho(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["0", "1.5", "-1/4", "abc", "1/0"])
+def test_parse_rho_rejects_bad_values(text):
+    with pytest.raises(CramError):
+        parse_rho(text)
+
+
+def test_bad_library_arguments_raise():
+    with pytest.raises(CramError, match="unknown op"):
+        bench_kernels(ops=["nope"], **TINY)
+    with pytest.raises(CramError, match="repeats"):
+        bench_kernels(ops=["ssm_scan"], **{**TINY, "repeats": 0})
+
+
+def test_cli_json_and_plot(tmp_path):
+    plot = tmp_path / "speedup.png"
+    res = CliRunner().invoke(
+        cli,
+        ["bench", "kernels", "--t", "24", "--rho", "1/4,1", "--repeats", "1", "--heads", "2", "--head-dim", "8",
+         "--d-state", "4", "--ops", "routed_attention,ssm_scan", "--json", "--plot", str(plot)],
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert {c["op"] for c in data["cases"]} == {"routed_attention", "ssm_scan"}
+    assert plot.stat().st_size > 0
+
+
+def test_cli_table_output():
+    res = CliRunner().invoke(cli, ["bench", "kernels", "--t", "16", "--rho", "1", "--repeats", "1", "--head-dim", "8",
+                                   "--heads", "1", "--ops", "ssm_scan", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "ssm_scan" in res.output and "reference" in res.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--rho", "2"], "rho must lie in"),
+        (["--rho", "x"], "rho must be a number"),
+        (["--t", "1"], ">= 2"),
+        (["--t", "a,b"], "integers"),
+        (["--ops", "bogus"], "unknown op"),
+        (["--repeats", "0"], "repeats"),
+    ],
+)
+def test_cli_bad_options_fail_with_one_line(args, message):
+    res = CliRunner().invoke(cli, ["bench", "kernels", *args])
+    assert res.exit_code == 2
+    assert message in res.output
+    assert "Traceback" not in res.output
