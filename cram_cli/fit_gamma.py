@@ -18,6 +18,19 @@ def _models(ctx, param, value: str) -> list[str]:
     return names
 
 
+def _fixed(ctx, param, value) -> dict[str, float]:
+    out = {}
+    for item in value:
+        name, sep, num = item.partition("=")
+        try:
+            out[name.strip()] = float(num)
+        except ValueError:
+            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}") from None
+        if not sep or not name.strip():
+            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}")
+    return out
+
+
 def _positive(ctx, param, value):
     if value is not None and not value > 0:
         raise click.BadParameter("must be positive")
@@ -52,6 +65,9 @@ def _positive(ctx, param, value):
               help="Comma-separated models to fit and compare.")
 @click.option("--primary", type=click.Choice(MODEL_CHOICES, case_sensitive=False), default="M1",
               show_default=True, help="The model whose gamma is reported with bootstrap and profile CIs.")
+@click.option("--fix", "fixed", multiple=True, callback=_fixed, metavar="NAME=VALUE",
+              help="Hold a parameter of the primary model fixed (repeatable), e.g. "
+                   "--primary M2 --fix Einf=0 for the pure power law Q = a t^-gamma.")
 @click.option("--t-min", type=float, default=None, callback=_positive,
               help="Fit only the points with t >= T_MIN.")
 @click.option("--resamples", type=click.IntRange(min=0, max=100000), default=2000, show_default=True,
@@ -65,7 +81,7 @@ def _positive(ctx, param, value):
               help="Draw the data, the fits and the bootstrap band to this file (.png, .pdf, .svg).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def fit_gamma(runs, human, list_human, count_model, alpha, K, P, n_range, time_unit, models,
-              primary, t_min, resamples, seed, all_models, no_human, as_json, plot_path, quiet):
+              primary, fixed, t_min, resamples, seed, all_models, no_human, as_json, plot_path, quiet):
     """Fit the consolidation curve E(t) of one or more runs with the eight models M1-M8.
 
     RUN is a `cram train` output directory, its metrics.jsonl, or a CSV with columns t,k,N
@@ -109,7 +125,8 @@ def fit_gamma(runs, human, list_human, count_model, alpha, K, P, n_range, time_u
         raise click.UsageError("give exactly one input: RUN paths, --human NAME or --count-model")
     res = run_fit(runs=list(runs) or None, human=human, count_model=cm, time=time_unit,
                   models=models, primary=primary.upper(), t_min=t_min, resamples=resamples,
-                  seed=seed, with_human=not no_human, quiet=quiet or as_json)
+                  seed=seed, with_human=not no_human, quiet=quiet or as_json,
+                  fixed=fixed or None)
     if plot_path:
         from theory.fit.plot import plot_fit_gamma
 

@@ -106,3 +106,16 @@ def test_usage_errors(tmp_path):
     assert _run(["--human", "nobody"]).exit_code == 2
     assert _run([str(tmp_path / "missing")]).exit_code == 2
     assert _run(["--human", "murre-dros-dros", "--models", "M9"]).exit_code == 2
+
+
+def test_fixed_parameter_primary_reproduces_murre_dros():
+    r = _run(["--human", "murre-dros-seitz", "--primary", "M2", "--fix", "Einf=0", "--json",
+              "--resamples", "100", "--no-human", "--models", "M1,M2"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert round(out["gamma"]["value"], 3) == 0.099
+    m2 = next(f for f in out["fits"] if f["model"] == "M2")
+    assert m2["params"]["Einf"]["fixed"] is True and m2["nvary"] == 2
+    lo, hi = out["gamma"]["profile_ci"]
+    assert lo < 0.099 < hi
+    assert _run(["--human", "murre-dros-seitz", "--fix", "nope"]).exit_code == 2

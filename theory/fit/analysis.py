@@ -59,8 +59,11 @@ def count_model_data(*, alpha: float, K: int, P: int = 10**6, n_min: float | Non
 def fit_gamma(*, runs: list[str | Path] | None = None, human: str | None = None,
               count_model: dict | None = None, time: str = "step", models=MODEL_NAMES,
               primary: str = "M1", t_min: float | None = None, resamples: int = 2000,
-              seed: int = 0, with_human: bool = True, quiet: bool = True) -> dict:
-    """Run the full analysis; see the module docstring. Exactly one input must be given."""
+              seed: int = 0, with_human: bool = True, quiet: bool = True,
+              fixed: dict[str, float] | None = None) -> dict:
+    """Run the full analysis; see the module docstring. Exactly one input must be given.
+    ``fixed`` holds parameters of the primary model that are not fitted (lmfit's vary=False),
+    e.g. ``{"Einf": 0.0}`` with primary M2 for Murre & Dros's pure power law."""
     given = sum(x is not None and x != [] for x in (runs, human, count_model))
     if given != 1:
         raise CramError("give exactly one input: RUN paths, --human NAME or --count-model")
@@ -103,7 +106,8 @@ def fit_gamma(*, runs: list[str | Path] | None = None, human: str | None = None,
             raise CramError("some runs have counts and some do not; give runs of one kind")
 
     with single_thread_blas(), np.errstate(all="ignore"):
-        fits: dict[str, FitResult] = {m: fit_model(m, data) for m in models}
+        fix = {m: (dict(fixed) if (fixed and m == primary) else None) for m in models}
+        fits: dict[str, FitResult] = {m: fit_model(m, data, fixed=fix[m]) for m in models}
         for f in fits.values():
             warnings.extend(f.warnings)
         best = min(fits, key=lambda m: fits[m].aic)
@@ -111,21 +115,21 @@ def fit_gamma(*, runs: list[str | Path] | None = None, human: str | None = None,
         bic_min = min(f.bic for f in fits.values())
         weights = {m: math.exp(-0.5 * (f.aic - aic_min)) for m, f in fits.items()}
         wsum = sum(weights.values())
-        oos = {m: out_of_sample(m, data) for m in models}
+        oos = {m: out_of_sample(m, data, fixed=fix[m]) for m in models}
 
         grid = np.geomspace(float(data.t[0]), float(data.t[-1]), 200)
         pfit = fits[primary]
         if len(run_data) > 1:
-            boot = bootstrap_runs(primary, run_data, pfit, n_resamples=resamples, seed=seed,
+            boot = bootstrap_runs(primary, run_data, pfit, fixed=fixed, n_resamples=resamples, seed=seed,
                                   grid=grid, quiet=quiet) if resamples else None
             profiles = {}
         else:
-            boot = parametric_bootstrap(primary, data, pfit, n_resamples=resamples, seed=seed,
+            boot = parametric_bootstrap(primary, data, pfit, fixed=fixed, n_resamples=resamples, seed=seed,
                                         grid=grid, quiet=quiet) if resamples else None
-            profiles = {n: profile_ci(primary, data, pfit, n) for n, p in pfit.params.items()
+            profiles = {n: profile_ci(primary, data, pfit, n, fixed=fixed) for n, p in pfit.params.items()
                         if not p.fixed}
-        logit = logit_ls_crosscheck(primary, data, pfit)
-        sens = t_min_sensitivity(primary, data)
+        logit = logit_ls_crosscheck(primary, data, pfit, fixed=fixed)
+        sens = t_min_sensitivity(primary, data, fixed=fixed)
 
     from theory.transition import transition_analysis
 
