@@ -52,7 +52,7 @@ def _positive(ctx, param, value):
               help="Zipf exponent of the count model (gamma is expected near 1 - 1/alpha).")
 @click.option("--K", "K", type=click.IntRange(min=1), default=None,
               help="Consolidation threshold K of the count model.")
-@click.option("--P", "P", type=click.IntRange(min=1, max=10**8), default=10**6, show_default=True,
+@click.option("--P", "P", type=click.IntRange(min=1, max=10**7), default=10**6, show_default=True,
               help="Number of recurring patterns in the count model.")
 @click.option("--n-range", nargs=2, type=float, default=None,
               help="Range of N (recurring queries) on which the count-model curve is fitted "

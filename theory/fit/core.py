@@ -223,10 +223,11 @@ class Problem:
         if len(combos) > MAX_STARTS:
             step = len(combos) / MAX_STARTS
             combos = [combos[int(i * step)] for i in range(MAX_STARTS)]
-        while len(combos) < MIN_STARTS:  # jitter copies until the SPEC's 20 starts are reached
-            rng = np.random.default_rng(len(combos))
-            base = combos[len(combos) % max(1, len(combos))]
-            combos.append(base + rng.normal(0, 0.3, base.size) * np.where(self.logmask, 1.0, 0.0))
+        n_grid = len(combos)
+        rng = np.random.default_rng(n_grid)
+        while len(combos) < MIN_STARTS:  # jittered copies until the SPEC's 20 starts are reached
+            base = combos[len(combos) % n_grid]
+            combos.append(base + rng.normal(0, 0.5, base.size) * np.where(self.logmask, 1.0, 0.0))
         return combos
 
 
