@@ -110,6 +110,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     eval_every: int = 250
+    eval_log_points: int = 0  # extra evaluations at this many log-spaced steps (early curve detail)
     eval_sequences: int = 512  # size of the fixed IID probe set
     ckpt_every: int = 500
     keep_checkpoints: bool = True  # keep every checkpoint (consolidation curves need them)
@@ -261,6 +262,8 @@ def validate(cfg: RunConfig) -> None:
             raise CramError(f"train.{key} must be >= 1, got {getattr(t, key)}")
     if t.lr <= 0 or not 0 <= t.min_lr_frac <= 1 or t.warmup_steps < 0 or t.weight_decay < 0:
         raise CramError("train.lr must be > 0, train.min_lr_frac in [0, 1], warmup_steps and weight_decay >= 0")
+    if t.eval_log_points < 0:
+        raise CramError(f"train.eval_log_points must be >= 0, got {t.eval_log_points}")
     if t.grad_clip < 0 or t.threads < 0 or t.seed < 0:
         raise CramError("train.grad_clip, train.threads and train.seed must be >= 0")
     if t.schedule not in ("cosine", "constant"):

@@ -75,6 +75,16 @@ def lr_at(cfg: C.TrainConfig, step: int) -> float:
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * prog)))
 
 
+def eval_steps(cfg: C.TrainConfig) -> set[int]:
+    """Steps after which the run evaluates: every ``eval_every`` steps, the last step, and
+    ``eval_log_points`` log-spaced steps in [1, steps] (duplicates merged)."""
+    out = set(range(cfg.eval_every, cfg.steps + 1, cfg.eval_every)) | {cfg.steps}
+    k = cfg.eval_log_points
+    if k:
+        out |= {max(1, min(cfg.steps, round(cfg.steps ** (i / (k - 1 if k > 1 else 1))))) for i in range(k)}
+    return out
+
+
 def _dist_info() -> tuple[int, int]:
     ws = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -272,6 +282,7 @@ def train(
     if start_step == 0 and not metrics:
         model.eval()
         record(0, 0.0, {"loss": None, "train_attn_frac": None})
+    evals = eval_steps(tcfg)
     bar = _Progress(end_step, start_step, enabled=progress and is_main)
     acc_loss, acc_frac = float(pending.get("loss", 0.0)), float(pending.get("attn_frac", 0.0))
     n_acc = int(pending.get("n", 0))
@@ -313,7 +324,7 @@ def train(
             n_acc += 1
             s1 = step + 1
             wall = wall0 + time.perf_counter() - t_start
-            if s1 % tcfg.eval_every == 0 or s1 == tcfg.steps:
+            if s1 in evals:
                 m = record(s1, wall, {"loss": acc_loss / n_acc, "train_attn_frac": acc_frac / n_acc, **task.train_parts(fout)})
                 acc_loss = acc_frac = 0.0
                 n_acc = 0

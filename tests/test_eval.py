@@ -24,7 +24,7 @@ from theory.errors import CramError
 
 TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
         "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16", "train.batch_size=8",
-        "train.eval_sequences=32", "train.warmup_steps=2", "train.threads=1", "train.steps=3",
+        "train.eval_sequences=32", "train.warmup_steps=2", "train.threads=1", "train.eval_log_points=0", "train.steps=3",
         "train.eval_every=3"]  # fmt: skip
 
 

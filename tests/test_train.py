@@ -18,7 +18,7 @@ from theory.errors import CramError
 
 TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
         "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16", "train.batch_size=8",
-        "train.eval_sequences=32", "train.warmup_steps=2", "train.threads=1"]  # fmt: skip
+        "train.eval_sequences=32", "train.warmup_steps=2", "train.threads=1", "train.eval_log_points=0"]  # fmt: skip
 REQUIRED = {"step", "exposures", "loss", "acc_r", "acc_e", "acc", "rho_q", "rho_all", "phi",
             "train_attn_frac", "distill_err", "router_precision", "router_recall", "wall_s",
             "rec_attended", "rec_total", "epi_attended", "epi_total", "lr", "cum_lr"}  # fmt: skip
@@ -78,6 +78,14 @@ def test_lr_schedule_warmup_then_cosine_floor():
     assert lr_at(t, 9) == pytest.approx(1.0)
     assert lr_at(t, 99) == pytest.approx(0.1, abs=1e-3)
     assert all(lr_at(t, s) >= lr_at(t, s + 1) for s in range(10, 99))
+
+
+def test_eval_steps_add_log_spaced_points():
+    from gpu.train import eval_steps
+
+    t = C.TrainConfig(steps=1000, eval_every=250, eval_log_points=4)
+    assert eval_steps(t) == {1, 10, 100, 250, 500, 750, 1000}
+    assert eval_steps(C.TrainConfig(steps=7, eval_every=5)) == {5, 7}
 
 
 # --- a run -------------------------------------------------------------------------------------
