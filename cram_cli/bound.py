@@ -321,7 +321,9 @@ def _print_text(res, plot_path):
             f"acc_r {d['acc_r']:.4f}, acc_e {d['acc_e']:.5f} (bound {d['acc_e_bound']:.5f}), T_0 = {d['T0']}, "
             f"ratio slope {_fmt(d['ratio_slope'], '.4f')}"
         )
-        slopes = ", ".join(f"{k}: {v:.3f}" for k, v in d["decade_slopes"].items())
+        slopes = ", ".join(  # float noise of a flat curve (~1e-31) prints as 0
+            f"{k}: {v if abs(v) > 1e-12 else 0.0:.3f}" for k, v in d["decade_slopes"].items()
+        )
         out(f"      log-log slope of A_rec^cum vs N_rec per decade of T: {slopes}")
     out("")
     out("Negative controls (predicted vs measured)")
