@@ -191,8 +191,9 @@ def _number(kind):
 @click.option(
     "--plot",
     "plot_path",
-    type=click.Path(dir_okay=False),
     default=None,
+    metavar="PATH",
+    callback=lambda ctx, param, value: _plot_path(value),
     help="Write a figure: A_rec against n per router with its bound, and cumulative recurring attention against T (log-log).",
 )
 @click.option(
@@ -234,6 +235,16 @@ def bound(freq, f_e, P, alpha, n_min, n_max, seeds, batch, routers, Ks, w, eps, 
         _print_text(result, plot_path)
     if not result.ok:
         sys.exit(1)
+
+
+def _plot_path(value):
+    import os
+
+    if value is not None and os.path.isdir(value):
+        raise InputError(f"--plot needs a file path, got the directory {value!r}")
+    if value is not None and not str(value).lower().endswith((".png", ".pdf", ".svg")):
+        raise InputError(f"--plot must end in .png, .pdf or .svg, got {value!r}")
+    return value
 
 
 def _json_default(x):
@@ -436,9 +447,8 @@ def _plot(res, path):
     ax2.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
-    suffix = str(path).rsplit(".", 1)[-1].lower() if "." in str(path) else "png"
     try:
-        fig.savefig(buf, format=suffix if suffix in ("png", "pdf", "svg") else "png", dpi=120)
+        fig.savefig(buf, format=str(path).rsplit(".", 1)[-1].lower(), dpi=120)
     finally:
         plt.close(fig)
     try:

@@ -63,6 +63,8 @@ def test_failing_criterion_exits_1_and_says_which():
         (["--K", "1,x"], "--K must be a comma-separated list"),
         (["--n-min", "512", "--n-max", "256"], "n range"),
         (["--seeds", "1.5"], "--seeds must be an integer"),
+        (["--plot", "."], "--plot needs a file path"),
+        (["--plot", "figure.jpg"], "--plot must end in .png, .pdf or .svg"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, words):
