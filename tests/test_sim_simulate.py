@@ -133,6 +133,17 @@ def test_rand_p_matches_lemma1_and_theorem1():
         kappa = tb.kappa0(tb.cache_bits(4, cfg.U, cfg.v), cfg.m_e, cfg.v)
         lb = tb.lower_bound(cfg.n, Fraction(cfg.m_r, cfg.n), Fraction(cfg.m_e, cfg.n), eps, kappa)
         assert c.A_rec.mean() >= float(lb) - 3 * c.A_rec.std() / np.sqrt(len(batch))
+        # the same bound from the sympy expression of Theorem 1
+        lb_sym = tb.evaluate_expr(
+            tb.lower_bound_expr(), n=cfg.n, f=Fraction(cfg.m_r, cfg.n), f_e=Fraction(cfg.m_e, cfg.n),
+            epsilon=eps, kappa=kappa,
+        )  # fmt: skip
+        assert c.A_rec.mean() >= float(lb_sym) - 3 * c.A_rec.std() / np.sqrt(len(batch))
+        assert float(lb_sym) == pytest.approx(float(lb), rel=1e-12)
+        # and the exact L1 form with the cache's capacity min(w, m_e) in place of kappa_0
+        lb_l1 = tb.lower_bound_l1(cfg.m_r, cfg.m_e, eps, 4)
+        assert lb_l1 > 0 or p < 0.5
+        assert c.A_rec.mean() >= float(lb_l1) - 3 * c.A_rec.std() / np.sqrt(len(batch))
 
 
 def test_rand_is_deterministic_and_content_blind():
