@@ -236,6 +236,10 @@ class BoundResult:
         return self.decisions / self.decision_seconds if self.decision_seconds > 0 else float("nan")
 
     def to_json(self) -> dict[str, Any]:
+        """One JSON-ready dict with stable keys (non-finite numbers become null)."""
+        return _finite(self._json())
+
+    def _json(self) -> dict[str, Any]:
         cfg = asdict(self.config)
         cfg["routers"] = list(self.config.routers)
         cfg["Ks"] = list(self.config.Ks)
@@ -291,6 +295,19 @@ class BoundResult:
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
+
+
+def _finite(x: Any) -> Any:
+    """Replace NaN/inf by None and numpy scalars by Python numbers, recursively."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    return x
 
 
 def warm_up() -> float:
