@@ -290,7 +290,7 @@ def _print_text(res, plot_path):
     out("")
     out("Per router: slope of A_rec against n (OLS on seed means, 95% seed-bootstrap CI, B = "
         f"{c.n_boot}); static routers are held to the slope of (1 - eps_hat_n)·m_r(n)")  # fmt: skip
-    head = f"{'router':<15} {'static':<6} {'slope':>8} {'95% CI':>21} {'bound':>8} {'eps_hat':>7} {'acc_e':>6} {'rho_q':>6} {'phi':>6}  result"
+    head = f"{'router':<15} {'static':<6} {'slope':>8} {'95% CI':>21} {'bound':>8} {'eps_hat':>7} {'acc_e':>6} {'rho_q':>6} {'rho_all':>7} {'phi':>6}  result"
     out(head)
     out("-" * len(head))
     for r in res.routers:
@@ -303,10 +303,11 @@ def _print_text(res, plot_path):
         out(
             f"{r.name:<15} {'yes' if r.static else 'no':<6} {r.slope:8.5f} [{r.ci[0]:8.5f}, {r.ci[1]:8.5f}] "
             f"{_fmt(r.bound):>8} {_fmt(r.eps_hat, '.3f'):>7} {_fmt(r.acc_e, '.3f'):>6} {_fmt(r.rho_q, '.3f'):>6} "
-            f"{_fmt(r.phi, '.3f'):>6}  {verdict}"
+            f"{_fmt(r.rho_all, '.3f'):>7} {_fmt(r.phi, '.3f'):>6}  {verdict}"
         )
     out(
-        f"(eps_hat, acc_e, rho_q, phi at n = {c.n_max}; phi for one attention layer of width d = {c.d_model})"
+        f"(eps_hat, acc_e, rho_q = A_q/n_q, rho_all = A/n and phi at n = {c.n_max}; phi for one attention "
+        f"layer of width d = {c.d_model}; Pi_A in --json)"
     )
     out("")
     out("Criteria")

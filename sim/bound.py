@@ -189,6 +189,8 @@ class RouterRow:
     acc_e: float | None = None  # at the largest n
     acc_r: float | None = None
     rho_q: float | None = None
+    rho_all: float | None = None
+    pi_a: float | None = None  # mean query-key pairs Π_A per sequence
     phi: float | None = None
     delta_ci_high: float | None = None  # paired test: upper end of the CI of slope − bound
     per_n_margin: float | None = None  # min over n of Ā_rec − (per-n bound − 3 SE)
@@ -258,6 +260,8 @@ class BoundResult:
                     "acc_e": r.acc_e,
                     "acc_r": r.acc_r,
                     "rho_q": r.rho_q,
+                    "rho_all": r.rho_all,
+                    "Pi_A": r.pi_a,
                     "phi": r.phi,
                     "delta_ci_high": r.delta_ci_high,
                     "per_n_margin": r.per_n_margin,
@@ -376,7 +380,7 @@ def run_bound(cfg: BoundConfig, progress: Progress | None = None) -> BoundResult
     if not any(isinstance(r, OraclePosRouter) for r in routers):
         routers.append(OraclePosRouter())  # P2 and P4 need it
     names = [r.name for r in routers] + [f"CR_{K}" for K in cfg.Ks]
-    fields = ("A_rec", "A_epi", "A_q", "A", "correct_rec", "correct_epi", "phi", "C_skip")
+    fields = ("A_rec", "A_epi", "A_q", "A", "correct_rec", "correct_epi", "phi", "C_skip", "Pi_A")
     # seq[name][field] has shape (n_x, S, B)
     seq = {nm: {f: np.zeros((len(ns), S, B)) for f in fields} for nm in names}
     m_r = np.array([cfg.srcd(n).m_r for n in ns])
@@ -486,7 +490,7 @@ def _fit_static(scfg: SRCDConfig, cfg: BoundConfig, i: int, cover: bool = False)
 
 
 def _store(dst: dict[str, np.ndarray], i: int, s: int, c: Counts, d_model: int) -> None:
-    for f in ("A_rec", "A_epi", "A_q", "A", "correct_rec", "correct_epi", "C_skip"):
+    for f in ("A_rec", "A_epi", "A_q", "A", "correct_rec", "correct_epi", "C_skip", "Pi_A"):
         dst[f][i, s] = getattr(c, f)
     dst["phi"][i, s] = c.phi(d_model)
 
@@ -551,6 +555,8 @@ def _analyse_sweep(cfg, routers, seq, ns, m_r, m_e, n_q):
             acc_e=float(acc_e_n[-1]),
             acc_r=float(d["correct_rec"][-1].mean() / m_r[-1]),
             rho_q=float(d["A_q"][-1].mean() / n_q[-1]),
+            rho_all=float(d["A"][-1].mean() / ns[-1]),
+            pi_a=float(d["Pi_A"][-1].mean()),
             phi=float(d["phi"][-1].mean()),
             delta_ci_high=float(dfit.slope_ci[1]),
             per_n_margin=float(margin_n.min()),
@@ -589,6 +595,8 @@ def _analyse_sweep(cfg, routers, seq, ns, m_r, m_e, n_q):
                 acc_e=float(d["correct_epi"][-1].mean() / m_e[-1]),
                 acc_r=float(d["correct_rec"][-1].mean() / m_r[-1]),
                 rho_q=float(d["A_q"][-1].mean() / n_q[-1]),
+                rho_all=float(d["A"][-1].mean() / ns[-1]),
+                pi_a=float(d["Pi_A"][-1].mean()),
                 phi=float(d["phi"][-1].mean()),
                 note=f"consolidating over each seed's {cfg.batch} sequences; held to Theorem 2 (P3)",
             )  # fmt: skip
