@@ -96,3 +96,12 @@ def test_uniform_recurrence_sharpness_verdict(K, sharp):
     assert tr["W"] == pytest.approx(uniform_width(K), abs=0.05)
     # t_c sits near N = K P (the step of F_K(N/P))
     assert 0.3 < tr["t_c_methods"]["M6"] / (K * 10**4) < 3
+
+
+def test_sympy_exact_sum_equals_numeric_curve():
+    from theory.count_model import K_SYM, exact_expr
+
+    expr = exact_expr(P=40)
+    for alpha, K, N in ((1.5, 2, 30.0), (0.0, 3, 100.0), (2.5, 1, 7.0)):
+        val = float(expr.subs({ALPHA: alpha, K_SYM: K, N_SYM: N}).doit().evalf())
+        assert val == pytest.approx(float(exact_curve(np.array([N]), alpha=alpha, K=K, P=40)[0]), rel=1e-10)

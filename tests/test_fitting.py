@@ -265,3 +265,17 @@ def test_metrics_reader(tmp_path):
     (run / "metrics.jsonl").write_text('{"step": 1, "rec_attended": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(CramError, match="line 2"):
         read_curve(run)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_noisy_binomial_data_recover_parameters_within_their_errors(name):
+    # binomial noise (N = 10^4 per point): every estimate within 4 standard errors of the truth
+    rng = np.random.default_rng(MODEL_NAMES.index(name) + 20)
+    m = get_model(name)
+    t = np.geomspace(10.0, 1e5, 45)
+    e = m(t, *[TRUE[name][n] for n in m.names])
+    n = np.full(t.size, 10_000)
+    fit = fit_model(name, make_binomial(t, rng.binomial(n, e), n))
+    for k, v in TRUE[name].items():
+        p = fit.params[k]
+        assert p.stderr is not None and abs(p.value - v) < 4 * p.stderr, (k, p.value, v, p.stderr)

@@ -91,6 +91,16 @@ def asymptotic_expr(K: int | None = None) -> sp.Expr:
     return sp.zeta(ALPHA) ** (-1 / ALPHA) / ALPHA * total * N_SYM ** (-(1 - 1 / ALPHA))
 
 
+def exact_expr(P: int | None = None) -> sp.Expr:
+    """The exact Poissonised curve as a sympy expression in alpha, K, N (and P unless given):
+    sum_j p_j Q(K, N p_j) with p_j = j^-alpha / H_{P, alpha} and Q(K, x) = Gamma(K, x)/Gamma(K)."""
+    j = sp.Symbol("j", integer=True, positive=True)
+    Psym = sp.Symbol("P", integer=True, positive=True) if P is None else sp.Integer(P)
+    norm = sp.Sum(j ** (-ALPHA), (j, 1, Psym))
+    pj = j ** (-ALPHA) / norm
+    return sp.Sum(pj * sp.uppergamma(K_SYM, N_SYM * pj) / sp.gamma(K_SYM), (j, 1, Psym))
+
+
 def predicted_gamma(alpha: float) -> float:
     """gamma = 1 - 1/alpha (alpha > 1)."""
     if alpha <= 1:

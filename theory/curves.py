@@ -275,6 +275,12 @@ def _tc_symbolic(name: str) -> sp.Expr | None:
 
 def tc_numeric(model: CurveModel, values: dict[str, float], t_lo: float, t_hi: float) -> float:
     """argmax of -dE/dlog t over [t_lo, t_hi] (a dense log grid, then a bounded refinement)."""
+
+    with np.errstate(all="ignore"):
+        return _tc_numeric(model, values, t_lo, t_hi)
+
+
+def _tc_numeric(model: CurveModel, values: dict[str, float], t_lo: float, t_hi: float) -> float:
     from scipy.optimize import minimize_scalar
 
     args = [values[n] for n in model.names]
