@@ -97,7 +97,7 @@ def _max_tokens(ctx, param, value):
 )
 @click.option(
     "--max-tokens",
-    default="4000",
+    default="3000",
     show_default=True,
     callback=_max_tokens,
     help="Token budget of FIT + VAL + TEST together (split 4:1:2), or 'all' for the whole corpus.",
@@ -138,7 +138,7 @@ def _max_tokens(ctx, param, value):
 )
 @click.option(
     "--sweep-taus",
-    default="0.02,0.05,0.1,0.2,0.3",
+    default="0.05,0.1,0.2,0.3",
     show_default=True,
     callback=_floats,
     help="Thresholds tried by the patching sweep (C5) that picks the headline.",
@@ -183,14 +183,14 @@ def _max_tokens(ctx, param, value):
 @click.option(
     "--mlp-tokens",
     type=click.IntRange(16),
-    default=8000,
+    default=4000,
     show_default=True,
     help="FIT tokens per layer kept to train P2 (a quarter as many from VAL for early stopping).",
 )
 @click.option(
     "--mlp-epochs",
     type=click.IntRange(1),
-    default=20,
+    default=10,
     show_default=True,
     help="Most epochs of P2 training (early stopping on VAL).",
 )
