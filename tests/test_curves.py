@@ -25,7 +25,8 @@ def test_jacobian_matches_central_differences(name):
     t = np.geomspace(1.0, 1e5, 37)
     t = t[np.abs(np.log10(t) - VALUES["log10_t_b"]) > 0.05]  # keep off M8's kink
     args = _args(m)
-    jac = m.jacobian(t, *args)
+    with np.errstate(over="ignore"):  # M5's exp((t - t_c)/w) overflows far out; the limit is 0
+        jac = m.jacobian(t, *args)
     for i, _ in enumerate(m.names):
         h = 1e-6 * max(1.0, abs(args[i]))
         up, dn = list(args), list(args)

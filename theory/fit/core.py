@@ -156,8 +156,11 @@ class Problem:
             e = self.model(self.t, *args)
             jac_all = self.model.jacobian(self.t, *args)
         jac = jac_all[self.free_idx] * self.chain(nat)[:, None]
-        if not (np.all(np.isfinite(e)) and np.all(np.isfinite(jac))):
+        if not np.all(np.isfinite(e)):
             return 1e300, np.zeros_like(theta)
+        if not np.all(np.isfinite(jac)):
+            # inf/inf in a saturated exponential (M5 far from t_c): the true derivative is 0
+            jac = np.where(np.isfinite(jac), jac, 0.0)
         if self.binomial:
             ec = np.clip(e, EPS, 1 - EPS)
             inside = (e > EPS) & (e < 1 - EPS)
@@ -371,6 +374,7 @@ def _covariance(prob: Problem, args: list[float], e: np.ndarray, redchi: float |
     idx = [i for i, p in enumerate(prob.model.params) if p.name not in prob.fixed]
     with np.errstate(all="ignore"):
         jac = prob.model.jacobian(prob.t, *args)[idx]  # natural parameters
+    jac = np.where(np.isfinite(jac), jac, 0.0)  # saturated exponentials, as in value_and_grad
     if prob.binomial:
         ec = np.clip(e, 1e-9, 1 - 1e-9)
         wts = prob.nn / (ec * (1 - ec))
