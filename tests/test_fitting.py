@@ -279,3 +279,18 @@ def test_noisy_binomial_data_recover_parameters_within_their_errors(name):
     for k, v in TRUE[name].items():
         p = fit.params[k]
         assert p.stderr is not None and abs(p.value - v) < 4 * p.stderr, (k, p.value, v, p.stderr)
+
+
+def test_metrics_reader_drops_unusable_evaluations(tmp_path):
+    p = tmp_path / "metrics.jsonl"
+    recs = [{"step": 0, "exposures": 0.0, "rec_attended": 0, "rec_total": 0, "loss": None},
+            {"step": 10, "exposures": 2.5, "rec_attended": 0, "rec_total": 0},
+            {"step": 20, "exposures": 5.0, "rec_attended": 9, "rec_total": 10},
+            {"step": 40, "exposures": 10.0, "rec_attended": 5, "rec_total": 10}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    d = read_curve(p, time="exposures")
+    assert list(d.t) == [5.0, 10.0]
+    assert any("rec_total = 0" in w for w in d.warnings)
+    p.write_text(json.dumps({"step": 5, "rho_q": None}) + "\n" + json.dumps({"step": 6, "rho_q": 0.5}) + "\n")
+    d = read_curve(p)
+    assert d.kind == "gaussian" and list(d.t) == [6.0]

@@ -166,14 +166,21 @@ def _read_metrics(text: str, name: str, time: str) -> CurveData:
     if has_counts:
         k = np.array([_num(r["rec_attended"], name, "rec_attended") for r in evals])
         n = np.array([_num(r["rec_total"], name, "rec_total") for r in evals])
+        usable = n > 0
+        what = "no recurring probe queries (rec_total = 0)"
     else:
         warnings.append(f"{name}: no rec_attended/rec_total counts; fitting rho_q (attention per "
                         "query, recurring and episodic together) by Gaussian least squares")
-        y = np.array([_num(r.get("rho_q"), name, "rho_q") for r in evals])
-    keep = t > 0
-    if not np.all(keep):
-        warnings.append(f"{name}: dropped {int((~keep).sum())} evaluation(s) at {time} <= 0 "
-                        "(log-time models need t > 0)")
+        usable = np.array([r.get("rho_q") is not None for r in evals])
+        y = np.array([_num(r["rho_q"], name, "rho_q") if ok else np.nan
+                      for r, ok in zip(evals, usable)])
+        what = "rho_q = null"
+    if not np.all(usable):
+        warnings.append(f"{name}: dropped {int((~usable).sum())} evaluation(s) with {what}")
+    keep = (t > 0) & usable
+    if np.any((t <= 0) & usable):
+        warnings.append(f"{name}: dropped {int(((t <= 0) & usable).sum())} evaluation(s) at "
+                        f"{time} <= 0 (log-time models need t > 0)")
     if has_counts:
         data = make_binomial(t[keep], k[keep], n[keep], name=name, time_unit=TIME_UNITS[time])
     else:
