@@ -396,7 +396,7 @@ def run_bound(cfg: BoundConfig, progress: Progress | None = None) -> BoundResult
         leak_routers = {}
         for leak in ("key_range", "position"):
             lcfg = scfg.replace(leak=leak)
-            leak_routers[leak] = (lcfg, _fit_static(lcfg, cfg, i, cover=True))
+            leak_routers[leak] = (lcfg, _fit_static(lcfg, cfg, i, cover=leak == "key_range"))
         f1cfg = scfg.replace(m_e=0, d=scfg.n_q)
         for s in range(S):
             say(f"sweep n={n}", (i * S + s) / steps)

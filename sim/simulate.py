@@ -334,14 +334,11 @@ def distinct_patterns_cum(batch: Batch) -> np.ndarray:
     """D_T: the number of distinct pool patterns queried in sequences 0..T-1, for every T."""
     ranks = batch.query_rank
     B = ranks.shape[0]
-    new = np.zeros(B, dtype=np.int64)
-    seen: set[int] = set()
-    for b in range(B):
-        row = ranks[b][ranks[b] >= 0]
-        fresh = set(row.tolist()) - seen
-        new[b] = len(fresh)
-        seen |= fresh
-    return np.cumsum(new)
+    rows = np.broadcast_to(np.arange(B)[:, None], ranks.shape)
+    sel = ranks >= 0
+    r, first_row = ranks[sel], rows[sel]  # row-major: the first occurrence comes first
+    _, first = np.unique(r, return_index=True)
+    return np.cumsum(np.bincount(first_row[first], minlength=B))
 
 
 def max_episodic_multiplicity(batch: Batch) -> int:

@@ -276,3 +276,13 @@ def test_bad_inputs():
         with pytest.raises(CramError):
             parse_router(bad)
     assert parse_router("rand_0.25").name == "RAND_0.25" and parse_router("CR_3").K == 3
+
+
+def test_distinct_patterns_cum_matches_a_plain_count():
+    cfg, world, batch = _setup(n=256, m_r=20, m_e=5, P=64, d=3, B=300)
+    seen: set[int] = set()
+    expected = []
+    for row in batch.query_rank:
+        seen |= set(row[row >= 0].tolist())
+        expected.append(len(seen))
+    assert distinct_patterns_cum(batch).tolist() == expected
