@@ -213,7 +213,7 @@ def bound(freq, f_e, P, alpha, n_min, n_max, seeds, batch, routers, Ks, w, eps, 
     2 on bad input.
     """
     if symbolic:
-        _print_symbolic(latex, as_json)
+        _print_symbolic(latex, as_json, dict(n=n_max, f=freq, f_e=f_e, w=w, eps=eps))
         return
     from sim.bound import BoundConfig, run_bound
     from sim.routers import DEFAULT_STATIC
@@ -360,22 +360,50 @@ def _print_text(res, plot_path):
     )
 
 
-def _print_symbolic(latex: bool, as_json: bool) -> None:
-    from theory.bounds import theorems
+def _print_symbolic(latex: bool, as_json: bool, at: dict) -> None:
+    from fractions import Fraction
+
+    from theory.bounds import evaluate_at, theorems
+
+    try:
+        values = evaluate_at(
+            at["n"],
+            Fraction(str(at["f"])),
+            Fraction(str(at["f_e"])),
+            w_=at["w"],
+            U=2**14,
+            v_=2**10,
+            eps_=0,
+        )
+    except CramError as exc:
+        raise InputError(str(exc)) from None
 
     items = list(theorems())
     prop3 = _proposition3()
     if prop3 is not None:
         items.append(prop3)
     fmt = "latex" if latex else "pretty"
+
+    def show(v):  # exact fractions unless the denominator is unreadably long (H_{n_q} in kappa1)
+        if isinstance(v, Fraction):
+            return str(v) if v.denominator <= 10**6 else float(v)
+        return v
+
+    numeric = {k: show(v) for k, v in values.items()}
     if as_json:
-        click.echo(
-            json.dumps({"theorems": [{"name": t.name, "text": t.render(fmt)} for t in items]})
-        )
+        theorems_out = [{"name": t.name, "text": t.render(fmt)} for t in items]
+        click.echo(json.dumps({"theorems": theorems_out, "evaluated": numeric}))
         return
     for t in items:
         click.echo(t.render(fmt))
         click.echo("")
+    click.echo(
+        f"Evaluated exactly (long fractions shown as floats) at n = {at['n']}, f = {at['f']:g}, f_e = {at['f_e']:g}, w = {at['w']}, "
+        "U = 2^14, v = 2^10, eps = 0, d = 64:"
+    )
+    for k, v in numeric.items():
+        approx = f" ≈ {float(values[k]):.6g}" if isinstance(numeric[k], str) else ""
+        click.echo(f"  {k} = {v}{approx}")
 
 
 def _proposition3():

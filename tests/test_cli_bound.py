@@ -80,8 +80,10 @@ def test_symbolic(flag):
     res = _run(["--symbolic", *flag])
     assert res.exit_code == 0, res.output
     if flag == ["--json"]:
-        names = [t["name"] for t in json.loads(res.output)["theorems"]]
+        js = json.loads(res.output)
+        names = [t["name"] for t in js["theorems"]]
         assert any(n.startswith("Theorem 1") for n in names)
+        assert js["evaluated"]["kappa_l1"] == 4 and js["evaluated"]["m_e"] == 164
     else:
         assert "Theorem 2 (CR_K upper bound)" in res.output and "assumes:" in res.output
         assert ("\\geq" in res.output) == (flag == ["--latex"])

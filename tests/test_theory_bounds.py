@@ -78,7 +78,11 @@ def test_kappa0_approx_S_over_log2v_for_large_v():
     # 2^S·v^-c·(1 - 1/v)^m > 1/m for every c <= (S - 2)/log2 v, so kappa_0 exceeds that
     for S, m, v in [(100, 50, 2**20), (400, 64, 2**16), (60, 40, 2**12)]:
         k0 = tb.kappa0(S, m, v)
-        assert (S - 2) / math.log2(v) - 1 <= k0 <= 1 + max(0.1 * m, (S + math.log2(m)) / math.log2(0.1 * v / math.e))
+        assert (
+            (S - 2) / math.log2(v) - 1
+            <= k0
+            <= 1 + max(0.1 * m, (S + math.log2(m)) / math.log2(0.1 * v / math.e))
+        )
 
 
 def test_kappa1_formula():
@@ -251,3 +255,16 @@ def test_theorems_render(fmt):
         assert t.name in text and "assumes:" in text
     with pytest.raises(CramError):
         ths[0].render("html")
+
+
+def test_evaluate_at_is_consistent_with_the_parts():
+    vals = tb.evaluate_at(8192, Fraction(1, 10), Fraction(1, 50), w_=4, U=2**14, v_=2**10)
+    assert (vals["m_r"], vals["m_e"], vals["S_bits"]) == (819, 164, 96)
+    assert vals["kappa0"] == tb.kappa0(96, 164, 2**10) <= vals["kappa0_closed_simple"]
+    assert vals["kappa_l1"] == 4 <= vals["kappa0"] < vals["kappa1"]
+    assert vals["LB_kappa0"] == tb.lower_bound(
+        8192, Fraction(1, 10), Fraction(1, 50), 0, vals["kappa0"]
+    )
+    assert vals["LB_l1"] == tb.lower_bound_l1(819, 164, 0, 4) > vals["LB_kappa0"]
+    with pytest.raises(CramError):
+        tb.evaluate_at(100, Fraction(1, 10), Fraction(1, 1000), w_=4, U=2**14, v_=2**10)

@@ -499,3 +499,36 @@ def evaluate_expr(expr: sp.Expr, **values) -> sp.Expr:
         for k, val in values.items()
     }
     return sp.simplify(expr.subs(subs).doit())
+
+
+def evaluate_at(
+    n_: int, f_, fe_, *, w_: int, U: int, v_: int, eps_=0, K_: int = 2
+) -> dict[str, object]:
+    """The bounds evaluated at one configuration (m_r = round(f·n), m_e = round(f_e·n)), exactly.
+
+    Returns the cache's state size S, κ₀(S), κ₁, the L1 capacity min(w, m_e), Theorem 1's LB with
+    κ₀ and with min(w, m_e), the exact L1 bound, and CR_K's K needed for ε given R = 1.
+    """
+    n_ = _int("n", n_, 1)
+    f_ = _frac("f", f_, lo=0, hi=1)
+    fe_ = _frac("f_e", fe_, lo=0, hi=1, lo_open=True)
+    eps_ = _frac("eps", eps_, lo=0, hi=1)
+    mr, me = int(round(f_ * n_)), int(round(fe_ * n_))
+    if me < 1:
+        raise CramError(f"m_e = round(f_e·n) = {me}: Theorem 1 needs at least one episodic slot")
+    S_ = cache_bits(w_, U, v_)
+    k0 = kappa0(S_, me, v_)
+    return {
+        "n": n_,
+        "m_r": mr,
+        "m_e": me,
+        "S_bits": S_,
+        "kappa0": k0,
+        "kappa1": kappa1(S_, me, v_, n_, mr + me),
+        "kappa0_closed_simple": kappa0_closed_simple(S_, me, v_),
+        "kappa_l1": kappa_l1(w_, me),
+        "LB_kappa0": lower_bound(n_, f_, fe_, eps_, k0),
+        "LB_l1": lower_bound_l1(mr, me, eps_, w_),
+        "phi_min_d64": flop_fraction_min(n_, 64),
+        "K_for_eps_0.01_R_1": cr_k_for_eps(1, v_, Fraction(1, 100)),
+    }
