@@ -49,7 +49,8 @@ def test_oracle_pos_router_has_zero_reduction_and_passes_the_guard(tmp_path):
         assert row["n_shared_patterns"] == math.floor(row["s"] * scfg.P + 1e-9)
         assert row["R_pred_spec"] == pytest.approx(world.s_eff * scfg.m_r / scfg.n_q)
     s0, s1 = r["transfer"][0], r["transfer"][-1]
-    assert s0["n_shared_queries"] == 0 and s0["acc_shared"] is None
+    assert s0["n_shared_queries"] == 0 and s0["acc_shared"] is None and s0["R_pred_slots"] == 0.0
+    assert r["iid"]["n_shared_queries"] == 24 * scfg.m_r  # IID: the training pool itself
     assert s1["n_new_queries"] == 0 and s1["n_shared_queries"] == 24 * scfg.m_r
     assert r["guard"]["checked"] and r["guard"]["ok"]
     assert [c["s"] for c in r["conflict"]] == [0.5, 1.0]
