@@ -1,4 +1,5 @@
-"""theory.bounds: exact evaluators against brute force and against their sympy forms; H7."""
+"""theory.bounds: exact evaluators against brute force and against their sympy forms (H7 is in
+tests/test_properties.py)."""
 
 from __future__ import annotations
 
@@ -118,42 +119,6 @@ def test_cache_state_kappa_dominates_l1_capacity():
 def test_bad_input_raises_cram_error(call):
     with pytest.raises(CramError):
         call()
-
-
-# ----------------------------------------------------------------------------------------------
-# H7: monotonicity of LB and kappa_0
-# ----------------------------------------------------------------------------------------------
-
-fracs = st.fractions(min_value=0, max_value=1, max_denominator=1000)
-
-
-@given(
-    n=st.integers(1, 10**5),
-    f=st.fractions(Fraction(1, 1000), Fraction(1, 2), max_denominator=1000),
-    fe=st.fractions(Fraction(1, 1000), Fraction(1, 2), max_denominator=1000),
-    eps=st.fractions(0, Fraction(999, 1000), max_denominator=1000),
-    kap=st.fractions(0, 500, max_denominator=100),
-    dn=st.integers(0, 1000),
-    step=st.fractions(0, Fraction(1, 10), max_denominator=1000),
-)
-@settings(max_examples=120)
-def test_h7_lower_bound_monotone(n, f, fe, eps, kap, dn, step):
-    lb = tb.lower_bound(n, f, fe, eps, kap)
-    assert 0 <= lb <= f * n
-    assert tb.lower_bound(n + dn, f, fe, eps, kap) >= lb
-    assert tb.lower_bound(n, min(f + step, 1), fe, eps, kap) >= lb
-    assert tb.lower_bound(n, f, min(fe + step, 1), eps, kap) >= lb
-    assert tb.lower_bound(n, f, fe, min(eps + step, 1), kap) <= lb
-    assert tb.lower_bound(n, f, fe, eps, kap + step) <= lb
-
-
-@given(st.integers(0, 60), st.integers(1, 60), st.integers(2, 2048), st.integers(1, 10))
-@settings(max_examples=80)
-def test_h7_kappa0_monotone(S, m, v, d):
-    k = tb.kappa0(S, m, v)
-    assert tb.kappa0(S + d, m, v) >= k
-    assert tb.kappa0(S, m + d, v) >= k
-    assert tb.kappa0(S, m, v + d) <= k
 
 
 # ----------------------------------------------------------------------------------------------
