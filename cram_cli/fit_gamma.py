@@ -63,8 +63,10 @@ def _positive(ctx, param, value):
                    "or cumulative learning rate.")
 @click.option("--models", default=",".join(MODEL_CHOICES), show_default=True, callback=_models,
               help="Comma-separated models to fit and compare.")
-@click.option("--primary", type=click.Choice(MODEL_CHOICES, case_sensitive=False), default="M1",
-              show_default=True, help="The model whose gamma is reported with bootstrap and profile CIs.")
+@click.option("--primary", type=click.Choice(MODEL_CHOICES, case_sensitive=False), default=None,
+              help="The model whose gamma is reported with bootstrap and profile CIs [default: M1; "
+                   "with --human, M2 with Einf fixed at 0, the pure power law Q = mu t^-a that "
+                   "Murre & Dros fit: seven points cannot pin down M1's four parameters].")
 @click.option("--fix", "fixed", multiple=True, callback=_fixed, metavar="NAME=VALUE",
               help="Hold a parameter of the primary model fixed (repeatable), e.g. "
                    "--primary M2 --fix Einf=0 for the pure power law Q = a t^-gamma.")
@@ -123,6 +125,10 @@ def fit_gamma(runs, human, list_human, count_model, alpha, K, P, n_range, time_u
     n_inputs = sum([bool(runs), human is not None, cm is not None])
     if n_inputs != 1:
         raise click.UsageError("give exactly one input: RUN paths, --human NAME or --count-model")
+    if primary is None:
+        primary = "M2" if human is not None else "M1"
+        if human is not None and not fixed:
+            fixed = {"Einf": 0.0}
     res = run_fit(runs=list(runs) or None, human=human, count_model=cm, time=time_unit,
                   models=models, primary=primary.upper(), t_min=t_min, resamples=resamples,
                   seed=seed, with_human=not no_human, quiet=quiet or as_json,
