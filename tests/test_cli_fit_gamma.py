@@ -119,3 +119,12 @@ def test_fixed_parameter_primary_reproduces_murre_dros():
     lo, hi = out["gamma"]["profile_ci"]
     assert lo < 0.099 < hi
     assert _run(["--human", "murre-dros-seitz", "--fix", "nope"]).exit_code == 2
+
+
+def test_human_default_primary_is_the_pure_power_law():
+    r = _run(["--human", "murre-dros-mack", "--json", "--resamples", "50", "--no-human",
+              "--models", "M1,M2"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["primary_model"] == "M2"
+    assert round(out["gamma"]["value"], 3) == 0.093
