@@ -19,6 +19,7 @@ from cram_cli.main import cli  # noqa: E402
 from gpu.redundancy.corpus import read_documents, split_corpus  # noqa: E402
 from gpu.redundancy.engine import run  # noqa: E402
 from gpu.redundancy.measure import RedundancyConfig, _binned_auc  # noqa: E402
+from gpu.redundancy.planted import save_planted_gpt2  # noqa: E402
 from gpu.redundancy.predictors import Moments, fit_ridge, lagged  # noqa: E402
 from theory.errors import CramError  # noqa: E402
 
@@ -38,41 +39,10 @@ def _corpus(path, n_docs=18, seed=0):
 
 
 def _tiny_gpt2(path, *, planted_heads=(), seed=0, inverse_layer_scale=False):
-    """A 2-layer, 2-head, d=32 byte-level GPT-2. Heads in ``planted_heads`` (of layer 0) attend
-    only to their own position, so their output is an exact linear function of LN1(h_t).
-
-    Construction: all embeddings lie in a 16-dim subspace V orthogonal to the all-ones vector, so
-    LN1(h) = h / std(h) stays in V with norm sqrt(d); with W_Q = W_K = s U (U an orthonormal basis
-    of V) the score of key s is s^2 x_t . x_s / sqrt(hd), maximal (by a wide margin) at x_s = x_t.
-    """
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    cfg = GPT2Config(
-        vocab_size=256, n_positions=96, n_embd=32, n_layer=2, n_head=2,
-        scale_attn_by_inverse_layer_idx=inverse_layer_scale, bos_token_id=None, eos_token_id=None,
-    )  # fmt: skip
-    model = GPT2LMHeadModel(cfg)
-    if planted_heads:
-        d, hd = 32, 16
-        g = torch.randn(d, hd)
-        g -= g.mean(0, keepdim=True)  # orthogonal to the ones vector
-        U, _ = torch.linalg.qr(g)  # (d, hd) orthonormal columns spanning V
-        with torch.no_grad():
-            model.transformer.wte.weight.copy_(torch.randn(256, hd) @ U.T)
-            model.transformer.wpe.weight.zero_()
-            attn = model.transformer.h[0].attn
-            for h in planted_heads:
-                sl_q = slice(h * hd, (h + 1) * hd)
-                sl_k = slice(d + h * hd, d + (h + 1) * hd)
-                attn.c_attn.weight[:, sl_q] = 5.0 * U
-                attn.c_attn.weight[:, sl_k] = 5.0 * U
-                attn.c_attn.bias[sl_q] = 0.0
-                attn.c_attn.bias[sl_k] = 0.0
-                v = slice(2 * d + h * hd, 2 * d + (h + 1) * hd)
-                attn.c_attn.weight[:, v] = torch.randn(d, hd) * 0.3  # a visible, random value map
-    model.save_pretrained(str(path))
-    return model
+    """The planted-head model of gpu.redundancy.planted (random GPT-2 when no head is planted)."""
+    return save_planted_gpt2(
+        path, tuple(planted_heads), seed=seed, inverse_layer_scale=inverse_layer_scale
+    )
 
 
 @pytest.fixture(scope="module")
