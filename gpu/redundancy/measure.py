@@ -805,6 +805,8 @@ def _patching(ad, split, cfg, layers, preds, gates, test, result, tick):
             "dnll_rel": pts[best][2],
             "tau": tau_star,
             "feasible": True,
+            # the largest tau tried still met the budget: the headline is a lower bound
+            "capped": tau_star == max(sweep),
         }
     else:
         tau_star = min(sweep)
@@ -815,6 +817,7 @@ def _patching(ad, split, cfg, layers, preds, gates, test, result, tick):
             "dnll_rel": None,
             "tau": None,
             "feasible": False,
+            "capped": False,
         }
     head.update(
         {
@@ -895,6 +898,7 @@ def _patching(ad, split, cfg, layers, preds, gates, test, result, tick):
             "dnll": gpts[gbest][1] if gbest is not None else None,
             "tau": sweep[gbest] if gbest is not None else None,
             "feasible": gbest is not None,
+            "capped": gbest is not None and sweep[gbest] == max(sweep),
         }
         result["controls"]["c6_gate"] = {
             "what": "logistic gate g(x) >= 0.5 trained on VAL to predict 1[e_t < tau], applied online",

@@ -41,6 +41,11 @@ def format_report(r: dict) -> str:
             f"replaced by {h['predictor']} at tau={h['tau']:g} with dNLL {h['dnll']:+.4f} nats/token "
             f"(budget {h['budget']:g}); oracle flags, 95% CI over {h['n_test_docs']} TEST documents"
         )
+        if h.get("capped"):
+            out.append(
+                "  note: the largest tau of the sweep still meets the budget, so this is a lower bound; "
+                "extend --sweep-taus"
+            )
     else:
         out.append(
             f"HEADLINE (C5): no threshold of the sweep keeps dNLL <= {h['budget']:g} nats/token: "
