@@ -122,9 +122,9 @@ def bench() -> None:
 @click.option("--head-dim", type=click.IntRange(min=1), default=64, show_default=True,
               help="Head dimension D (and the SSM head dimension P).")
 @click.option("--d-state", type=click.IntRange(min=1), default=16, show_default=True, help="SSM state size N.")
-@click.option("--model-t", type=click.IntRange(min=2), default=512, show_default=True,
+@click.option("--model-t", type=click.IntRange(min=2), default=2048, show_default=True,
               help="Sequence length of the model_step cases.")
-@click.option("--model-batch", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--model-batch", type=click.IntRange(min=1), default=2, show_default=True,
               help="Batch size of the model_step cases.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to run: auto picks CUDA when it is available.")

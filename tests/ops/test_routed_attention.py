@@ -184,3 +184,25 @@ def test_bad_scale_raises():
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(CramError, match="scale"):
             routed_attention(q, k, v, MASKS["random"], scale=bad)
+
+
+def test_cost_model_uses_dense_only_when_nearly_everything_is_routed():
+    from gpu.bench import routed_mask
+    from gpu.ops.routed_attention.cpu import choose_cpu_algorithm
+
+    gen = torch.Generator().manual_seed(0)
+    assert choose_cpu_algorithm(torch.ones(1, 4096, dtype=torch.bool), 4, 64)[0] == "dense"
+    for rho in (1 / 64, 1 / 16, 1 / 4):
+        algo, width = choose_cpu_algorithm(routed_mask(1, 4096, rho, gen), 4, 64)
+        assert algo == "blocked" and 32 <= width <= 4096
+    # sparser routing never picks narrower blocks (fewer queries per block -> wider blocks)
+    widths = [choose_cpu_algorithm(routed_mask(1, 4096, r, gen), 4, 64)[1] for r in (1 / 4, 1 / 16, 1 / 64)]
+    assert widths == sorted(widths)
+
+
+@pytest.mark.parametrize("case", ["random", "ragged", "one", "empty"])
+def test_blocked_path_never_reads_uninitialised_gradient_memory(monkeypatch, case):
+    real = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda t, **kw: real(t, **kw).fill_(float("nan")))
+    fn = lambda q, k, v, m: routed_attention_blocked(q, k, v, m, scale=D**-0.5, width=16)  # noqa: E731
+    _check(fn, MASKS[case], torch.float32)

@@ -212,22 +212,37 @@ class BlockedRoutedAttention(torch.autograd.Function):
         kh, vh = ctx.saved_tensors
         scale = ctx.scale
         bsz, h, t_len, d = kh.shape
-        gw = F.pad(grad_out.to(kh.dtype), (0, 0, 0, 0, 0, 1))  # row T (padding lanes) is zero
-        dq = torch.zeros(bsz, t_len + 1, h, d, dtype=kh.dtype, device=kh.device)
-        dkh = torch.zeros_like(kh)
-        dvh = torch.zeros_like(vh)
+        gw = grad_out.to(kh.dtype)
+        dq = torch.zeros(bsz, t_len + 1, h, d, dtype=kh.dtype, device=kh.device)  # row T: padding
+        # Prefix lengths grow block by block, so the last block covers every earlier prefix: it
+        # initialises dk, dv (beta=0 ignores the uninitialised memory) and the rest is zeroed.
+        dkh = torch.empty_like(kh)
+        dvh = torch.empty_like(vh)
         rows = torch.arange(bsz, device=kh.device)[:, None]
-        for start, length, gpos, spos, qs, p in ctx.plan:
+        first = True
+        for start, length, gpos, spos, qs, p in reversed(ctx.plan):
             if p is None:
                 p = _block_probs(qs, kh, gpos, start, length)
-            dog = gw[rows, spos].transpose(1, 2)  # (B, H, n, D)
+            dog = gw[rows, gpos]  # (B, n, H, D)
+            pad = spos == t_len
+            if bool(pad.any()):  # padding lanes carry no gradient
+                dog = dog.masked_fill(pad[:, :, None, None], 0.0)
+            dog = dog.transpose(1, 2)  # (B, H, n, D)
             n = dog.shape[2]
-            _flat(dvh, length).baddbmm_(p.reshape(-1, n, length).transpose(-1, -2), dog.reshape(-1, n, d))
+            beta = 0.0 if first else 1.0
+            _flat(dvh, length).baddbmm_(p.reshape(-1, n, length).transpose(-1, -2), dog.reshape(-1, n, d), beta=beta)
             dp = torch.matmul(dog, vh[:, :, :length].transpose(-1, -2))  # (B, H, n, L)
             # dS = P * (dP - rowsum(dP * P)), fused; rowsum(dP * P) equals dO . O.
             ds = torch._softmax_backward_data(dp, p, -1, p.dtype)
             dq[rows, spos] = torch.matmul(ds, kh[:, :, :length]).transpose(1, 2) * scale
-            _flat(dkh, length).baddbmm_(ds.reshape(-1, n, length).transpose(-1, -2), qs.reshape(-1, n, d))
+            _flat(dkh, length).baddbmm_(ds.reshape(-1, n, length).transpose(-1, -2), qs.reshape(-1, n, d), beta=beta)
+            if first:
+                dkh[:, :, length:].zero_()
+                dvh[:, :, length:].zero_()
+                first = False
+        if first:  # nothing routed
+            dkh.zero_()
+            dvh.zero_()
         ctx.plan = None
         dt = ctx.in_dtype
         return dq[:, :t_len].to(dt), dkh.transpose(1, 2).to(dt), dvh.transpose(1, 2).to(dt), None, None, None
