@@ -235,6 +235,10 @@ def test_planted_layer_gives_budgeted_headline(tmp_path, corpus):
     assert 0.45 < h["fraction"] <= 0.75
     assert h["ci"][0] <= h["fraction"] <= h["ci"][1]
     assert h["capped"] is (h["tau"] == max(r["config"]["sweep_taus"]))
+    ev = r["controls"]["c5_patching"]["everywhere"]
+    assert ev["p1_everywhere"]["fraction"] == 1.0
+    # mean-ablating both layers costs more than replacing them by the ridge prediction
+    assert ev["p0_everywhere"]["dnll"] > ev["p1_everywhere"]["dnll"]
     per = r["controls"]["c5_patching"]["per_layer"]
     assert per[0]["fraction"] > 0.9 and abs(per[0]["dnll"]) < 1e-3
     assert r["controls"]["c6_gate"]["headline"]["fraction"] > 0.4

@@ -666,13 +666,13 @@ def _assemble(loaded, text, splits, cfg, window, layers, preds, fit_info, test) 
 # --------------------------------------------------------------------------------- patching
 
 
-def _patched_pass(ad, split, cfg, layers, preds, test, flag_fn, only_layer=None):
+def _patched_pass(ad, split, cfg, layers, preds, test, flag_fn, only_layer=None, predictor=None):
     """One TEST pass with o_t <- o_hat_t where ``flag_fn(batch, li, x)`` is True.
 
     Returns per-document arrays: flagged counts (summed over layers), ΔNLL sums, NLL counts, and
-    the attention FLOPs saved and spent (C7).
+    the attention FLOPs saved and spent (C7). ``predictor`` overrides the patch predictor.
     """
-    pp = cfg.patch_predictor
+    pp = predictor or cfg.patch_predictor
     doc_ids = test["doc_ids"]
     nd = len(doc_ids)
     flagged = np.zeros(nd)
@@ -852,6 +852,18 @@ def _patching(ad, split, cfg, layers, preds, gates, test, result, tick):
             result["layers"][li]["patch_alone"] = per[-1]
             tick("patch per layer", li + 1, L)
         c5["per_layer"] = per
+    # how much the model uses attention at all: every eligible position of every measured layer
+    # replaced by the patch predictor, and by the constant (mean ablation)
+    refs = {}
+    for name in (cfg.patch_predictor, "p0"):
+        r = _patched_pass(
+            ad, split, cfg, layers, preds, test, lambda bi, li, ly, x: torch.ones(x.shape[:2], dtype=torch.bool),
+            predictor=name,
+        )  # fmt: skip
+        f, dn, rel = _summ(r, doc_elig, L)
+        refs[f"{name}_everywhere"] = {"fraction": f, "dnll": dn, "dnll_rel": rel}
+        tick("patch references", len(refs), 2)
+    c5["everywhere"] = refs
     result["controls"]["c5_patching"] = c5
     result["controls"]["c6_gate"] = None
     if gates:

@@ -127,6 +127,11 @@ def format_report(r: dict) -> str:
             f"  tau={s['tau']:<6g} fraction {s['fraction']:.3f}  dNLL {s['dnll']:+.4f} nats/token"
             f"  (relative {_f(s['dnll_rel'], 4)})  net FLOP saving {_f(s['net_saving'])}"
         )
+    for name, ref in (c5.get("everywhere") or {}).items():
+        out.append(
+            f"  every position patched with {name.replace('_everywhere', '')}: dNLL {ref['dnll']:+.4f} "
+            f"nats/token (relative {_f(ref['dnll_rel'], 4)}) -- how much the model uses attention at all"
+        )
     if g:
         out.append("gate sweep (C6, online g(x) >= 0.5):")
         for s in g["sweep"]:
