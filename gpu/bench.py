@@ -216,6 +216,10 @@ def machine_info(device: str) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        # Spinning OpenMP workers make many-small-op paths crawl on an oversubscribed machine;
+        # record the policy so a reader can tell the runs apart.
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()

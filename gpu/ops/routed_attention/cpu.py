@@ -23,6 +23,7 @@ measured on a 2-core CPU. Half-precision inputs are computed in float32 and cast
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -36,8 +37,8 @@ _BLOCKED_CALL = 1e-3  # blocked: transposed copies of k, v and the gradient buff
 _DENSE_PAIR_DIM = 0.37e-9  # fused dense kernel: per (query, key, head, head-dim) element
 _DENSE_PAIR = 2.5e-9  # fused dense kernel: per (query, key, head) element
 _DENSE_CALL = 1e-3
-_GATHER_PAIR_DIM = 0.45e-9  # gathered masked SDPA: per (query, key, head, head-dim) element
-_GATHER_PAIR = 6e-9  # gathered masked SDPA: per (query, key, head) element (the mask)
+_GATHER_PAIR_DIM = 0.3e-9  # gathered masked SDPA: per (query, key, head, head-dim) element
+_GATHER_PAIR = 4e-9  # gathered masked SDPA: per (query, key, head) element (the mask)
 _GATHER_CALL = 1.5e-3
 # Score/probability elements kept for the backward pass before it recomputes them instead.
 _SAVE_LIMIT = 1 << 26
@@ -117,25 +118,28 @@ def block_plan(mask: torch.Tensor, width: int):
     return plan
 
 
-def _plan_cost(counts: torch.Tensor, width: int, t_len: int, heads: int, dim: int) -> float:
-    """Estimated seconds of the blocked path for one width, from routed counts per block."""
-    n = counts.max(0).values.double()  # (nb,) padded queries per block
-    starts = torch.arange(n.numel(), dtype=torch.float64) * width
-    lengths = torch.clamp(starts + width, max=t_len)
+def _plan_cost(cum: np.ndarray, width: int, t_len: int, heads: int, dim: int) -> float:
+    """Estimated seconds of the blocked path for one width; ``cum`` is the routed count prefix
+    sum per row, ``[B, T + 1]``."""
+    starts = np.arange(0, t_len, width)
+    ends = np.minimum(starts + width, t_len)
+    n = (cum[:, ends] - cum[:, starts]).max(axis=0).astype(np.float64)  # padded queries per block
     used = n > 0
-    pairs = float((n * lengths).sum()) * counts.shape[0]
-    keys = float(lengths[used].sum()) * counts.shape[0]
+    pairs = float((n * ends).sum()) * cum.shape[0]
+    keys = float(ends[used].sum()) * cum.shape[0]
     compute = pairs * heads * (_PAIR_DIM * dim + _PAIR) + keys * heads * dim * _KEY
     return compute + int(used.sum()) * _BLOCK + _BLOCKED_CALL
 
 
 def choose_cpu_algorithm(mask: torch.Tensor, heads: int, dim: int) -> tuple[str, int]:
     """Pick ``("dense", T)``, ``("gathered", T)`` or ``("blocked", W)`` by the cost model in
-    the module docstring."""
+    the module docstring (NumPy on the mask: a few microseconds per candidate width)."""
     bsz, t_len = mask.shape
+    cum = np.zeros((bsz, t_len + 1), dtype=np.int64)
+    np.cumsum(mask.detach().cpu().numpy(), axis=1, out=cum[:, 1:])
     dense = bsz * t_len * (t_len + 1) / 2 * heads * (_DENSE_PAIR_DIM * dim + _DENSE_PAIR) + _DENSE_CALL
     best = ("dense", t_len, dense)
-    most = int(mask.sum(1).max()) if mask.numel() else 0
+    most = int(cum[:, -1].max()) if cum.size else 0
     gathered = bsz * most * t_len * heads * (_GATHER_PAIR_DIM * dim + _GATHER_PAIR) + _GATHER_CALL
     if gathered < best[2]:
         best = ("gathered", t_len, gathered)
@@ -145,9 +149,7 @@ def choose_cpu_algorithm(mask: torch.Tensor, heads: int, dim: int) -> tuple[str,
         widths.add(w)
         w *= 2
     for w in sorted(widths):
-        nb = -(-t_len // w)
-        counts = F.pad(mask, (0, nb * w - t_len)).view(bsz, nb, w).sum(-1)
-        cost = _plan_cost(counts, w, t_len, heads, dim)
+        cost = _plan_cost(cum, w, t_len, heads, dim)
         if cost < best[2]:
             best = ("blocked", w, cost)
     return best[0], best[1]
