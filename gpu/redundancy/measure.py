@@ -864,6 +864,9 @@ def _patching(ad, split, cfg, layers, preds, gates, test, result, tick):
         refs[f"{name}_everywhere"] = {"fraction": f, "dnll": dn, "dnll_rel": rel}
         tick("patch references", len(refs), 2)
     c5["everywhere"] = refs
+    # if mean-ablating every attention output fits the budget, the budget does not constrain
+    # anything and the headline says more about the budget than about redundancy
+    result["headline"]["budget_binding"] = refs["p0_everywhere"]["dnll"] > cfg.budget
     result["controls"]["c5_patching"] = c5
     result["controls"]["c6_gate"] = None
     if gates:

@@ -41,6 +41,12 @@ def format_report(r: dict) -> str:
             f"replaced by {h['predictor']} at tau={h['tau']:g} with dNLL {h['dnll']:+.4f} nats/token "
             f"(budget {h['budget']:g}); oracle flags, 95% CI over {h['n_test_docs']} TEST documents"
         )
+        if h.get("budget_binding") is False:
+            ev = r["controls"]["c5_patching"]["everywhere"]["p0_everywhere"]
+            out.append(
+                f"  warning: mean-ablating every attention output costs only {ev['dnll']:+.4f} nats/token, "
+                "within the budget: the budget does not bind for this model"
+            )
         if h.get("capped"):
             out.append(
                 "  note: the largest tau of the sweep still meets the budget, so this is a lower bound; "
