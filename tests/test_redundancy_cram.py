@@ -80,6 +80,7 @@ def test_run_folder_gives_a_trajectory(tmp_path):
     r = json.loads(res.output)
     assert [row["step"] for row in r["trajectory"]] == [100, 200]
     assert all(0.0 <= row["headline"] <= 1.0 for row in r["trajectory"])
+    assert all(isinstance(row["budget_binding"], bool) for row in r["trajectory"])
     assert r["trend"] is not None and len(r["checkpoints"]) == 2
     assert r["checkpoints"][0]["model"]["source"] == "cram-text"
     assert plot.stat().st_size > 1000

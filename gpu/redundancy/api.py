@@ -97,6 +97,10 @@ def redundancy_trajectory(
                 "headline_dnll": r["headline"]["dnll"],
                 "pi_p1_0.1": p1["pi"].get("0.1"),
                 "r2_p1": p1["r2"],
+                "mean_ablation_dnll": r["controls"]["c5_patching"]["everywhere"]["p0_everywhere"][
+                    "dnll"
+                ],
+                "budget_binding": r["headline"].get("budget_binding"),
             }
         )
         results.append(r)

@@ -154,13 +154,15 @@ def format_trajectory(t: dict) -> str:
     lines = [f"cram redundancy over training: {t['run_dir']}"]
     lines.append(
         f"  {'checkpoint':<28}{'step':>8}{'headline':>10}{'CI':>18}{'pi_p1(0.1)':>12}{'R2 p1':>8}"
+        f"{'dNLL mean-ablation':>20}"
     )
     for row in t["trajectory"]:
         ci = row["headline_ci"]
         lines.append(
             f"  {row['checkpoint']:<28}{row['step'] if row['step'] is not None else '-':>8}"
             f"{row['headline']:>10.3f}{(_ci(ci) if ci else '-'):>18}"
-            f"{_f(row['pi_p1_0.1']):>12}{_f(row['r2_p1']):>8}"
+            f"{_f(row['pi_p1_0.1']):>12}{_f(row['r2_p1']):>8}{_f(row['mean_ablation_dnll'], 4):>20}"
+            + ("" if row["budget_binding"] is not False else "  (budget does not bind)")
         )
     if t.get("trend") is not None:
         lines.append(f"  slope of the headline per checkpoint index: {t['trend']:+.4f}")
