@@ -145,9 +145,9 @@ def _max_tokens(ctx, param, value):
 )
 @click.option(
     "--patch-predictor",
-    default="p1",
-    show_default=True,
-    help="Predictor whose output is patched in (C5) and gated (C6).",
+    default=None,
+    help="Predictor whose output is patched in (C5) and gated (C6). Default: p1 when it is "
+    "measured, else the first non-constant predictor of --predictors.",
 )
 @click.option(
     "--budget",

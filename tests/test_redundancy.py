@@ -194,7 +194,9 @@ def test_config_validation():
     with pytest.raises(CramError, match="unknown predictor"):
         RedundancyConfig(predictors=("p1", "p9"))
     with pytest.raises(CramError, match="patch predictor"):
-        RedundancyConfig(predictors=("p0", "p2"))
+        RedundancyConfig(predictors=("p0", "p2"), patch_predictor="p1")
+    assert RedundancyConfig(predictors=("p0", "p2")).patch_predictor == "p2"
+    assert RedundancyConfig().patch_predictor == "p1"
     with pytest.raises(CramError, match="budget"):
         RedundancyConfig(budget=float("nan"))
     with pytest.raises(CramError, match="unknown redundancy option"):

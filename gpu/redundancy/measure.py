@@ -65,7 +65,7 @@ class RedundancyConfig:
     local_window: int = 2  # P-local uses x_t .. x_{t-w}
     taus: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
     sweep_taus: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
-    patch_predictor: str = "p1"
+    patch_predictor: str | None = None  # None: p1 if measured, else the first non-constant one
     budget: float = 0.01  # nats/token
     per_layer_patch: bool = True
     gate: bool = True
@@ -89,6 +89,11 @@ class RedundancyConfig:
         bad = [p for p in self.predictors if p not in PREDICTORS]
         if bad or not self.predictors:
             raise CramError(f"unknown predictor(s) {bad}; choose from {', '.join(PREDICTORS)}")
+        if self.patch_predictor is None:
+            choices = [p for p in self.predictors if p != "p0"]
+            object.__setattr__(
+                self, "patch_predictor", "p1" if "p1" in choices else (choices or ["p1"])[0]
+            )
         if self.patch_predictor not in self.predictors or self.patch_predictor == "p0":
             raise CramError(
                 f"the patch predictor '{self.patch_predictor}' must be one of the measured, non-constant "
@@ -296,7 +301,9 @@ def _fit_layer(ly, fit, val, c: _Layer, cfg) -> tuple[dict[str, Predictor], dict
     if "p2" in cfg.predictors:
         xf, zf = fit["samples"][ly]
         xv, zv = val["samples"][ly]
-        mlp = train_mlp(xf, zf, xv, zv, c.w, max_epochs=cfg.mlp_epochs, seed=cfg.seed + ly)
+        mlp = train_mlp(
+            xf, zf, xv, zv, c.w, n_heads=c.H, max_epochs=cfg.mlp_epochs, seed=cfg.seed + ly
+        )
         out["p2"] = mlp
         info["p2"] = {
             "epochs": mlp.epochs_run,

@@ -195,13 +195,20 @@ def train_mlp(
     z_val: torch.Tensor,
     w_o: torch.Tensor,
     *,
+    n_heads: int,
     max_epochs: int,
     patience: int = 3,
     lr: float = 1e-3,
     batch: int = 256,
     seed: int = 0,
 ) -> MLPPredictor:
-    """Fit P2 with MSE in ``o`` space (``(z_hat - z) W_O``), keeping the best VAL epoch."""
+    """Fit P2, keeping the best VAL epoch.
+
+    The loss is the sum over heads of each head's error in ``o`` space,
+    ``sum_h |(z_hat_h - z_h) W_O^h|^2``. A loss on the layer output alone would let errors of
+    different heads cancel through an ill-conditioned ``W_O`` and make the per-head errors
+    meaningless; this one bounds the layer error (by H times itself) and keeps each head honest.
+    """
     if x_fit.shape[0] < 2 or x_val.shape[0] < 1:
         raise CramError("too few tokens to train the MLP predictor; give more text or drop p2")
     gen = torch.Generator().manual_seed(seed)
@@ -209,13 +216,18 @@ def train_mlp(
     std = x_fit.std(0).clamp_min(1e-6)
     mlp = MLPPredictor(x_fit.shape[1], z_fit.shape[1], x_fit.mean(0), std, z_fit.mean(0))
     opt = torch.optim.Adam(mlp.parameters(), lr=lr)
-    w_o = w_o.detach().float()
-    zc = (z_val - z_fit.mean(0)) @ w_o
-    val_base = float((zc**2).sum())
+    d_z = z_fit.shape[1]
+    hd = d_z // n_heads
+    w_h = w_o.detach().float().reshape(n_heads, hd, -1)  # (H, hd, d): rows of W_O per head
+
+    def head_err(u: torch.Tensor) -> torch.Tensor:  # (N, d_z) -> (N,)
+        return torch.einsum("nhi,hid->nhd", u.view(-1, n_heads, hd), w_h).pow(2).sum((1, 2))
+
+    val_base = float(head_err(z_val - z_fit.mean(0)).sum())
 
     def val_err() -> float:
         with torch.no_grad():
-            return float((((mlp(x_val) - z_val) @ w_o) ** 2).sum())
+            return float(head_err(mlp(x_val) - z_val).sum())
 
     best_err, best_state, bad = val_err(), {k: v.clone() for k, v in mlp.state_dict().items()}, 0
     for epoch in range(max_epochs):
@@ -223,7 +235,7 @@ def train_mlp(
         with torch.enable_grad():
             for i in range(0, len(perm), batch):
                 idx = perm[i : i + batch]
-                loss = (((mlp(x_fit[idx]) - z_fit[idx]) @ w_o) ** 2).sum(-1).mean()
+                loss = head_err(mlp(x_fit[idx]) - z_fit[idx]).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
