@@ -170,9 +170,9 @@ def _max_tokens(ctx, param, value):
 )
 @click.option(
     "--per-layer/--no-per-layer",
-    default=True,
+    default=False,
     show_default=True,
-    help="Also patch each layer alone at the headline tau.",
+    help="Also patch each layer alone at the headline tau (one more TEST pass per layer; part of the full SPEC C5 measurement, off by default to keep the default run short).",
 )
 @click.option(
     "--context-swap/--no-context-swap",

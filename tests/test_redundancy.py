@@ -228,7 +228,7 @@ def test_planted_layer_gives_budgeted_headline(tmp_path, corpus):
     headline is about half of all layer-positions (2 layers), and the gate learns it too."""
     _tiny_gpt2(tmp_path / "m", planted_heads=(0, 1))
     plot = tmp_path / "r.png"
-    res = _invoke([str(tmp_path / "m"), "--text", str(corpus), *FAST, "--predictors", "p0,p1,plocal",
+    res = _invoke([str(tmp_path / "m"), "--text", str(corpus), *FAST, "--per-layer", "--predictors", "p0,p1,plocal",
                    "--json", "--plot", str(plot)])  # fmt: skip
     assert res.exit_code == 0, res.output
     r = json.loads(res.output)

@@ -67,7 +67,7 @@ class RedundancyConfig:
     sweep_taus: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
     patch_predictor: str | None = None  # None: p1 if measured, else the first non-constant one
     budget: float = 0.01  # nats/token
-    per_layer_patch: bool = True
+    per_layer_patch: bool = False  # one more TEST pass per layer; on for a full measurement
     gate: bool = True
     context_swap: bool = True
     mlp_tokens: int = 4000
