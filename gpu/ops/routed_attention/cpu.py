@@ -7,7 +7,8 @@ Three exact algorithms, chosen by a cost model in :func:`routed_attention_cpu`:
   (rows padded to the block's largest count) and reads only the key prefix up to the block's last
   routed position: one batched score matmul, a causal bias on the block's own ``<= W`` tail
   columns (never a ``T x T`` mask), an in-place softmax and one value matmul. The backward pass
-  accumulates ``dk``, ``dv`` in place (``baddbmm_``) on the same prefixes. Work is about
+  accumulates ``dk``, ``dv`` in place (``baddbmm_``) on the same prefixes, the longest prefix
+  first so that it initialises the buffers. Work is about
   ``sum_{t routed} (t + W/2)``; ``W = T`` is the plain "gather, attend to everything, scatter"
   scheme, small ``W`` trades wasted tail work for more, smaller matmuls.
 * **gathered**: the routed queries of every row gathered into one batch, one fused SDPA call
@@ -17,8 +18,9 @@ Three exact algorithms, chosen by a cost model in :func:`routed_attention_cpu`:
   only when nearly every position is routed.
 
 The cost model prices each candidate ``W`` (powers of two and ``T``) from the actual routed
-counts per block, the gathered path from the largest routed count, the dense path from ``T``, with per-element and per-call constants
-measured on a 2-core CPU. Half-precision inputs are computed in float32 and cast back.
+counts per block, the gathered path from the largest routed count and the dense path from
+``T``, with per-element and per-call constants measured on a 2-core CPU. Half-precision inputs
+are computed in float32 and cast back.
 """
 
 from __future__ import annotations
