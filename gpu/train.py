@@ -172,20 +172,6 @@ def summarize_run(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     return s
 
 
-def _read_metrics(path: Path) -> list[dict]:
-    import json
-
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            break  # a truncated last line from a killed run
-    return out
-
-
 def train(
     cfg: C.RunConfig | None = None,
     out_dir: str | Path | None = None,
@@ -328,9 +314,9 @@ def train(
                 m = record(s1, wall, {"loss": acc_loss / n_acc, "train_attn_frac": acc_frac / n_acc, **task.train_parts(fout)})
                 acc_loss = acc_frac = 0.0
                 n_acc = 0
-                bar.update(s1, m)
+                bar.update(s1, m, loss_val)
             else:
-                bar.update(s1, None)
+                bar.update(s1, None, loss_val)
             if s1 % tcfg.ckpt_every == 0 or s1 == end_step:
                 checkpoint(s1, wall)
         stopped_early = end_step < tcfg.steps
@@ -438,6 +424,7 @@ class _Progress:
     def __init__(self, total: int, start: int, *, enabled: bool):
         self.enabled = enabled and sys.stderr.isatty()
         self.p = None
+        self.last = ""
         if not self.enabled:
             return
         from rich.console import Console
@@ -457,17 +444,17 @@ class _Progress:
         self.p.start()
         self.task = self.p.add_task("train", total=total, completed=start, info="")
 
-    def update(self, step: int, m: dict | None) -> None:
+    def update(self, step: int, m: dict | None, loss: float | None = None) -> None:
         if self.p is None:
             return
-        kw = {}
         if m is not None:
             if "acc" in m:
-                kw["info"] = (f"loss {m['loss']:.3f}  acc_r {m['acc_r'] or 0:.3f}  acc_e {m['acc_e'] or 0:.3f}  "
-                              f"rho_q {m['rho_q'] or 0:.3f}  rho_all {m['rho_all'] or 0:.3f}")  # fmt: skip
+                self.last = (f"acc_r {m['acc_r'] or 0:.3f}  acc_e {m['acc_e'] or 0:.3f}  acc {m['acc'] or 0:.3f}  "
+                             f"rho_q {m['rho_q'] or 0:.3f}  rho_all {m['rho_all'] or 0:.3f}")  # fmt: skip
             else:
-                kw["info"] = f"loss {m['loss']:.3f}  val {m['val_loss']:.3f}  bpb {m['bpb']:.3f}"
-        self.p.update(self.task, completed=step, **kw)
+                self.last = f"val {m['val_loss']:.3f}  bpb {m['bpb']:.3f}"
+        info = (f"loss {loss:.3f}  " if loss is not None else "") + self.last
+        self.p.update(self.task, completed=step, info=info)
 
     def close(self) -> None:
         if self.p is not None:
