@@ -6,7 +6,7 @@ import json
 
 import click
 
-COLUMNS = ("router", "step", "acc_r", "acc_e", "acc", "rho_q", "rho_all", "phi")
+COLUMNS = ("router", "step", "acc_r", "acc_e", "acc", "rho_q", "rho_all", "phi", "phi_model")
 
 
 def _fmt(v) -> str:

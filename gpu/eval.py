@@ -136,7 +136,8 @@ def evaluate(
     n_layers = max(1, len(model.cram_layers))
     att, cor, rec, rnk = [], [], [], []
     tot = {"A": 0.0, "Aq": 0.0, "pi": 0.0, "f_route": 0.0, "f_all": 0.0, "z": 0.0, "r": 0.0, "rz": 0.0,
-           "dist": 0.0, "dist_n": 0.0}  # fmt: skip
+           "dist": 0.0, "dist_n": 0.0, "skipped": 0.0}  # fmt: skip
+    costs = model_costs(model)
     n_seq = 0
     for i in range(0, len(seeds), batch_size):
         raw = generate(scfg, world, seeds[i : i + batch_size])
@@ -164,6 +165,7 @@ def evaluate(
             tot["pi"] += float((route.double() * pos).sum())
             fr, fa = attention_flops(route, d)
             tot["f_route"] += fr
+            tot["skipped"] += float((~route).sum())
             tot["f_all"] += fa
             if tr.z is not None:
                 # z / distill are in (b, position) order; bring to query order
@@ -186,7 +188,30 @@ def evaluate(
     recurring, rank = np.concatenate(rec), np.concatenate(rnk)
     res = EvalResult(attend, correct, recurring, rank)
     res.metrics = summarize(res, scfg, tot, n_seq, n_layers, has_attention=bool(model.cram_layers))
+    # whole-model FLOP fraction: the routed model against the same stack attending everywhere
+    # (without evaluating the semantic memory or the router)
+    other = costs["other"] * n_seq * scfg.n
+    routed = other + tot["f_route"]
+    if model.rcfg.name in ("cram", "learned-static"):
+        routed += costs["router"] * n_seq * scfg.n * n_layers
+    if model.rcfg.name != "none":
+        routed += costs["memory"] * tot["skipped"]
+    res.metrics["phi_model"] = _ratio(routed, other + tot["f_all"])
     return res
+
+
+def model_costs(model: CramModel) -> dict[str, float]:
+    """Matmul FLOPs per position (2 per weight): everything but the CRAM attention projections
+    ("other": SSM blocks, MLPs, head), one semantic memory, one router."""
+    att, mem, rout = 0, 0, 0
+    for layer in model.cram_layers:
+        att += sum(p.numel() for m in (layer.q, layer.k, layer.k_prev, layer.v, layer.o) for p in m.parameters())
+        mem = sum(p.numel() for p in layer.memory.parameters())
+        rout = sum(p.numel() for p in layer.router.parameters())
+    n_layers = max(1, len(model.cram_layers))
+    blocks = sum(p.numel() for p in model.blocks.parameters() if p.dim() >= 2)
+    other = blocks - att - n_layers * (mem + rout) * (1 if model.cram_layers else 0) + model.head.weight.numel()
+    return {"other": 2.0 * other, "memory": 2.0 * mem, "router": 2.0 * rout}
 
 
 def summarize(res: EvalResult, scfg: SRCDConfig, tot: dict, n_seq: int, n_layers: int, *, has_attention: bool) -> dict:

@@ -78,6 +78,7 @@ def test_per_query_records_match_aggregates(runs):
     assert m["acc"] == pytest.approx(res.correct.mean())
     assert m["acc_r"] == pytest.approx(res.correct[res.recurring].mean())
     assert ((res.rank >= 0) == res.recurring).all()
+    assert 0 < m["phi_model"] < 1.1
     # the same probe set twice gives the same answer (random router seeded per evaluation)
     again = evaluate(ck.model, scfg, world, seeds)
     assert np.array_equal(again.attend, res.attend) and np.array_equal(again.correct, res.correct)
@@ -106,7 +107,7 @@ def test_splits_rebuild(runs, split):
     if split == "struct":
         assert scfg.n == 2 * ck.cfg.srcd.n and set(world.keys) == set(base.keys)
     m = evaluate(ck.model, scfg, world, seeds).metrics
-    assert m["rho_q"] == 1.0 and m["phi"] == pytest.approx(1.0)
+    assert m["rho_q"] == 1.0 and m["phi"] == pytest.approx(1.0) and m["phi_model"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("bad", ["train", "transfer", "transfer:2", "conflict:x", "iid:0.5"])
