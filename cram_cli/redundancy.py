@@ -54,6 +54,8 @@ def _ints(ctx, param, value):
 
 
 def _names(ctx, param, value):
+    if value is None:
+        return None
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
@@ -117,10 +119,11 @@ def _max_tokens(ctx, param, value):
 )
 @click.option(
     "--predictors",
-    default="p0,p1,plocal,p2",
-    show_default=True,
+    default=None,
     callback=_names,
-    help="Predictors to fit: p0 (constant), p1 (ridge), plocal (ridge on a window of states), p2 (MLP).",
+    help="Comma-separated predictors to fit: p0 (constant), p1 (ridge), plocal (ridge on a window "
+    "of states), p2 (MLP). Default: p0,p1,p2, plus plocal when (local window + 1) x width <= 1536 "
+    "(its fit dominates the run time for GPT-2-sized models).",
 )
 @click.option(
     "--local-window",

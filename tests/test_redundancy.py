@@ -196,7 +196,14 @@ def test_config_validation():
     with pytest.raises(CramError, match="patch predictor"):
         RedundancyConfig(predictors=("p0", "p2"), patch_predictor="p1")
     assert RedundancyConfig(predictors=("p0", "p2")).patch_predictor == "p2"
-    assert RedundancyConfig().patch_predictor == "p1"
+    assert RedundancyConfig().resolve(32).predictors == ("p0", "p1", "plocal", "p2")
+    assert RedundancyConfig().resolve(768).predictors == (
+        "p0",
+        "p1",
+        "p2",
+    )  # GPT-2 small: no plocal
+    assert RedundancyConfig().resolve(768).patch_predictor == "p1"
+    assert RedundancyConfig(predictors=("p0", "plocal")).resolve(768).predictors == ("p0", "plocal")
     with pytest.raises(CramError, match="budget"):
         RedundancyConfig(budget=float("nan"))
     with pytest.raises(CramError, match="unknown redundancy option"):

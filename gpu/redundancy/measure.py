@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -61,7 +61,9 @@ class RedundancyConfig:
     max_tokens: int | None = 3000  # all splits together (4:1:2); None: the whole corpus
     batch_windows: int = 4
     min_pos: int = 32
-    predictors: tuple[str, ...] = PREDICTORS
+    predictors: tuple[str, ...] | None = (
+        None  # None: p0, p1, p2, plus plocal when cheap (see resolve)
+    )
     local_window: int = 2  # P-local uses x_t .. x_{t-w}
     taus: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
     sweep_taus: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
@@ -86,18 +88,12 @@ class RedundancyConfig:
             raise CramError("batch_windows must be at least 1")
         if self.min_pos < 0:
             raise CramError("min_pos must be non-negative")
-        bad = [p for p in self.predictors if p not in PREDICTORS]
-        if bad or not self.predictors:
-            raise CramError(f"unknown predictor(s) {bad}; choose from {', '.join(PREDICTORS)}")
-        if self.patch_predictor is None:
-            choices = [p for p in self.predictors if p != "p0"]
-            object.__setattr__(
-                self, "patch_predictor", "p1" if "p1" in choices else (choices or ["p1"])[0]
-            )
-        if self.patch_predictor not in self.predictors or self.patch_predictor == "p0":
+        if self.predictors is not None:  # None: resolve() picks them for the model
+            self._check_predictors()
+        elif self.patch_predictor not in (None, "p1", "p2"):
             raise CramError(
-                f"the patch predictor '{self.patch_predictor}' must be one of the measured, non-constant "
-                f"predictors {[p for p in self.predictors if p != 'p0']}"
+                f"the patch predictor '{self.patch_predictor}' is not in the default predictor set; "
+                "name it in predictors"
             )
         if self.local_window < 1:
             raise CramError("local_window must be at least 1")
@@ -115,6 +111,38 @@ class RedundancyConfig:
             )
         if self.bootstrap < 0:
             raise CramError("bootstrap must be non-negative")
+
+    def _check_predictors(self) -> None:
+        bad = [p for p in self.predictors if p not in PREDICTORS]
+        if bad or not self.predictors:
+            raise CramError(f"unknown predictor(s) {bad}; choose from {', '.join(PREDICTORS)}")
+        if self.patch_predictor is None:
+            choices = [p for p in self.predictors if p != "p0"]
+            object.__setattr__(
+                self, "patch_predictor", "p1" if "p1" in choices else (choices or ["p1"])[0]
+            )
+        if self.patch_predictor not in self.predictors or self.patch_predictor == "p0":
+            raise CramError(
+                f"the patch predictor '{self.patch_predictor}' must be one of the measured, non-constant "
+                f"predictors {[p for p in self.predictors if p != 'p0']}"
+            )
+
+    def resolve(self, d_model: int) -> RedundancyConfig:
+        """Fill the default predictor set for a model of width ``d_model``.
+
+        P-local's ridge works on ``(w + 1) d`` features, and its eigendecomposition dominates
+        the run time for wide models (about a minute per layer for GPT-2 small on 2 cores), so
+        the default measures it only when ``(w + 1) d <= 1536``; name it in ``predictors`` to
+        force it.
+        """
+        if self.predictors is not None:
+            return self
+        preds = (
+            ("p0", "p1", "plocal", "p2")
+            if (self.local_window + 1) * d_model <= 1536
+            else ("p0", "p1", "p2")
+        )
+        return replace(self, predictors=preds, patch_predictor=self.patch_predictor or "p1")
 
     @classmethod
     def from_dict(cls, d: dict) -> RedundancyConfig:
@@ -160,8 +188,8 @@ def measure_redundancy(
     progress: Progress | None = None,
 ) -> dict:
     """Run the measurement of the module doc; returns a JSON-ready dict (see docs/redundancy.md)."""
-    cfg = config or RedundancyConfig()
     ad = loaded.adapter
+    cfg = (config or RedundancyConfig()).resolve(ad.d_model)
     check_finite_model(ad)
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
