@@ -168,6 +168,14 @@ def test_corpus_split_is_by_document_and_budgeted(corpus):
     # round-robin budget: TEST spans several documents although the budget is small
     assert len(sp["test"].docs) >= 3
     assert sp["fit"].n_tokens < 700 * 4 / 7 + 50
+    # long windows are shortened so that a small budget still reaches several documents
+    big = split_corpus(
+        docs, lambda s: list(s.encode()), bos_id=None, window=1024, max_tokens=700, seed=1
+    )
+    assert len(big["test"].docs) >= 3  # one 1024-byte window would have used up the 200-byte budget
+    assert (
+        max(len(w.tokens) for w in big["test"].windows) <= 200 // min(8, len(big["test"].docs)) + 1
+    )
 
 
 def test_corpus_blank_line_separators_and_errors(tmp_path):
@@ -197,11 +205,8 @@ def test_config_validation():
         RedundancyConfig(predictors=("p0", "p2"), patch_predictor="p1")
     assert RedundancyConfig(predictors=("p0", "p2")).patch_predictor == "p2"
     assert RedundancyConfig().resolve(32).predictors == ("p0", "p1", "plocal", "p2")
-    assert RedundancyConfig().resolve(768).predictors == (
-        "p0",
-        "p1",
-        "p2",
-    )  # GPT-2 small: no plocal
+    assert RedundancyConfig(local_window=5).resolve(512).predictors == ("p0", "p1", "p2")
+    assert RedundancyConfig().resolve(768).predictors == ("p0", "p1")  # GPT-2 small: both opt-in
     assert RedundancyConfig().resolve(768).patch_predictor == "p1"
     assert RedundancyConfig(predictors=("p0", "plocal")).resolve(768).predictors == ("p0", "plocal")
     with pytest.raises(CramError, match="budget"):

@@ -6,8 +6,8 @@ In a folder each file is one document. Documents are assigned to FIT, VAL and TE
 permutation so that the three get about 4 : 1 : 2 of the tokens (the SPEC's 2M / 0.5M / 1M), and
 each document is cut into windows of at most ``window`` tokens (each window starts with the
 tokenizer's BOS token when it has one). A token budget per split is filled round-robin over the
-split's documents, so a small budget still spans many documents (needed for a bootstrap over
-documents).
+split's documents, and windows are shortened to at most budget / min(8, documents) tokens, so a
+small budget still spans many documents (the unit of the bootstrap).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from theory.errors import CramError
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent / "default_corpus.txt"
 SPLIT_WEIGHTS = {"fit": 4.0, "val": 1.0, "test": 2.0}
+MIN_DOCS_PER_SPLIT = 8
 EOT_LINE = re.compile(r"^[ \t]*<\|endoftext\|>[ \t]*$", re.MULTILINE)
 
 
@@ -131,6 +132,12 @@ def split_corpus(
             if max_tokens is None
             else max_tokens * SPLIT_WEIGHTS[name] / sum(SPLIT_WEIGHTS.values())
         )
+        if budget is not None:
+            # a small budget must still span several documents (the bootstrap unit): shorten
+            # windows to at most budget / min(8, documents) tokens
+            k = min(MIN_DOCS_PER_SPLIT, len(per_doc))
+            cap = max(min_len, int(budget // max(k, 1)))
+            per_doc = [[Window(w.doc, w.tokens[:cap]) for w in p] for p in per_doc]
         windows: list[Window] = []
         used = 0
         rnd = 0

@@ -130,19 +130,23 @@ class RedundancyConfig:
     def resolve(self, d_model: int) -> RedundancyConfig:
         """Fill the default predictor set for a model of width ``d_model``.
 
-        P-local's ridge works on ``(w + 1) d`` features, and its eigendecomposition dominates
-        the run time for wide models (about a minute per layer for GPT-2 small on 2 cores), so
-        the default measures it only when ``(w + 1) d <= 1536``; name it in ``predictors`` to
-        force it.
+        P-local's ridge works on ``(w + 1) d`` features and its eigendecomposition dominated a
+        default run of GPT-2 small (about a minute per layer on 2 cores); the MLP costs ``8 d^2``
+        per token and step. The default therefore measures P-local only when ``(w + 1) d <= 1536``
+        and P2 only when ``d <= 512``; name them in ``predictors`` to force them.
         """
         if self.predictors is not None:
             return self
-        preds = (
-            ("p0", "p1", "plocal", "p2")
-            if (self.local_window + 1) * d_model <= 1536
-            else ("p0", "p1", "p2")
-        )
-        return replace(self, predictors=preds, patch_predictor=self.patch_predictor or "p1")
+        preds = ["p0", "p1"]
+        if (self.local_window + 1) * d_model <= 1536:
+            preds.append("plocal")
+        if d_model <= 512:
+            preds.append("p2")
+        if self.patch_predictor not in (None, *preds):
+            raise CramError(
+                f"the patch predictor '{self.patch_predictor}' is not measured; add it to predictors"
+            )
+        return replace(self, predictors=tuple(preds), patch_predictor=self.patch_predictor or "p1")
 
     @classmethod
     def from_dict(cls, d: dict) -> RedundancyConfig:
