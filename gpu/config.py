@@ -75,6 +75,7 @@ class RouterConfig:
     explore: float = 0.05  # fraction of positions that attend in training regardless of the router
     init_bias: float = 4.0  # router logit bias at step 0 (> 0: every position attends)
     static_frac: float = 0.3  # learned-static: share of steps spent training the router on another pool
+    static_scope: str = "all"  # learned-static top-k over "all" positions or only the "queries" slots
     loss_weight: float = 1.0
 
 
@@ -253,6 +254,8 @@ def validate(cfg: RunConfig) -> None:
         raise CramError(f"router.budget must be <= 1 (negative: m_e / n_q), got {r.budget}")
     if not 0 <= r.explore <= 1:
         raise CramError(f"router.explore must be in [0, 1], got {r.explore}")
+    if r.static_scope not in ("all", "queries"):
+        raise CramError(f"router.static_scope must be 'all' or 'queries', got {r.static_scope!r}")
     if not 0 < r.static_frac < 1:
         raise CramError(f"router.static_frac must be in (0, 1), got {r.static_frac}")
     if min(r.tau, r.delta, r.loss_weight) < 0:

@@ -265,8 +265,15 @@ class CramModel(nn.Module):
                 return logits > 0, logits
             k = min(t_len, max(0, round(self.budget * self.n_q)))  # top-k capacity per sequence
             route = torch.zeros(bsz, t_len, dtype=torch.bool, device=dev)
+            scores = logits
+            if self.rcfg.static_scope == "queries":  # knows the layout (like oracle-pos), not the types
+                if query_mask is None:
+                    raise ValueError("router.static_scope = 'queries' needs the query-slot layout (query_mask)")
+                scores = logits.masked_fill(~query_mask, float("-inf"))
             if k:
-                route.scatter_(1, logits.topk(k, dim=1).indices, True)
+                route.scatter_(1, scores.topk(k, dim=1).indices, True)
+                if self.rcfg.static_scope == "queries":
+                    route &= query_mask
             return route, logits
         if name == "dense":
             return torch.ones(bsz, t_len, dtype=torch.bool, device=dev), None

@@ -83,6 +83,13 @@ def test_router_rules(name, check):
     assert check(out.traces[0].route, tb.query_mask, scfg.n)
 
 
+def test_learned_static_query_scope_picks_only_query_slots():
+    _, _, model, tb = _setup("router.name=learned-static", "router.budget=0.25", "router.static_scope=queries", count=16)
+    out = model(tb.tokens, tb.targets, query_mask=tb.query_mask)
+    route = out.traces[0].route
+    assert not bool((route & ~tb.query_mask).any()) and bool((route.sum(1) == 2).all())
+
+
 def test_random_router_rate_matches_budget():
     _, _, model, tb = _setup("router.name=random", "router.budget=0.3", count=64)
     out = model(tb.tokens, generator=torch.Generator().manual_seed(1))
