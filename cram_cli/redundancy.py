@@ -122,8 +122,8 @@ def _max_tokens(ctx, param, value):
     default=None,
     callback=_names,
     help="Comma-separated predictors to fit: p0 (constant), p1 (ridge), plocal (ridge on a window "
-    "of states), p2 (MLP). Default: p0,p1,p2, plus plocal when (local window + 1) x width <= 1536 "
-    "(its fit dominates the run time for GPT-2-sized models).",
+    "of states), p2 (MLP). Default: p0,p1, plus plocal when (local window + 1) x width <= 1536 "
+    "and p2 when width <= 512 (their fits dominate the run time for GPT-2-sized models).",
 )
 @click.option(
     "--local-window",
