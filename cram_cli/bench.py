@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from theory.io import save_figure
+
 _RHO_HELP = "Routed fractions to measure, comma-separated decimals or fractions (default 1/64,1/16,1/4,1)."
 
 
@@ -100,8 +102,7 @@ def _plot(result: dict, path: str) -> None:
     ax.set_ylabel("speedup over the dense baseline")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @click.group(short_help="Benchmark the fused kernels.")

@@ -5,7 +5,6 @@ Parses the options, calls :func:`sim.bound.run_bound` once, and prints (or plots
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 
@@ -441,7 +440,7 @@ def _plot(res, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from theory.io import atomic_write_bytes
+    from theory.io import save_figure
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     ns = res.curves["n"]
@@ -475,12 +474,4 @@ def _plot(res, path):
     ax2.set_title(f"stream: n = {res.stream['n']}, P = {res.stream['P']} (dotted: K·P)")
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format=str(path).rsplit(".", 1)[-1].lower(), dpi=120)
-    finally:
-        plt.close(fig)
-    try:
-        atomic_write_bytes(path, buf.getvalue())
-    except OSError as exc:
-        raise InputError(f"cannot write the figure to {path}: {exc.strerror}") from None
+    save_figure(fig, path)

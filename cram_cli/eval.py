@@ -6,6 +6,8 @@ import json
 
 import click
 
+from theory.io import save_figure
+
 COLUMNS = ("router", "step", "acc_r", "acc_e", "acc", "rho_q", "rho_all", "phi", "phi_model")
 
 
@@ -37,8 +39,7 @@ def _plot(result: dict, path: str) -> None:
     ax.set_title(f"split {result['split']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @click.command("eval", short_help="Evaluate checkpoints on an SRCD split (accuracy and attention use).")

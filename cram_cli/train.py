@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from theory.io import save_figure
+
 
 def _print_summary(summary: dict, out_dir: Path | None, as_json: bool) -> None:
     if as_json:
@@ -54,8 +56,7 @@ def _plot(metrics: list[dict], path: str) -> None:
     ax2.set_xlabel("optimizer step")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @click.command(

@@ -319,14 +319,13 @@ def format_transfer(r: dict) -> str:
 
 def plot_transfer(r: dict, path: str | Path) -> None:
     """R(s) with CIs and the predictions, and the accuracies, against the overlap s."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from theory.io import atomic_write_bytes
+    from theory.io import save_figure
 
     rows = r["transfer"]
     s = [row["s"] for row in rows]
@@ -370,7 +369,4 @@ def plot_transfer(r: dict, path: str | Path) -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)

@@ -19,6 +19,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -30,6 +31,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -51,3 +58,29 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
         fh.write(json.dumps(obj, allow_nan=False) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 120) -> None:
+    """Render a matplotlib figure and write it to ``path`` atomically, then close it.
+
+    The format comes from the suffix (PNG when there is none). An unknown format or an
+    unwritable path raises :class:`CramError` with one line.
+    """
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from theory.errors import CramError
+
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format=fmt, dpi=dpi)
+    except ValueError as exc:
+        raise CramError(f"cannot write a plot to {path}: {exc}") from None
+    finally:
+        plt.close(fig)
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as exc:
+        raise CramError(f"cannot write the plot to {path}: {exc.strerror}") from None

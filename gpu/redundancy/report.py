@@ -176,7 +176,7 @@ def plot_report(r: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from theory.io import atomic_write_bytes
+    from theory.io import save_figure
 
     taus = list(next(iter(r["overall"].values()))["pi"].keys())
     t_mid = taus[min(1, len(taus) - 1)]
@@ -208,24 +208,18 @@ def plot_report(r: dict, path: str | Path) -> None:
     ax.set_title("CDF of the error")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def plot_trajectory(t: dict, path: str | Path) -> None:
     """Headline fraction (with CI) against checkpoint step."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from theory.io import atomic_write_bytes
+    from theory.io import save_figure
 
     rows = t["trajectory"]
     xs = [row["step"] if row["step"] is not None else i for i, row in enumerate(rows)]
@@ -240,7 +234,4 @@ def plot_trajectory(t: dict, path: str | Path) -> None:
     ax.set_ylabel("fraction")
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)

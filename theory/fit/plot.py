@@ -17,7 +17,7 @@ def plot_fit_gamma(res: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from theory.io import atomic_write_bytes
+    from theory.io import save_figure
 
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
@@ -54,9 +54,4 @@ def plot_fit_gamma(res: dict, path: str | Path) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=100)
