@@ -121,7 +121,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         meta = json.loads(raw)
     except ValueError:
         raise CramError(f"checkpoint {path} has corrupt metadata") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict):
+        raise CramError(f"checkpoint {path} has corrupt metadata (not a JSON object)")
+    if meta.get("format") != FORMAT:
         raise CramError(f"{path} is not a cram checkpoint (format {meta.get('format')!r})")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CramError(f"checkpoint {path} has format version {meta.get('format_version')}; this cram reads {FORMAT_VERSION}")
@@ -130,7 +132,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
 def model_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
-    for name, src in meta.get("tied", {}).items():
+    tied = meta.get("tied", {})
+    if not isinstance(tied, dict) or not all(isinstance(src, str) and src in state for src in tied.values()):
+        raise CramError("checkpoint has corrupt metadata (its 'tied' entry names no saved tensor)")
+    for name, src in tied.items():
         state[name] = state[src]
     return state
 

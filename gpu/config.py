@@ -280,7 +280,9 @@ def validate(cfg: RunConfig) -> None:
             raise CramError("srcd.world_seed must be >= 0")
         if "G" in m.pattern:
             raise CramError("the SRCD task uses S and A layers; G (plain attention) is for task = 'text'")
-        cfg.srcd_config()  # the generator validates its own constraints
+        scfg = cfg.srcd_config()  # the generator validates its own constraints
+        if m.max_len and m.max_len < scfg.n:
+            raise CramError(f"model.max_len ({m.max_len}) must be 0 (no position table) or >= srcd.n ({scfg.n})")
     else:
         if cfg.text.seq_len < 2 or not 0 < cfg.text.val_frac < 1 or cfg.text.eval_batches < 1:
             raise CramError("text.seq_len must be >= 2, text.val_frac in (0, 1), text.eval_batches >= 1")

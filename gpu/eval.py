@@ -97,6 +97,11 @@ def split_data(cfg: C.RunConfig, split: str, count: int) -> tuple[SRCDConfig, Wo
         world = derive_world(world, scfg, "conflict", s=s, seed=CONFLICT_SEED)
     elif name == "struct":
         scfg = struct_config(scfg)
+        if cfg.model.max_len and cfg.model.max_len < scfg.n:
+            raise CramError(
+                f"the struct split doubles n to {scfg.n}, beyond this model's position table "
+                f"(model.max_len = {cfg.model.max_len})"
+            )
         world = make_world(scfg, seed=cfg.srcd.world_seed)  # same pool keys and values, new probs
     return scfg, world, split_seeds(name, count, start=0)
 

@@ -49,6 +49,13 @@ from gpu.model import CramModel, build_model
 from theory.errors import CramError
 from theory.io import append_jsonl, atomic_write_json, atomic_write_text
 
+_DIVERGED_HINT = "(lower train.lr or raise train.grad_clip, then --resume)"
+
+
+def _last_good(out: Path | None) -> str:
+    last = (out / LAST) if out is not None else None
+    return f"; the last good checkpoint is {last}" if last is not None and last.is_file() else ""
+
 
 class TrainingDiverged(CramError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
@@ -196,12 +203,17 @@ def train(
         ck_tensors, ck_meta = read_checkpoint(resume)
         if ck_meta.get("arch") not in (ARCH, "gpt-bytes"):
             raise CramError(f"{resume} is not a cram training checkpoint")
-        cfg = C.from_dict(ck_meta["config"])
-        start_step = int(ck_meta["step"])
-        metrics = list(ck_meta.get("metrics", []))
-        wall0 = float(ck_meta.get("wall_s", 0.0))
-        cum_lr = float(ck_meta.get("cum_lr", 0.0))
-        pending = dict(ck_meta.get("pending", {}))
+        try:
+            cfg = C.from_dict(ck_meta["config"])
+            start_step = int(ck_meta["step"])
+            metrics = list(ck_meta.get("metrics", []))
+            wall0 = float(ck_meta.get("wall_s", 0.0))
+            cum_lr = float(ck_meta.get("cum_lr", 0.0))
+            pending = dict(ck_meta.get("pending", {}))
+        except (KeyError, TypeError, ValueError):
+            raise CramError(f"checkpoint {resume} has corrupt training metadata; it cannot be resumed") from None
+        if start_step < 0 or not all(isinstance(m, dict) for m in metrics):
+            raise CramError(f"checkpoint {resume} has corrupt training metadata; it cannot be resumed")
         out_dir = resume if resume.is_dir() else resume.parent.parent if resume.parent.name == "checkpoints" else resume.parent
     cfg = cfg or C.load_config()
     tcfg = cfg.train
@@ -222,8 +234,12 @@ def train(
     model = build_model(cfg).to(device)
     opt, params = _make_optimizer(model, tcfg)
     if ck_tensors is not None:
-        model.load_state_dict(model_state(ck_tensors, ck_meta))
-        load_optimizer(opt, params, ck_tensors, ck_meta)
+        try:
+            model.load_state_dict(model_state(ck_tensors, ck_meta))
+            load_optimizer(opt, params, ck_tensors, ck_meta)
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CramError(f"checkpoint {resume} does not match its own config ({first})") from None
         restore_rng(ck_tensors)
     if world_size > 1:
         import torch.distributed as dist
@@ -273,6 +289,7 @@ def train(
     acc_loss, acc_frac = float(pending.get("loss", 0.0)), float(pending.get("attn_frac", 0.0))
     n_acc = int(pending.get("n", 0))
     stopped_early = False
+    stepped = False
     try:
         for step in range(start_step, end_step):
             model.train()
@@ -284,11 +301,9 @@ def train(
                 fout, attn_frac = task.forward(model, step, gen)
             loss = fout.loss
             if not torch.isfinite(loss).all():
-                last = (out / LAST) if out is not None else None
-                where = f"; the last good checkpoint is {last}" if last is not None and last.is_file() else ""
                 raise TrainingDiverged(
-                    f"training stopped: the loss became {float(loss.detach())} at step {step + 1}{where} "
-                    "(lower train.lr or raise train.grad_clip, then --resume)"
+                    f"training stopped: the loss became {float(loss.detach())} at step {step + 1}"
+                    f"{_last_good(out)} {_DIVERGED_HINT}"
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -297,6 +312,7 @@ def train(
             if tcfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
             opt.step()
+            stepped = True
             cum_lr += lr
             loss_val = float(loss.detach())
             if world_size > 1:  # log the global batch's mean, not rank 0's share
@@ -320,6 +336,15 @@ def train(
             if s1 % tcfg.ckpt_every == 0 or s1 == end_step:
                 checkpoint(s1, wall)
         stopped_early = end_step < tcfg.steps
+    except CramError as exc:
+        # Once this process has taken an optimizer step, an op's input check failing inside the
+        # model (training or evaluation forward) means the weights blew up before a loss existed.
+        if not stepped or isinstance(exc, TrainingDiverged):
+            raise
+        raise TrainingDiverged(
+            f"training stopped: non-finite values inside the model after step {step + 1} ({exc})"
+            f"{_last_good(out)} {_DIVERGED_HINT}"
+        ) from None
     finally:
         bar.close()
         if owns_group:

@@ -237,3 +237,36 @@ def test_text_task_trains_and_checkpoints(tmp_path):
     _, meta = read_checkpoint(tmp_path / "r")
     assert meta["arch"] == "gpt-bytes" and meta["config"]["task"] == "text"
     assert meta["metrics"][-1]["bpb"] > 0
+
+
+def test_blow_up_inside_the_model_is_reported_as_divergence(tmp_path):
+    # With a huge learning rate the weights blow up after one step; the ops' input checks fail
+    # in the next forward pass, before any loss exists. That must read as divergence.
+    cfg = tiny("train.steps=4", "train.eval_every=1", "train.lr=1e12", "train.grad_clip=0")
+    with pytest.raises(TrainingDiverged, match="training stopped"):
+        train(cfg, tmp_path / "r")
+
+
+def _rewrite_meta(path, edit):
+    from safetensors.torch import save_file
+
+    tensors, meta = read_checkpoint(path)
+    edit(meta)
+    save_file(tensors, str(path), metadata={"cram": json.dumps(meta)})
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda m: m.update(step="abc"), "corrupt training metadata"),
+        (lambda m: m.pop("config"), "corrupt training metadata"),
+        (lambda m: m.update(metrics=5), "corrupt training metadata"),
+        (lambda m: m.update(tied={"x": "nope"}), "corrupt metadata"),
+        (lambda m: m["config"]["model"].update(d_model=16), "does not match its own config"),
+    ],
+)
+def test_resume_of_a_tampered_checkpoint_is_one_clear_error(tmp_path, edit, fragment):
+    train(tiny("train.steps=2", "train.eval_every=2"), tmp_path / "r")
+    _rewrite_meta(tmp_path / "r" / "last.safetensors", edit)
+    with pytest.raises(CramError, match=fragment):
+        train(None, None, resume=tmp_path / "r")
