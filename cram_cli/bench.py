@@ -12,6 +12,15 @@ from theory.io import save_figure
 _RHO_HELP = "Routed fractions to measure, comma-separated decimals or fractions (default 1/64,1/16,1/4,1)."
 
 
+def _guarded(fn, **kwargs):
+    """Run a benchmark; a case that cannot be allocated is one clear line, not a traceback."""
+    try:
+        return fn(**kwargs)
+    except (MemoryError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise click.ClickException(f"the benchmark could not run: {first}") from None
+
+
 def _int_list(ctx, param, value):
     if value is None:
         return None
@@ -19,8 +28,8 @@ def _int_list(ctx, param, value):
         items = [int(x) for x in value.split(",") if x.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    if not items or any(x < 2 for x in items):
-        raise click.BadParameter("every sequence length must be an integer >= 2")
+    if not items or any(not 2 <= x <= 2**20 for x in items):
+        raise click.BadParameter("every sequence length must be an integer in [2, 2^20]")
     return items
 
 
@@ -123,15 +132,15 @@ def bench() -> None:
 @click.option("--head-dim", type=click.IntRange(min=1), default=64, show_default=True,
               help="Head dimension D (and the SSM head dimension P).")
 @click.option("--d-state", type=click.IntRange(min=1), default=16, show_default=True, help="SSM state size N.")
-@click.option("--model-t", type=click.IntRange(min=2), default=2048, show_default=True,
+@click.option("--model-t", type=click.IntRange(min=16, max=2**20), default=2048, show_default=True,
               help="Sequence length of the model_step cases.")
 @click.option("--model-batch", type=click.IntRange(min=1), default=2, show_default=True,
               help="Batch size of the model_step cases.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to run: auto picks CUDA when it is available.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=click.IntRange(min=1, max=1024), default=None,
               help="CPU threads for torch (default: torch's own choice).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs and routes.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the random inputs and routes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also save a speedup-versus-rho plot to this file.")
@@ -165,11 +174,11 @@ def kernels(t_values, rhos, repeats, ops, batch, heads, head_dim, d_state, model
                 bar.update(task, description=label, advance=1 if seen else 0)
                 seen.append(label)
 
-            result = bench_kernels(t_values=t_values, rhos=rhos, repeats=repeats, device=dev, ops=ops, batch=batch,
+            result = _guarded(bench_kernels, t_values=t_values, rhos=rhos, repeats=repeats, device=dev, ops=ops, batch=batch,
                                    heads=heads, head_dim=head_dim, d_state=d_state, model_t=model_t,
                                    model_batch=model_batch, threads=threads, seed=seed, progress=step)
     else:
-        result = bench_kernels(t_values=t_values, rhos=rhos, repeats=repeats, device=dev, ops=ops, batch=batch,
+        result = _guarded(bench_kernels, t_values=t_values, rhos=rhos, repeats=repeats, device=dev, ops=ops, batch=batch,
                                heads=heads, head_dim=head_dim, d_state=d_state, model_t=model_t,
                                model_batch=model_batch, threads=threads, seed=seed)
     if plot_path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import click
 
@@ -28,6 +29,8 @@ def _fixed(ctx, param, value) -> dict[str, float]:
             raise click.BadParameter(f"expected NAME=VALUE, got {item!r}") from None
         if not sep or not name.strip():
             raise click.BadParameter(f"expected NAME=VALUE, got {item!r}")
+        if not math.isfinite(out[name.strip()]):
+            raise click.BadParameter(f"the fixed value must be a finite number, got {item!r}")
     return out
 
 
@@ -50,7 +53,7 @@ def _positive(ctx, param, value):
               help="Fit Proposition 3's exact count-model curve (needs --alpha and --K).")
 @click.option("--alpha", type=click.FloatRange(min=0), default=None,
               help="Zipf exponent of the count model (gamma is expected near 1 - 1/alpha).")
-@click.option("--K", "K", type=click.IntRange(min=1), default=None,
+@click.option("--K", "K", type=click.IntRange(min=1, max=1000), default=None,
               help="Consolidation threshold K of the count model.")
 @click.option("--P", "P", type=click.IntRange(min=1, max=10**7), default=10**6, show_default=True,
               help="Number of recurring patterns in the count model.")
@@ -74,7 +77,7 @@ def _positive(ctx, param, value):
               help="Fit only the points with t >= T_MIN.")
 @click.option("--resamples", type=click.IntRange(min=0, max=100000), default=2000, show_default=True,
               help="Bootstrap resamples for the CIs (0 skips the bootstrap).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--all-models", is_flag=True, help="Print the full report of every model, not only "
                                                  "the best and the primary one.")
 @click.option("--no-human", is_flag=True, help="Leave out the fits of the bundled human data.")
@@ -117,8 +120,8 @@ def fit_gamma(runs, human, list_human, count_model, alpha, K, P, n_range, time_u
             raise click.UsageError("--count-model needs --alpha and --K")
         cm = {"alpha": alpha, "K": K, "P": P}
         if n_range is not None:
-            if not 0 < n_range[0] < n_range[1]:
-                raise click.BadParameter("needs 0 < N_MIN < N_MAX", param_hint="--n-range")
+            if not 0 < n_range[0] < n_range[1] <= 1e15:
+                raise click.BadParameter("needs 0 < N_MIN < N_MAX <= 1e15", param_hint="--n-range")
             cm.update(n_min=n_range[0], n_max=n_range[1])
     elif alpha is not None or K is not None:
         raise click.UsageError("--alpha and --K only apply with --count-model")

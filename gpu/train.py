@@ -249,7 +249,10 @@ def train(
     is_main = rank == 0
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CramError(f"cannot create the output folder {out}: {exc.strerror}") from None
         atomic_write_text(out / "config.toml", cfg.to_toml())
         # the log holds exactly the evaluations the checkpoint knows about
         atomic_write_text(out / "metrics.jsonl", "".join(_jsonl(m) for m in metrics))

@@ -125,9 +125,10 @@ class BoundConfig:
                 f"the n range needs at least two sizes: n_max ({self.n_max}) >= 2·n_min ({self.n_min})"
             )
         if not self.Ks or any(
-            isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in self.Ks
+            isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= 10**6
+            for k in self.Ks
         ):
-            raise CramError(f"K values must be integers >= 1, got {list(self.Ks)}")
+            raise CramError(f"K values must be integers in [1, 10^6], got {list(self.Ks)}")
         names = [parse_router(r).name for r in self.routers]  # raises on unknown names
         if any(isinstance(parse_router(r), CRRouter) for r in self.routers):
             raise CramError(

@@ -128,3 +128,32 @@ def test_human_default_primary_is_the_pure_power_law():
     out = json.loads(r.output)
     assert out["primary_model"] == "M2"
     assert round(out["gamma"]["value"], 3) == 0.093
+
+
+@pytest.mark.parametrize(
+    "rows, args, needle",
+    [
+        ("t,E\n1,1.9\n2,0.5\n3,-0.8\n4,0.1\n5,0.1\n", [], "must lie in [0, 1]"),
+        ("t,k,N\n1,5.5,10.2\n2,3,10\n3,2,10\n4,1,10\n5,1,10\n", [], "whole numbers"),
+        ("t,E\n1,0.9\n2,0.5\n3,0.3\n4,0.2\n5,0.1\n", ["--fix", "Einf=nan"], "finite"),
+        ("t,E\n1,0.9\n2,0.5\n3,0.3\n4,0.2\n5,0.1\n", ["--seed", "-1"], "x>=0"),
+    ],
+)
+def test_more_bad_input_is_one_line(tmp_path, rows, args, needle):
+    p = tmp_path / "d.csv"
+    p.write_text(rows)
+    r = _run([str(p), "--resamples", "0", "--no-human", *args])
+    assert r.exit_code == 2 and needle in r.output and "Traceback" not in r.output
+
+
+def test_degenerate_data_reports_without_crashing(tmp_path):
+    p = tmp_path / "zeros.csv"
+    p.write_text("t,E\n" + "".join(f"{t},0\n" for t in range(1, 8)))
+    r = _run([str(p), "--resamples", "0", "--no-human", "--models", "M1,M2,M3"])
+    assert r.exit_code == 0, r.output
+    assert "Model comparison" in r.output
+
+
+def test_count_model_limits():
+    assert _run(["--count-model", "--alpha", "2", "--K", "99999999999"]).exit_code == 2
+    assert _run(["--count-model", "--alpha", "2", "--K", "2", "--n-range", "1e300", "1e308"]).exit_code == 2

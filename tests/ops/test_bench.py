@@ -84,7 +84,11 @@ def test_cli_table_output():
     [
         (["--rho", "2"], "rho must lie in"),
         (["--rho", "x"], "rho must be a number"),
-        (["--t", "1"], ">= 2"),
+        (["--t", "1"], "in [2, 2^20]"),
+        (["--t", "99999999999999999999"], "in [2, 2^20]"),
+        (["--threads", "99999"], "1<=x<=1024"),
+        (["--model-t", "3"], "16<=x"),
+        (["--seed", "-1"], "x>=0"),
         (["--t", "a,b"], "integers"),
         (["--ops", "bogus"], "unknown op"),
         (["--repeats", "0"], "repeats"),

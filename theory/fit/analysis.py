@@ -271,8 +271,13 @@ def format_report(res: dict, *, all_models: bool = False) -> str:
     oos_metric = next((f["out_of_sample"]["metric"] for f in res["fits"] if f["out_of_sample"]), "held-out score")
     out.append(f"    {'model':<5} {'k':>2} {'AIC':>12} {'dAIC':>9} {'BIC':>12} {'weight':>7} "
                f"{'gamma':>8} {'W (dec)':>8} {oos_metric}")
-    for f in sorted(res["fits"], key=lambda f: f["aic"]):
+    for f in sorted(res["fits"], key=lambda f: (f["aic"] is None, f["aic"] or 0.0)):
         oos = f["out_of_sample"]["score"] if f["out_of_sample"] else None
+        if any(f[k] is None for k in ("aic", "delta_aic", "bic", "akaike_weight")):
+            # the fit gave no finite likelihood
+            out.append(f"    {f['model']:<5} {f['nvary']:>2} {'n/a':>12} {'n/a':>9} {'n/a':>12} {'n/a':>7} "
+                       f"{_g(f['gamma'], 4):>8} {_g(f['W'], 3):>8} {_g(oos, 5)}")
+            continue
         out.append(f"    {f['model']:<5} {f['nvary']:>2} {f['aic']:>12.4f} {f['delta_aic']:>9.3f} "
                    f"{f['bic']:>12.4f} {f['akaike_weight']:>7.3f} {_g(f['gamma'], 4):>8} "
                    f"{_g(f['W'], 3):>8} {_g(oos, 5)}")
@@ -331,8 +336,8 @@ def _fit_block(f: dict, res: dict) -> list[str]:
              f"    # variables        = {f['nvary']}",
              f"    chi-square         = {_g(f['chi2'], 7)}",
              f"    reduced chi-square = {_g(f['redchi'], 7)}",
-             f"    Akaike info crit   = {f['aic']:.4f}",
-             f"    Bayesian info crit = {f['bic']:.4f}",
+             f"    Akaike info crit   = {_g(f['aic'], 8)}",
+             f"    Bayesian info crit = {_g(f['bic'], 8)}",
              "[[Variables]]"]
     width = max(len(n) for n in f["params"])
     for n, p in f["params"].items():

@@ -221,8 +221,14 @@ def _read_csv(text: str, name: str) -> CurveData:
     if "t" not in low:
         raise CramError(f"{name}: the CSV needs a column 't' and either 'k,N' or 'E' (got {header})")
     if "k" in low and "n" in low:
-        return make_binomial(col("t"), col("k"), col("n"), name=name)
+        k, n = col("k"), col("n")
+        if np.any(k != np.round(k)) or np.any(n != np.round(n)):
+            raise CramError(f"{name}: the counts k and N must be whole numbers")
+        return make_binomial(col("t"), k, n, name=name)
     if "e" in low:
+        e = col("e")
+        if np.any((e < 0) | (e > 1)):
+            raise CramError(f"{name}: E is a utilization and must lie in [0, 1]")
         sigma = col("sigma") if "sigma" in low else None
-        return make_gaussian(col("t"), col("e"), sigma, name=name)
+        return make_gaussian(col("t"), e, sigma, name=name)
     raise CramError(f"{name}: the CSV needs columns 't,k,N' or 't,E' (got {header})")
