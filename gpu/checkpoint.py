@@ -140,6 +140,16 @@ def model_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[
     return state
 
 
+def load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                     path: str | os.PathLike) -> None:
+    """Load a checkpoint's weights into ``model``; a shape or name mismatch is one CramError."""
+    try:
+        model.load_state_dict(model_state(tensors, meta))
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "mismatch"
+        raise CramError(f"checkpoint {path} does not match its own config ({first})") from None
+
+
 def load_optimizer(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], tensors: dict, meta: dict) -> None:
     """Restore optimizer state saved by :func:`save_checkpoint` (same parameter order)."""
     ometa = meta.get("optimizer")

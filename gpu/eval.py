@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from gpu import config as C
-from gpu.checkpoint import model_state, read_checkpoint
+from gpu.checkpoint import load_model_state, read_checkpoint
 from gpu.data import CONFLICT_SEED, FRESH_SEED, TRANSFER_SEED, to_tensors
 from gpu.model import CramModel, attention_flops, build_model
 from sim.srcd import SRCDConfig, World, derive_world, generate, make_world, split_seeds
@@ -52,11 +52,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     except (KeyError, TypeError):
         raise CramError(f"checkpoint {path} has no valid config in its metadata") from None
     model = build_model(cfg)
-    try:
-        model.load_state_dict(model_state(tensors, meta))
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "mismatch"
-        raise CramError(f"checkpoint {path} does not match its own config ({first})") from None
+    load_model_state(model, tensors, meta, path)
     model.to(device).eval()
     p = Path(path)
     return LoadedCheckpoint(p / "last.safetensors" if p.is_dir() else p, model, cfg, meta)

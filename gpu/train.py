@@ -37,8 +37,8 @@ from gpu import config as C
 from gpu.checkpoint import (
     LAST,
     code_version,
+    load_model_state,
     load_optimizer,
-    model_state,
     read_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -234,8 +234,8 @@ def train(
     model = build_model(cfg).to(device)
     opt, params = _make_optimizer(model, tcfg)
     if ck_tensors is not None:
+        load_model_state(model, ck_tensors, ck_meta, resume)
         try:
-            model.load_state_dict(model_state(ck_tensors, ck_meta))
             load_optimizer(opt, params, ck_tensors, ck_meta)
         except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
