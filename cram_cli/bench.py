@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from theory.io import save_figure
+from cramkit.io import save_figure
 
 _RHO_HELP = "Routed fractions to measure, comma-separated decimals or fractions (default 1/64,1/16,1/4,1)."
 
@@ -36,8 +36,8 @@ def _int_list(ctx, param, value):
 def _rho_list(ctx, param, value):
     if value is None:
         return None
-    from gpu.bench import parse_rho
-    from theory.errors import CramError
+    from cramkit.gpu.bench import parse_rho
+    from cramkit.errors import CramError
 
     try:
         items = [parse_rho(x) for x in value.split(",") if x.strip()]
@@ -49,7 +49,7 @@ def _rho_list(ctx, param, value):
 
 
 def _ops(ctx, param, value):
-    from gpu.bench import OPS
+    from cramkit.gpu.bench import OPS
 
     items = [x.strip() for x in value.split(",") if x.strip()]
     bad = [x for x in items if x not in OPS]
@@ -155,7 +155,7 @@ def kernels(t_values, rhos, repeats, ops, batch, heads, head_dim, d_state, model
     Candidate and baselines run interleaved in one process, and the table reports the median
     of the repeats and the ratio.
     """
-    from gpu.bench import DEFAULT_RHOS, bench_kernels, count_cases, default_t_values
+    from cramkit.gpu.bench import DEFAULT_RHOS, bench_kernels, count_cases, default_t_values
 
     dev = None if device == "auto" else device
     show = not quiet and not as_json and sys.stderr.isatty()

@@ -1,6 +1,6 @@
 """``cram bound``: check the static lower bound and the CR_K upper bound with the exact simulator.
 
-Parses the options, calls :func:`sim.bound.run_bound` once, and prints (or plots) its result.
+Parses the options, calls :func:`cramkit.sim.bound.run_bound` once, and prints (or plots) its result.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sys
 
 import click
 
-from cram_cli.main import InputError
-from theory.errors import CramError
+from cramkit.cli.main import InputError
+from cramkit.errors import CramError
 
 _ROUTERS_HELP = "ALL, STRIDE_<s>, RAND_<p>, ORACLE-POS, LEARNED-STATIC, SKIP-ALL+M"
 
@@ -214,8 +214,8 @@ def bound(freq, f_e, P, alpha, n_min, n_max, seeds, batch, routers, Ks, w, eps, 
     if symbolic:
         _print_symbolic(latex, as_json, dict(n=n_max, f=freq, f_e=f_e, w=w, eps=eps))
         return
-    from sim.bound import BoundConfig, run_bound
-    from sim.routers import DEFAULT_STATIC
+    from cramkit.sim.bound import BoundConfig, run_bound
+    from cramkit.sim.routers import DEFAULT_STATIC
 
     try:
         cfg = BoundConfig(
@@ -362,7 +362,7 @@ def _print_text(res, plot_path):
 def _print_symbolic(latex: bool, as_json: bool, at: dict) -> None:
     from fractions import Fraction
 
-    from theory.bounds import evaluate_at, theorems
+    from cramkit.theory.bounds import evaluate_at, theorems
 
     try:
         values = evaluate_at(
@@ -406,9 +406,9 @@ def _print_symbolic(latex: bool, as_json: bool, at: dict) -> None:
 
 
 def _proposition3():
-    """Proposition 3 from theory.count_model (owned by the fit-gamma task), when it is present."""
+    """Proposition 3 from cramkit.theory.count_model (owned by the fit-gamma task), when it is present."""
     try:
-        from theory import count_model
+        from cramkit.theory import count_model
     except ImportError:
         return None
     expr_fn = getattr(count_model, "asymptotic_expr", None)
@@ -416,7 +416,7 @@ def _proposition3():
         return None
     import sympy as sp
 
-    from theory.bounds import Theorem
+    from cramkit.theory.bounds import Theorem
 
     N, alpha = sp.symbols("N alpha", positive=True)
     return Theorem(
@@ -430,7 +430,7 @@ def _proposition3():
             sp.Eq(sp.Function("E_rec")(N), expr_fn()),
             sp.Eq(sp.Symbol("gamma"), 1 - 1 / alpha),
         ),
-        note="from theory.count_model.asymptotic_expr",
+        note="from cramkit.theory.count_model.asymptotic_expr",
     )
 
 
@@ -440,7 +440,7 @@ def _plot(res, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from theory.io import save_figure
+    from cramkit.io import save_figure
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     ns = res.curves["n"]

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from theory.io import save_figure
+from cramkit.io import save_figure
 
 COLUMNS = ("router", "step", "acc_r", "acc_e", "acc", "rho_q", "rho_all", "phi", "phi_model")
 
@@ -59,7 +59,7 @@ def eval_cmd(checkpoints, split, sequences, as_json, plot_path) -> None:
     (phi). With several checkpoints it also prints the accuracy-vs-attention (Pareto) table.
     A missing, corrupt or foreign file stops with one clear line and a non-zero exit status.
     """
-    from gpu.eval import evaluate_checkpoints
+    from cramkit.gpu.eval import evaluate_checkpoints
 
     result = evaluate_checkpoints(list(checkpoints), split, sequences=sequences)
     if plot_path:

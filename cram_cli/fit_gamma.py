@@ -97,11 +97,11 @@ def fit_gamma(runs, human, list_human, count_model, alpha, K, P, n_range, time_u
     lmfit way, the AIC/BIC comparison, gamma with its CI, the transition step t_c three ways
     with the sharpness verdict, and the tool's own power-law fits of the human data.
     """
-    from theory.fit.analysis import fit_gamma as run_fit
-    from theory.fit.analysis import format_report
+    from cramkit.theory.fit.analysis import fit_gamma as run_fit
+    from cramkit.theory.fit.analysis import format_report
 
     if list_human:
-        from theory.human import human_info, human_names
+        from cramkit.theory.human import human_info, human_names
 
         rows = [human_info(n) for n in human_names()]
         if as_json:
@@ -137,7 +137,7 @@ def fit_gamma(runs, human, list_human, count_model, alpha, K, P, n_range, time_u
                   seed=seed, with_human=not no_human, quiet=quiet or as_json,
                   fixed=fixed or None)
     if plot_path:
-        from theory.fit.plot import plot_fit_gamma
+        from cramkit.theory.fit.plot import plot_fit_gamma
 
         plot_fit_gamma(res, plot_path)
     if as_json:

@@ -2,7 +2,7 @@
 
 Commands are loaded lazily (``cram bound`` does not import torch). Every command is one module
 in this package exposing a Click command; it parses, calls one library function, and prints or
-plots the result. Library errors (:class:`theory.errors.CramError`) become one clear line and
+plots the result. Library errors (:class:`cramkit.errors.CramError`) become one clear line and
 exit status 2.
 """
 
@@ -13,17 +13,17 @@ import importlib.util
 
 import click
 
-from theory.errors import CramError
+from cramkit.errors import CramError
 
 # command name -> "module:attribute"
 COMMANDS: dict[str, str] = {
-    "bound": "cram_cli.bound:bound",
-    "train": "cram_cli.train:train",
-    "eval": "cram_cli.eval:eval_cmd",
-    "fit-gamma": "cram_cli.fit_gamma:fit_gamma",
-    "bench": "cram_cli.bench:bench",
-    "redundancy": "cram_cli.redundancy:redundancy",
-    "transfer": "cram_cli.transfer:transfer",
+    "bound": "cramkit.cli.bound:bound",
+    "train": "cramkit.cli.train:train",
+    "eval": "cramkit.cli.eval:eval_cmd",
+    "fit-gamma": "cramkit.cli.fit_gamma:fit_gamma",
+    "bench": "cramkit.cli.bench:bench",
+    "redundancy": "cramkit.cli.redundancy:redundancy",
+    "transfer": "cramkit.cli.transfer:transfer",
 }
 
 
@@ -62,7 +62,7 @@ def _module_exists(name: str) -> bool:
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="cram")
+@click.version_option(package_name="cram-toolkit")
 def cli() -> None:
     """cram: theory, simulation and training for Consolidation-based Routing for Adaptive Memory.
 

@@ -244,8 +244,8 @@ def redundancy(path, model_opt, text, tokenizer, max_tokens, window, min_pos, pr
     GPT-2 is never downloaded. To measure the real model, save it once on a machine with
     internet access (see docs/redundancy.md) and pass its directory.
     """
-    from gpu.redundancy import RedundancyConfig, measure_path
-    from gpu.redundancy.report import format_report, format_trajectory, plot_report, plot_trajectory
+    from cramkit.gpu.redundancy import RedundancyConfig, measure_path
+    from cramkit.gpu.redundancy.report import format_report, format_trajectory, plot_report, plot_trajectory
 
     if path and model_opt and path != model_opt:
         raise click.UsageError("give the model either as PATH or with --model, not both")

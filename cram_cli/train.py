@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from theory.io import save_figure
+from cramkit.io import save_figure
 
 
 def _print_summary(summary: dict, out_dir: Path | None, as_json: bool) -> None:
@@ -96,8 +96,8 @@ def train(preset, config_file, overrides, task, data, out_dir, resume, max_steps
     run it only reprints the summary, and --plot redraws the curves). Launch with
     torchrun for data-parallel training (rank 0 logs and saves).
     """
-    from gpu.config import load_config
-    from gpu.train import train as run_train
+    from cramkit.gpu.config import load_config
+    from cramkit.gpu.train import train as run_train
 
     if resume is not None and (preset or config_file or overrides or task or data):
         raise click.UsageError("--resume takes the configuration from the checkpoint; drop --preset/--config/--set/--task/--data")

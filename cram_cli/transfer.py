@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cram_cli.redundancy import progress_reporter
+from cramkit.cli.redundancy import progress_reporter
 
 
 def _overlaps(ctx, param, value):
@@ -96,7 +96,7 @@ def transfer(ckpt, overlap, sequences, chunk, bootstrap, r0_tol, acc_tol, confli
     are bound to new values. It flags a failure of the guard R(0) ~ 0: with nothing shared, a
     router that still skips attention is not transferring anything.
     """
-    from gpu.transfer import TransferConfig, format_transfer, plot_transfer, transfer_report
+    from cramkit.gpu.transfer import TransferConfig, format_transfer, plot_transfer, transfer_report
 
     cfg = TransferConfig(overlaps=overlap, sequences=sequences, chunk=chunk, bootstrap=bootstrap,
                          r0_tol=r0_tol, acc_tol=acc_tol, conflict=conflict)  # fmt: skip

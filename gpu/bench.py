@@ -32,7 +32,7 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-from theory.errors import CramError
+from cramkit.errors import CramError
 
 OPS = ("routed_attention", "ssm_scan", "model_step")
 CASE_KEYS = (
@@ -100,8 +100,8 @@ def _fwd_bwd(fn: Callable[[], torch.Tensor], grad: torch.Tensor, leaves: Sequenc
 
 
 def _attention_cases(t_len, rhos, repeats, device, dtype, batch, heads, head_dim, gen) -> list[dict]:
-    from gpu.ops.routed_attention import routed_attention
-    from gpu.ops.routed_attention.cpu import choose_cpu_algorithm, routed_attention_gathered
+    from cramkit.gpu.ops.routed_attention import routed_attention
+    from cramkit.gpu.ops.routed_attention.cpu import choose_cpu_algorithm, routed_attention_gathered
 
     shape = (batch, t_len, heads, head_dim)
     q, k, v, g = (torch.randn(shape, generator=gen).to(device=device, dtype=dtype) for _ in range(4))
@@ -145,8 +145,8 @@ def _attention_cases(t_len, rhos, repeats, device, dtype, batch, heads, head_dim
 
 
 def _ssm_case(t_len, repeats, device, dtype, batch, heads, head_dim, state, chunk, gen) -> dict:
-    from gpu.ops.ssm_scan import ssm_scan
-    from gpu.ops.ssm_scan.reference import ssm_scan_reference
+    from cramkit.gpu.ops.ssm_scan import ssm_scan
+    from cramkit.gpu.ops.ssm_scan.reference import ssm_scan_reference
 
     x = torch.randn(batch, t_len, heads, head_dim, generator=gen)
     log_a = -torch.rand(batch, t_len, heads, generator=gen) * 0.5
@@ -168,8 +168,8 @@ def _ssm_case(t_len, repeats, device, dtype, batch, heads, head_dim, state, chun
 
 
 def _model_cases(t_len, rhos, repeats, device, batch, gen) -> list[dict]:
-    from gpu.config import load_config
-    from gpu.model import build_model
+    from cramkit.gpu.config import load_config
+    from cramkit.gpu.model import build_model
 
     steps = {}
     models = {}

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from theory.errors import CramError
-from theory.io import atomic_write_bytes, atomic_write_json
+from cramkit.errors import CramError
+from cramkit.io import atomic_write_bytes, atomic_write_json
 
 FORMAT = "cram-checkpoint"
 FORMAT_VERSION = 1
@@ -29,7 +29,7 @@ def code_version() -> str:
     try:
         from importlib.metadata import version
 
-        pkg = version("cram")
+        pkg = version("cram-toolkit")
     except Exception:  # pragma: no cover - not installed
         pkg = "unknown"
     root = Path(__file__).resolve().parent.parent

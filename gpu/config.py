@@ -2,7 +2,7 @@
 
 The configuration is a tree of frozen dataclasses (:class:`RunConfig` with the sections ``model``,
 ``router``, ``srcd``, ``train``, ``text``). Loading is strict: an unknown section or key, or a value
-of the wrong type, raises :class:`theory.errors.CramError` naming the offending key, so a
+of the wrong type, raises :class:`cramkit.errors.CramError` naming the offending key, so a
 misspelled setting can never be silently ignored.
 
 Presets live in ``gpu/presets/<name>.toml``: ``quick`` (the default of ``cram train``), ``paper``
@@ -26,7 +26,7 @@ else:  # pragma: no cover
 
 import tomli_w
 
-from theory.errors import CramError
+from cramkit.errors import CramError
 
 PRESET_DIR = Path(__file__).with_name("presets")
 
@@ -81,7 +81,7 @@ class RouterConfig:
 
 @dataclass(frozen=True)
 class SRCDSection:
-    """SRCD task parameters (see ``sim.srcd.SRCDConfig``) and the world seed."""
+    """SRCD task parameters (see ``cramkit.sim.srcd.SRCDConfig``) and the world seed."""
 
     n: int = 64
     m_r: int = 6
@@ -143,8 +143,8 @@ class RunConfig:
 
     # ------------------------------------------------------------------------------------------
     def srcd_config(self):
-        """The ``sim.srcd.SRCDConfig`` of this run (validated by the generator)."""
-        from sim.srcd import SRCDConfig
+        """The ``cramkit.sim.srcd.SRCDConfig`` of this run (validated by the generator)."""
+        from cramkit.sim.srcd import SRCDConfig
 
         d = dataclasses.asdict(self.srcd)
         d.pop("world_seed")

@@ -1,4 +1,4 @@
-"""Training and evaluation batches: SRCD sequences from the one generator (``sim.srcd``) as tensors,
+"""Training and evaluation batches: SRCD sequences from the one generator (``cramkit.sim.srcd``) as tensors,
 and byte-level text windows for ``task = "text"``.
 
 SRCD data depends only on (config, world, seeds): training step s uses the seeds
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sim.srcd import Batch, SRCDConfig, World, derive_world, generate, make_world, split_seeds
-from theory.errors import CramError
+from cramkit.sim.srcd import Batch, SRCDConfig, World, derive_world, generate, make_world, split_seeds
+from cramkit.errors import CramError
 
 # world seeds of the derived evaluation pools, relative to the training world's seed
 FRESH_SEED, TRANSFER_SEED, CONFLICT_SEED, ROUTER_POOL_SEED = 1, 2, 3, 7

@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpu import config as C
-from gpu.checkpoint import load_model_state, read_checkpoint
-from gpu.data import CONFLICT_SEED, FRESH_SEED, TRANSFER_SEED, to_tensors
-from gpu.model import CramModel, attention_flops, build_model
-from sim.srcd import SRCDConfig, World, derive_world, generate, make_world, split_seeds
-from theory.errors import CramError
+from cramkit.gpu import config as C
+from cramkit.gpu.checkpoint import load_model_state, read_checkpoint
+from cramkit.gpu.data import CONFLICT_SEED, FRESH_SEED, TRANSFER_SEED, to_tensors
+from cramkit.gpu.model import CramModel, attention_flops, build_model
+from cramkit.sim.srcd import SRCDConfig, World, derive_world, generate, make_world, split_seeds
+from cramkit.errors import CramError
 
 ARCH = "cram-hybrid"
 SPLIT_HELP = "iid, fresh, transfer:S, conflict:S or struct (S = overlap in [0, 1])"

@@ -2,13 +2,13 @@
 
 Layers follow ``ModelConfig.pattern``: ``S`` is a pre-norm block with a Mamba-2-style selective-scan
 mixer (scalar decay per head, short causal depthwise conv, chunked parallel scan via
-:func:`gpu.ops.ssm_scan.ssm_scan`) and an MLP; ``A`` is a CRAM retrieval block; ``G`` is a plain
+:func:`cramkit.gpu.ops.ssm_scan.ssm_scan`) and an MLP; ``A`` is a CRAM retrieval block; ``G`` is a plain
 dense causal attention block (GPT-2 style, for the byte-level text task).
 
 CRAM retrieval block at position t with normalised hidden state h_t:
 
 - episodic path a_t: causal softmax attention, computed only at routed positions
-  (:func:`gpu.ops.routed_attention.routed_attention`: gather -> attention -> scatter, so time falls
+  (:func:`cramkit.gpu.ops.routed_attention.routed_attention`: gather -> attention -> scatter, so time falls
   with the routed fraction). Keys see the previous position through an exact token shift, which is
   what an induction-style lookup ``key -> next token`` needs;
 - semantic memory m_t = M(h_t): an MLP that predicts a_t from h_t alone;
@@ -25,7 +25,7 @@ z_t = 1[l_t(m) > tau] ("error" target) or z_t = 1[l_t(m) - l_t(a) > delta] ("uti
 is known), with z_t = 0 at positions without a target (attention has no use there).
 
 Launch (see docs/training.md): ``cram train`` (quick preset, CPU) or, on GPUs,
-``torchrun --standalone --nproc_per_node=4 -m cram_cli.main train --preset paper --out runs/p``.
+``torchrun --standalone --nproc_per_node=4 -m cramkit.cli.main train --preset paper --out runs/p``.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpu.config import ModelConfig, RouterConfig
-from gpu.ops.routed_attention import routed_attention
-from gpu.ops.ssm_scan import ssm_scan
+from cramkit.gpu.config import ModelConfig, RouterConfig
+from cramkit.gpu.ops.routed_attention import routed_attention
+from cramkit.gpu.ops.ssm_scan import ssm_scan
 
 
 class RMSNorm(nn.Module):
@@ -411,7 +411,7 @@ class CramModel(nn.Module):
 
 
 def build_model(run_cfg) -> CramModel:
-    """Build the model of a :class:`gpu.config.RunConfig` (vocabulary and budget from the task)."""
+    """Build the model of a :class:`cramkit.gpu.config.RunConfig` (vocabulary and budget from the task)."""
     if run_cfg.task == "text":
         return CramModel(run_cfg.model, run_cfg.router, 256)
     scfg = run_cfg.srcd_config()

@@ -8,7 +8,7 @@ Single process::
 
 Data parallel (one process per GPU, or ``--nproc_per_node=2`` CPU processes on gloo)::
 
-    torchrun --standalone --nproc_per_node=4 -m cram_cli.main train --preset paper --out runs/p
+    torchrun --standalone --nproc_per_node=4 -m cramkit.cli.main train --preset paper --out runs/p
 
 Every rank holds the full model; gradients are averaged with one all-reduce per step (what DDP
 does, without bucketing), so all ranks stay bit-identical; rank 0 logs and saves. Each rank takes a
@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from gpu import config as C
-from gpu.checkpoint import (
+from cramkit.gpu import config as C
+from cramkit.gpu.checkpoint import (
     LAST,
     code_version,
     load_model_state,
@@ -43,11 +43,11 @@ from gpu.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from gpu.data import load_text, probe_seeds, router_pool_world, text_batch, train_batch, train_world
-from gpu.eval import ARCH, evaluate
-from gpu.model import CramModel, build_model
-from theory.errors import CramError
-from theory.io import append_jsonl, atomic_write_json, atomic_write_text
+from cramkit.gpu.data import load_text, probe_seeds, router_pool_world, text_batch, train_batch, train_world
+from cramkit.gpu.eval import ARCH, evaluate
+from cramkit.gpu.model import CramModel, build_model
+from cramkit.errors import CramError
+from cramkit.io import append_jsonl, atomic_write_json, atomic_write_text
 
 _DIVERGED_HINT = "(lower train.lr or raise train.grad_clip, then --resume)"
 

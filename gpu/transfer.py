@@ -2,13 +2,13 @@
 
 :func:`transfer_report` evaluates one SRCD checkpoint on the IID split (the reference) and on
 TRANSFER(s) and CONFLICT(s) worlds for a list of overlaps ``s``, using the evaluation library of
-:mod:`gpu.eval` (same model loading, same world derivation, same scoring):
+:mod:`cramkit.gpu.eval` (same model loading, same world derivation, same scoring):
 
 * attention reduction against ORACLE-POS, which attends every query slot in every CRAM layer:
   ``R(s) = 1 - A_CR / A_ORACLE`` with ``A`` = routed positions (all positions, all CRAM layers,
   SPEC §1.4) over the same sequences; ``R_q(s)`` counts query slots only (attended in any CRAM
   layer). 95% CIs: percentile bootstrap over sequences (``R`` over blocks of ``chunk``
-  sequences, the unit :func:`gpu.eval.evaluate` reports totals for);
+  sequences, the unit :func:`cramkit.gpu.eval.evaluate` reports totals for);
 * the effective overlap ``s_eff`` of the derived world and the SPEC's first-order prediction
   ``R ~ s_eff * m_r / n_q`` (plus ``s_eff * R(IID)``, the same idealisation scaled by what the
   router skips on its own pool);
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from theory.errors import CramError
-from theory.stats import percentile_ci
+from cramkit.errors import CramError
+from cramkit.theory.stats import percentile_ci
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class _Records:
 
 
 def _evaluate_split(ck, split: str, cfg: TransferConfig, progress, label: str):
-    from gpu.eval import evaluate, split_data
+    from cramkit.gpu.eval import evaluate, split_data
 
     scfg, world, seeds = split_data(ck.cfg, split, cfg.sequences)
     n_layers = max(1, len(ck.model.cram_layers))
@@ -154,7 +154,7 @@ def _split_summary(rec: _Records, scfg, n_layers: int, cfg: TransferConfig, seed
 
 def transfer_report(path: str | Path, config: TransferConfig | None = None, progress=None) -> dict:
     """Evaluate a checkpoint on IID, TRANSFER(s) and CONFLICT(s) (see the module doc)."""
-    from gpu.eval import load_checkpoint
+    from cramkit.gpu.eval import load_checkpoint
 
     cfg = config or TransferConfig()
     ck = load_checkpoint(path)
@@ -325,7 +325,7 @@ def plot_transfer(r: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from theory.io import save_figure
+    from cramkit.io import save_figure
 
     rows = r["transfer"]
     s = [row["s"] for row in rows]

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.routers import (
+from cramkit.sim.routers import (
     DEFAULT_STATIC,
     CRRouter,
     LearnedRouter,
@@ -43,17 +43,17 @@ from sim.routers import (
     fit_learned,
     parse_router,
 )
-from sim.simulate import (
+from cramkit.sim.simulate import (
     Counts,
     distinct_patterns_cum,
     max_episodic_multiplicity,
     run_cr,
     simulate_static,
 )
-from sim.srcd import Batch, SRCDConfig, generate, make_world, split_seeds
-from theory import bounds
-from theory.errors import CramError
-from theory.stats import ols_line, percentile_ci, seed_bootstrap_slope
+from cramkit.sim.srcd import Batch, SRCDConfig, generate, make_world, split_seeds
+from cramkit.theory import bounds
+from cramkit.errors import CramError
+from cramkit.theory.stats import ols_line, percentile_ci, seed_bootstrap_slope
 
 TRAIN_WORLD_SEED = (
     1 << 30

@@ -14,7 +14,7 @@ independent randomness only; they never read the world. The family:
 Pool-aware routers (``static = False``) may read the world: :class:`PoolKeyRouter` (attends
 query slots whose key is not in the pool — the "static" scheme that secretly knows the pool) and a
 LEARNED router fitted on the evaluation pool (control F2). CR_K is simulated by
-:func:`sim.simulate.run_cr`; :class:`CRRouter` names it in the registry.
+:func:`cramkit.sim.simulate.run_cr`; :class:`CRRouter` names it in the registry.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
-from sim.srcd import Batch, SRCDConfig, World, generate, split_seeds
-from theory.errors import CramError
+from cramkit.sim.srcd import Batch, SRCDConfig, World, generate, split_seeds
+from cramkit.errors import CramError
 
 # ----------------------------------------------------------------------------------------------
 # numba kernels
@@ -242,7 +242,7 @@ class PoolKeyRouter(Router):
 @dataclass(frozen=True)
 class CRRouter:
     """CR_K: consolidating; its decisions depend on the stream seen so far, so it is simulated
-    by :func:`sim.simulate.run_cr` rather than by a decision matrix."""
+    by :func:`cramkit.sim.simulate.run_cr` rather than by a decision matrix."""
 
     K: int = 2
     name: str = field(default="", init=False)

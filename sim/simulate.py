@@ -9,11 +9,11 @@ attended prediction is always right. A skipped query slot is answered, in this o
 3. otherwise the simulator predicts null, which is wrong. It never guesses, so every count is exact.
 
 CR_K (Theorem 2) is simulated separately over a *stream* of sequences with a persistent table:
-:func:`run_cr`. Both kernels are numba-compiled over whole batches from :func:`sim.srcd.generate`.
+:func:`run_cr`. Both kernels are numba-compiled over whole batches from :func:`cramkit.sim.srcd.generate`.
 
 Per-sequence counts (all exact integers): A (attended positions), A_q, A_rec, A_epi, Π_A
 (Σ of 1-based attended positions), correct_rec, correct_epi, C_skip (skipped episodic slots answered
-correctly), m_r, m_e; φ follows from A and Π_A by the FLOP model of ``theory.bounds``.
+correctly), m_r, m_e; φ follows from A and Π_A by the FLOP model of ``cramkit.theory.bounds``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
-from sim.srcd import Batch, SRCDConfig, World
-from theory.errors import CramError
+from cramkit.sim.srcd import Batch, SRCDConfig, World
+from cramkit.errors import CramError
 
 COUNT_FIELDS = ("A", "A_q", "A_rec", "A_epi", "Pi_A", "correct_rec", "correct_epi", "C_skip")
 

@@ -32,7 +32,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from theory.errors import CramError
+from cramkit.errors import CramError
 
 LEAKS = ("none", "key_range", "position")
 SPLITS = ("train", "iid", "fresh", "transfer", "conflict", "struct")

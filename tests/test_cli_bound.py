@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cram_cli.main import cli
+from cramkit.cli.main import cli
 
 SMALL = ["--freq", "0.1", "--fe", "0.03", "--P", "64", "--n-min", "128", "--n-max", "512",
          "--seeds", "20", "--batch", "2", "--T", "600", "--stream-P", "16"]  # fmt: skip
@@ -90,7 +90,7 @@ def test_symbolic(flag):
 
 
 def test_symbolic_prints_proposition3_from_the_count_model():
-    count_model = pytest.importorskip("theory.count_model")
+    count_model = pytest.importorskip("cramkit.theory.count_model")
     if not hasattr(count_model, "asymptotic_expr"):
         pytest.skip("theory.count_model has no asymptotic_expr")
     res = _run(["--symbolic"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cram_cli.main import cli
+from cramkit.cli.main import cli
 
 
 def _run(args):

@@ -8,7 +8,7 @@ import pytest
 import sympy as sp
 from scipy.special import gammaincc
 
-from theory.count_model import (
+from cramkit.theory.count_model import (
     ALPHA,
     N_SYM,
     _poisson_below_sum,
@@ -21,9 +21,9 @@ from theory.count_model import (
     width_table,
     zipf_weights,
 )
-from theory.errors import CramError
-from theory.fit.analysis import count_model_data
-from theory.fit.core import fit_model
+from cramkit.errors import CramError
+from cramkit.theory.fit.analysis import count_model_data
+from cramkit.theory.fit.core import fit_model
 
 
 def test_poisson_sum_equals_incomplete_gamma():
@@ -87,7 +87,7 @@ def test_h12c_fitted_gamma_of_the_exact_curve(alpha, K):
 
 @pytest.mark.parametrize("K,sharp", [(3, False), (10, True)])
 def test_uniform_recurrence_sharpness_verdict(K, sharp):
-    from theory.fit.analysis import fit_gamma
+    from cramkit.theory.fit.analysis import fit_gamma
 
     res = fit_gamma(count_model={"alpha": 0.0, "K": K, "P": 10**4}, resamples=0,
                     with_human=False, models=["M1", "M2", "M5", "M6"])
@@ -99,7 +99,7 @@ def test_uniform_recurrence_sharpness_verdict(K, sharp):
 
 
 def test_sympy_exact_sum_equals_numeric_curve():
-    from theory.count_model import K_SYM, exact_expr
+    from cramkit.theory.count_model import K_SYM, exact_expr
 
     expr = exact_expr(P=40)
     for alpha, K, N in ((1.5, 2, 30.0), (0.0, 3, 100.0), (2.5, 1, 7.0)):

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from click.testing import CliRunner
 
-from cram_cli.main import cli
+from cramkit.cli.main import cli
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 

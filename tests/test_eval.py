@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cram_cli.main import cli
-from gpu import config as C
-from gpu.eval import (
+from cramkit.cli.main import cli
+from cramkit.gpu import config as C
+from cramkit.gpu.eval import (
     evaluate,
     evaluate_checkpoints,
     load_checkpoint,
@@ -19,8 +19,8 @@ from gpu.eval import (
     parse_split,
     split_data,
 )
-from gpu.train import train
-from theory.errors import CramError
+from cramkit.gpu.train import train
+from cramkit.errors import CramError
 
 TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
         "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16", "train.batch_size=8",

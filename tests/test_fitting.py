@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from theory.curves import MODEL_NAMES, get_model
-from theory.errors import CramError
-from theory.fit.core import fit_model
-from theory.fit.data import make_binomial, make_gaussian, pool, read_curve
-from theory.fit.uncertainty import (
+from cramkit.theory.curves import MODEL_NAMES, get_model
+from cramkit.errors import CramError
+from cramkit.theory.fit.core import fit_model
+from cramkit.theory.fit.data import make_binomial, make_gaussian, pool, read_curve
+from cramkit.theory.fit.uncertainty import (
     bootstrap_runs,
     logit_ls_crosscheck,
     out_of_sample,
@@ -23,7 +23,7 @@ from theory.fit.uncertainty import (
     profile_ci,
     t_min_sensitivity,
 )
-from theory.transition import transition_analysis
+from cramkit.theory.transition import transition_analysis
 
 DATA = Path(__file__).parent / "data"
 

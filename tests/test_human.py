@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from theory.errors import CramError
-from theory.human import (
+from cramkit.errors import CramError
+from cramkit.theory.human import (
     ANALOGY_NOTE,
     fit_power,
     header_comments,

@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from theory.errors import CramError
-from theory.io import atomic_write_json, atomic_write_text, save_figure
+from cramkit.errors import CramError
+from cramkit.io import atomic_write_json, atomic_write_text, save_figure
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpu.config import load_config
-from gpu.data import to_tensors, train_world
-from gpu.model import CramAttention, attention_flops, build_model
-from sim.srcd import generate, split_seeds
+from cramkit.gpu.config import load_config
+from cramkit.gpu.data import to_tensors, train_world
+from cramkit.gpu.model import CramAttention, attention_flops, build_model
+from cramkit.sim.srcd import generate, split_seeds
 
 TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
         "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16"]  # fmt: skip

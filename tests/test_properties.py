@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.routers import (
+from cramkit.sim.routers import (
     AllRouter,
     HashRouter,
     MaskRouter,
@@ -27,9 +27,9 @@ from sim.routers import (
     StrideRouter,
     fit_learned,
 )
-from sim.simulate import CRState, distinct_patterns_cum, relabel, run_cr, simulate_static, take
-from sim.srcd import SRCDConfig, derive_world, generate, make_world, split_seeds
-from theory import bounds as tb
+from cramkit.sim.simulate import CRState, distinct_patterns_cum, relabel, run_cr, simulate_static, take
+from cramkit.sim.srcd import SRCDConfig, derive_world, generate, make_world, split_seeds
+from cramkit.theory import bounds as tb
 
 # ----------------------------------------------------------------------------------------------
 # strategies

@@ -15,13 +15,13 @@ from click.testing import CliRunner
 
 transformers = pytest.importorskip("transformers")
 
-from cram_cli.main import cli  # noqa: E402
-from gpu.redundancy.corpus import read_documents, split_corpus  # noqa: E402
-from gpu.redundancy.engine import run  # noqa: E402
-from gpu.redundancy.measure import RedundancyConfig, _binned_auc  # noqa: E402
-from gpu.redundancy.planted import save_planted_gpt2  # noqa: E402
-from gpu.redundancy.predictors import Moments, fit_ridge, lagged  # noqa: E402
-from theory.errors import CramError  # noqa: E402
+from cramkit.cli.main import cli  # noqa: E402
+from cramkit.gpu.redundancy.corpus import read_documents, split_corpus  # noqa: E402
+from cramkit.gpu.redundancy.engine import run  # noqa: E402
+from cramkit.gpu.redundancy.measure import RedundancyConfig, _binned_auc  # noqa: E402
+from cramkit.gpu.redundancy.planted import save_planted_gpt2  # noqa: E402
+from cramkit.gpu.redundancy.predictors import Moments, fit_ridge, lagged  # noqa: E402
+from cramkit.errors import CramError  # noqa: E402
 
 WORDS = (
     "the a of to and in that is was he for it with as his on be at by this had not are but from or "
@@ -65,7 +65,7 @@ FAST = ["--tokenizer", "bytes", "--window", "96", "--min-pos", "4", "--max-token
 @pytest.mark.parametrize("inverse", [False, True])
 def test_block_forward_matches_hf_model(tmp_path, inverse):
     model = _tiny_gpt2(tmp_path / "m", seed=1, inverse_layer_scale=inverse).eval()
-    from gpu.redundancy.adapters import HFGPT2Adapter
+    from cramkit.gpu.redundancy.adapters import HFGPT2Adapter
 
     ad = HFGPT2Adapter(model)
     tok = torch.randint(0, 256, (3, 40), generator=torch.Generator().manual_seed(0))
@@ -86,7 +86,7 @@ def test_block_forward_matches_hf_model(tmp_path, inverse):
 
 def test_planted_head_is_self_attending_and_linear(tmp_path):
     model = _tiny_gpt2(tmp_path / "m", planted_heads=(0,)).eval()
-    from gpu.redundancy.adapters import HFGPT2Adapter
+    from cramkit.gpu.redundancy.adapters import HFGPT2Adapter
 
     ad = HFGPT2Adapter(model)
     tok = torch.randint(0, 256, (2, 60), generator=torch.Generator().manual_seed(3))
@@ -326,7 +326,7 @@ def test_tokenizer_from_the_model_directory(tmp_path, corpus):
     )
     model.save_pretrained(str(tmp_path / "m"))
     tok.save_pretrained(str(tmp_path / "m"))
-    from gpu.redundancy import load_model
+    from cramkit.gpu.redundancy import load_model
 
     lm = load_model(tmp_path / "m")
     assert lm.bos_id == tok.convert_tokens_to_ids("<|endoftext|>")

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import pytest
 
-import sim.bound as sb
-from sim.bound import BoundConfig, run_bound
-from sim.routers import PoolKeyRouter
-from theory.errors import CramError
+import cramkit.sim.bound as sb
+from cramkit.sim.bound import BoundConfig, run_bound
+from cramkit.sim.routers import PoolKeyRouter
+from cramkit.errors import CramError
 
 SMALL = dict(
     freq=0.1,

@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from sim.routers import (
+from cramkit.sim.routers import (
     AllRouter,
     HashRouter,
     OraclePosRouter,
@@ -18,7 +18,7 @@ from sim.routers import (
     fit_learned,
     parse_router,
 )
-from sim.simulate import (
+from cramkit.sim.simulate import (
     CRState,
     concat_batches,
     distinct_patterns_cum,
@@ -27,9 +27,9 @@ from sim.simulate import (
     run_cr,
     simulate_static,
 )
-from sim.srcd import SRCDConfig, generate, make_world, split_seeds
-from theory import bounds as tb
-from theory.errors import CramError
+from cramkit.sim.srcd import SRCDConfig, generate, make_world, split_seeds
+from cramkit.theory import bounds as tb
+from cramkit.errors import CramError
 
 
 def _setup(n=256, m_r=10, m_e=5, P=32, d=None, B=16, seed=0, **kw):

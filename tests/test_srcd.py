@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sim.srcd import (
+from cramkit.sim.srcd import (
     SPLITS,
     SRCDConfig,
     derive_world,
@@ -19,7 +19,7 @@ from sim.srcd import (
     split_seeds,
     token_classes,
 )
-from theory.errors import CramError
+from cramkit.errors import CramError
 
 
 @st.composite

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from theory import bounds as tb
-from theory.errors import CramError
+from cramkit.theory import bounds as tb
+from cramkit.errors import CramError
 
 # ----------------------------------------------------------------------------------------------
 # Lemma 2: kappa_0

@@ -10,11 +10,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cram_cli.main import cli
-from gpu import config as C
-from gpu.checkpoint import read_checkpoint
-from gpu.train import TrainingDiverged, lr_at, train
-from theory.errors import CramError
+from cramkit.cli.main import cli
+from cramkit.gpu import config as C
+from cramkit.gpu.checkpoint import read_checkpoint
+from cramkit.gpu.train import TrainingDiverged, lr_at, train
+from cramkit.errors import CramError
 
 TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
         "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16", "train.batch_size=8",
@@ -81,7 +81,7 @@ def test_lr_schedule_warmup_then_cosine_floor():
 
 
 def test_eval_steps_add_log_spaced_points():
-    from gpu.train import eval_steps
+    from cramkit.gpu.train import eval_steps
 
     t = C.TrainConfig(steps=1000, eval_every=250, eval_log_points=4)
     assert eval_steps(t) == {1, 10, 100, 250, 500, 750, 1000}
@@ -144,7 +144,7 @@ def test_resume_from_an_older_checkpoint_truncates_the_log(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    import gpu.train as T
+    import cramkit.gpu.train as T
 
     cfg = tiny("train.steps=6", "train.eval_every=2", "train.ckpt_every=2")
     orig = T._SRCDTask.forward

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from gpu import config as C
-from gpu.checkpoint import read_checkpoint
-from gpu.train import train
+from cramkit.gpu import config as C
+from cramkit.gpu.checkpoint import read_checkpoint
+from cramkit.gpu.train import train
 
 SETS = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
         "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16", "train.batch_size=8",
@@ -22,7 +22,7 @@ SETS = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_h
 
 def test_two_process_gloo_matches_single_process(tmp_path):
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            "-m", "cram_cli.main", "train", "--out", str(tmp_path / "ddp"), "--quiet", "--json"]  # fmt: skip
+            "-m", "cramkit.cli.main", "train", "--out", str(tmp_path / "ddp"), "--quiet", "--json"]  # fmt: skip
     for s in SETS:
         args += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

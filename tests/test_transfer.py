@@ -11,13 +11,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cram_cli.main import cli
-from gpu import config as C
-from gpu.checkpoint import save_checkpoint
-from gpu.model import build_model
-from gpu.transfer import TransferConfig, _boot, transfer_report
-from sim.srcd import derive_world, make_world
-from theory.errors import CramError
+from cramkit.cli.main import cli
+from cramkit.gpu import config as C
+from cramkit.gpu.checkpoint import save_checkpoint
+from cramkit.gpu.model import build_model
+from cramkit.gpu.transfer import TransferConfig, _boot, transfer_report
+from cramkit.sim.srcd import derive_world, make_world
+from cramkit.errors import CramError
 
 FAST = TransferConfig(overlaps=(0.0, 0.5, 1.0), sequences=24, chunk=8, bootstrap=100)
 

@@ -3,6 +3,6 @@
 The ground floor of the toolkit: it imports nothing from ``sim``, ``gpu`` or ``cram_cli``.
 """
 
-from theory.errors import CramError
+from cramkit.errors import CramError
 
 __all__ = ["CramError"]

@@ -25,7 +25,7 @@ from functools import lru_cache
 
 import sympy as sp
 
-from theory.errors import CramError
+from cramkit.errors import CramError
 
 Number = int | Fraction
 
@@ -390,7 +390,7 @@ class Theorem:
 
 
 def theorems() -> list[Theorem]:
-    """The bounds of SPEC §1.4 and §2 (Proposition 3 lives in ``theory.count_model``)."""
+    """The bounds of SPEC §1.4 and §2 (Proposition 3 lives in ``cramkit.theory.count_model``)."""
     E = sp.Function("E")
     E_Arec = E(sp.Symbol("A_rec"))
     E_Aq = E(sp.Symbol("A_q"))

@@ -20,7 +20,7 @@ import sympy as sp
 from scipy.special import gamma as gamma_fn
 from scipy.special import gammaincc, gammainccinv, zeta
 
-from theory.errors import CramError
+from cramkit.errors import CramError
 
 ALPHA, K_SYM, N_SYM = sp.symbols("alpha K N", positive=True)
 

@@ -25,7 +25,7 @@ from functools import cache
 import numpy as np
 import sympy as sp
 
-from theory.errors import CramError
+from cramkit.errors import CramError
 
 T = sp.Symbol("t", positive=True)
 Q = sp.Symbol("q", positive=True)

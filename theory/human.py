@@ -19,8 +19,8 @@ from importlib import resources
 
 import numpy as np
 
-from theory.errors import CramError
-from theory.fit.data import CurveData, make_gaussian
+from cramkit.errors import CramError
+from cramkit.theory.fit.data import CurveData, make_gaussian
 
 ANALOGY_NOTE = ("Human exponents measure savings on relearning against the retention delay; "
                 "gamma measures attention use against training exposure. Comparing them is an "
@@ -31,7 +31,7 @@ POWER_FIXED = {"Einf": 0.0}  # Q = a t^-gamma: Murre & Dros's power function
 
 @cache
 def _catalogue() -> dict:
-    text = resources.files("theory.data").joinpath("human.json").read_text(encoding="utf-8")
+    text = resources.files("cramkit.theory.data").joinpath("human.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 
@@ -47,7 +47,7 @@ def human_info(name: str) -> dict:
 
 
 def _rows(filename: str) -> list[dict]:
-    text = resources.files("theory.data").joinpath(filename).read_text(encoding="utf-8")
+    text = resources.files("cramkit.theory.data").joinpath(filename).read_text(encoding="utf-8")
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     return list(csv.DictReader(io.StringIO("\n".join(lines))))
 
@@ -55,7 +55,7 @@ def _rows(filename: str) -> list[dict]:
 def header_comments(name: str) -> list[str]:
     """The ``#`` lines of a data set's file: citation, licence and what it measures."""
     info = human_info(name)
-    text = resources.files("theory.data").joinpath(info["file"]).read_text(encoding="utf-8")
+    text = resources.files("cramkit.theory.data").joinpath(info["file"]).read_text(encoding="utf-8")
     return [ln[1:].strip() for ln in text.splitlines() if ln.startswith("#")]
 
 
@@ -73,7 +73,7 @@ def load_human(name: str) -> CurveData:
 
 def fit_power(name: str) -> dict:
     """The tool's own power-law fit Q = mu t^-a (t in seconds) of one bundled data set."""
-    from theory.fit.core import fit_model
+    from cramkit.theory.fit.core import fit_model
 
     data = load_human(name)
     fit = fit_model("M2", data, fixed=POWER_FIXED)

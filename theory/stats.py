@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from theory.errors import CramError
+from cramkit.errors import CramError
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from theory.errors import CramError
-from theory.fit.data import CurveData
+from cramkit.errors import CramError
+from cramkit.theory.fit.data import CurveData
 
 SHARP_W = 0.5
 DECISIVE_DAIC = 10.0
@@ -118,7 +118,7 @@ def isotonic_width(t: np.ndarray, fit: np.ndarray) -> float | None:
 
 def transition_analysis(data: CurveData, fits: dict) -> dict:
     """t_c three ways, W, and the sharpness verdict, from ``fits`` (model name -> FitResult)."""
-    from theory.curves import get_model
+    from cramkit.theory.curves import get_model
 
     w = data.n if data.kind == "binomial" else (
         1.0 / data.sigma ** 2 if data.sigma is not None else None)

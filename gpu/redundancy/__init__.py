@@ -4,9 +4,9 @@ Public entry points: :func:`measure_path` (a GPT-2 directory, a cram checkpoint 
 :func:`measure_redundancy` (one loaded model), :func:`load_model` and :class:`RedundancyConfig`.
 """
 
-from gpu.redundancy.adapters import LMAdapter, LoadedModel, load_hf_gpt2
-from gpu.redundancy.api import load_model, measure_path, redundancy_trajectory
-from gpu.redundancy.measure import PREDICTORS, RedundancyConfig, measure_redundancy
+from cramkit.gpu.redundancy.adapters import LMAdapter, LoadedModel, load_hf_gpt2
+from cramkit.gpu.redundancy.api import load_model, measure_path, redundancy_trajectory
+from cramkit.gpu.redundancy.measure import PREDICTORS, RedundancyConfig, measure_redundancy
 
 __all__ = [
     "LMAdapter",

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from theory.errors import CramError
+from cramkit.errors import CramError
 
 GPT2_HOWTO = (
     "to get GPT-2 on disk, run once on a machine with internet access: "

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gpu.redundancy.adapters import GPT2_HOWTO, LoadedModel, load_hf_gpt2
-from gpu.redundancy.measure import Progress, RedundancyConfig, measure_redundancy
-from theory.errors import CramError
+from cramkit.gpu.redundancy.adapters import GPT2_HOWTO, LoadedModel, load_hf_gpt2
+from cramkit.gpu.redundancy.measure import Progress, RedundancyConfig, measure_redundancy
+from cramkit.errors import CramError
 
 
 def load_model(path: str | Path, tokenizer: str = "auto") -> LoadedModel:
@@ -20,7 +20,7 @@ def load_model(path: str | Path, tokenizer: str = "auto") -> LoadedModel:
     if p.is_dir() and (p / "config.json").is_file():
         return load_hf_gpt2(p, tokenizer)
     if p.is_file() and p.suffix == ".safetensors":
-        from gpu.redundancy.cram_adapter import load_cram_text
+        from cramkit.gpu.redundancy.cram_adapter import load_cram_text
 
         return load_cram_text(p, tokenizer)
     if p.is_dir():

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from theory.errors import CramError
+from cramkit.errors import CramError
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent / "default_corpus.txt"
 SPLIT_WEIGHTS = {"fit": 4.0, "val": 1.0, "test": 2.0}

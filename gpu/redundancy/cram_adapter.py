@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gpu.redundancy.adapters import LMAdapter, LoadedModel, byte_encoder
-from theory.errors import CramError
+from cramkit.gpu.redundancy.adapters import LMAdapter, LoadedModel, byte_encoder
+from cramkit.errors import CramError
 
 
 class CramTextAdapter(LMAdapter):
-    """A :class:`gpu.model.CramModel` of the text task, seen block by block."""
+    """A :class:`cramkit.gpu.model.CramModel` of the text task, seen block by block."""
 
     def __init__(self, model, name: str = "cram-text"):
         self.model = model.eval()
@@ -84,7 +84,7 @@ class CramTextAdapter(LMAdapter):
 
 def load_cram_text(path: str | Path, tokenizer: str = "auto") -> LoadedModel:
     """Load a cram text checkpoint (architecture and config from the checkpoint itself)."""
-    from gpu.eval import load_checkpoint
+    from cramkit.gpu.eval import load_checkpoint
 
     ck = load_checkpoint(path)
     if ck.cfg.task != "text":

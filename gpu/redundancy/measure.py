@@ -32,10 +32,10 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 import torch
 
-from gpu.redundancy.adapters import LMAdapter, LoadedModel, check_finite_model
-from gpu.redundancy.corpus import Split, batches, read_documents, split_corpus
-from gpu.redundancy.engine import attention_output, run, swapped_context_z
-from gpu.redundancy.predictors import (
+from cramkit.gpu.redundancy.adapters import LMAdapter, LoadedModel, check_finite_model
+from cramkit.gpu.redundancy.corpus import Split, batches, read_documents, split_corpus
+from cramkit.gpu.redundancy.engine import attention_output, run, swapped_context_z
+from cramkit.gpu.redundancy.predictors import (
     ConstantPredictor,
     Moments,
     Predictor,
@@ -44,8 +44,8 @@ from gpu.redundancy.predictors import (
     train_gate,
     train_mlp,
 )
-from theory.errors import CramError
-from theory.stats import percentile_ci
+from cramkit.errors import CramError
+from cramkit.theory.stats import percentile_ci
 
 PREDICTORS = ("p0", "p1", "plocal", "p2")
 CDF_EDGES = np.round(np.arange(-4.0, 1.0001, 0.1), 2)  # log10 of the error

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from gpu.redundancy.adapters import _import_transformers
+from cramkit.gpu.redundancy.adapters import _import_transformers
 
 
 def planted_gpt2(

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from theory.errors import CramError
+from cramkit.errors import CramError
 
 LAMBDA_GRID = tuple(
     10.0**k for k in range(-6, 3)

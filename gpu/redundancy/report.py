@@ -176,7 +176,7 @@ def plot_report(r: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from theory.io import save_figure
+    from cramkit.io import save_figure
 
     taus = list(next(iter(r["overall"].values()))["pi"].keys())
     t_mid = taus[min(1, len(taus) - 1)]
@@ -219,7 +219,7 @@ def plot_trajectory(t: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from theory.io import save_figure
+    from cramkit.io import save_figure
 
     rows = t["trajectory"]
     xs = [row["step"] if row["step"] is not None else i for i, row in enumerate(rows)]

@@ -12,8 +12,8 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-import gpu.ops.routed_attention.triton as ra  # noqa: E402
-import gpu.ops.ssm_scan.triton as ssm  # noqa: E402
+import cramkit.gpu.ops.routed_attention.triton as ra  # noqa: E402
+import cramkit.gpu.ops.ssm_scan.triton as ssm  # noqa: E402
 
 
 def compile_one(kernel, signature: dict, constexprs: dict) -> None:

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-_KERNEL_MODULES = ("gpu.ops.routed_attention.triton", "gpu.ops.ssm_scan.triton")
+_KERNEL_MODULES = ("cramkit.gpu.ops.routed_attention.triton", "cramkit.gpu.ops.ssm_scan.triton")
 
 
 def _import_interpreted():

@@ -13,15 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from op_testing import TOL, rel_err
 
-from gpu.ops.routed_attention import routed_attention
-from gpu.ops.routed_attention.cpu import (
+from cramkit.gpu.ops.routed_attention import routed_attention
+from cramkit.gpu.ops.routed_attention.cpu import (
     routed_attention_blocked,
     routed_attention_dense,
     routed_attention_gathered,
 )
-from gpu.ops.routed_attention.interface import route_to_mask
-from gpu.ops.routed_attention.reference import routed_attention_reference
-from theory.errors import CramError
+from cramkit.gpu.ops.routed_attention.interface import route_to_mask
+from cramkit.gpu.ops.routed_attention.reference import routed_attention_reference
+from cramkit.errors import CramError
 
 B, T, H, D = 2, 63, 2, 40
 
@@ -117,7 +117,7 @@ def test_other_cpu_paths_match_reference(fn, case):
 
 
 def test_blocked_path_recomputes_when_saving_would_be_too_large(monkeypatch):
-    import gpu.ops.routed_attention.cpu as cpu
+    import cramkit.gpu.ops.routed_attention.cpu as cpu
 
     monkeypatch.setattr(cpu, "_SAVE_LIMIT", 0)
     fn = lambda q, k, v, m: routed_attention_blocked(q, k, v, m, scale=D**-0.5)  # noqa: E731
@@ -187,8 +187,8 @@ def test_bad_scale_raises():
 
 
 def test_cost_model_uses_dense_only_when_nearly_everything_is_routed():
-    from gpu.bench import routed_mask
-    from gpu.ops.routed_attention.cpu import choose_cpu_algorithm
+    from cramkit.gpu.bench import routed_mask
+    from cramkit.gpu.ops.routed_attention.cpu import choose_cpu_algorithm
 
     gen = torch.Generator().manual_seed(0)
     assert choose_cpu_algorithm(torch.ones(1, 4096, dtype=torch.bool), 4, 64)[0] == "dense"

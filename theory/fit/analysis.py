@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from theory.curves import MODEL_NAMES, get_model, tc_numeric
-from theory.errors import CramError
-from theory.fit.core import FitResult, fit_model, single_thread_blas
-from theory.fit.data import TIME_UNITS, CurveData, make_binomial, pool, read_curve
-from theory.fit.uncertainty import (
+from cramkit.theory.curves import MODEL_NAMES, get_model, tc_numeric
+from cramkit.errors import CramError
+from cramkit.theory.fit.core import FitResult, fit_model, single_thread_blas
+from cramkit.theory.fit.data import TIME_UNITS, CurveData, make_binomial, pool, read_curve
+from cramkit.theory.fit.uncertainty import (
     bootstrap_runs,
     logit_ls_crosscheck,
     out_of_sample,
@@ -37,7 +37,7 @@ def count_model_data(*, alpha: float, K: int, P: int = 10**6, n_min: float | Non
     point and expected (noise-free) counts k = probes * E_rec(N). The default N range is
     [1e3, 1e7] for alpha > 1 (the power-law regime) and [K P / 100, 10 K P] otherwise (around
     the step at N ~ K P)."""
-    from theory.count_model import exact_curve
+    from cramkit.theory.count_model import exact_curve
 
     if alpha > 1:
         n_min = 1e3 if n_min is None else n_min
@@ -81,7 +81,7 @@ def fit_gamma(*, runs: list[str | Path] | None = None, human: str | None = None,
         data = run_data[0] if len(run_data) == 1 else pool(run_data)
         source = {"type": "runs", "paths": [str(p) for p in runs]}
     elif human is not None:
-        from theory.human import human_info, load_human
+        from cramkit.theory.human import human_info, load_human
 
         data = load_human(human)
         info = human_info(human)
@@ -131,7 +131,7 @@ def fit_gamma(*, runs: list[str | Path] | None = None, human: str | None = None,
         logit = logit_ls_crosscheck(primary, data, pfit, fixed=fixed)
         sens = t_min_sensitivity(primary, data, fixed=fixed)
 
-    from theory.transition import transition_analysis
+    from cramkit.theory.transition import transition_analysis
 
     trans = transition_analysis(data, fits)
     fit_rows = []
@@ -199,7 +199,7 @@ def fit_gamma(*, runs: list[str | Path] | None = None, human: str | None = None,
     if count_model is not None:
         result["count_model"] = _count_model_summary(count_model, gamma)
     if with_human:
-        from theory.human import ANALOGY_NOTE, human_reference
+        from cramkit.theory.human import ANALOGY_NOTE, human_reference
 
         result["human_reference"] = human_reference()
         result["human_note"] = ANALOGY_NOTE
@@ -207,7 +207,7 @@ def fit_gamma(*, runs: list[str | Path] | None = None, human: str | None = None,
 
 
 def _count_model_summary(cm: dict, gamma: dict | None) -> dict:
-    from theory.count_model import asymptotic_constant, predicted_gamma, uniform_width
+    from cramkit.theory.count_model import asymptotic_constant, predicted_gamma, uniform_width
 
     alpha, K = float(cm["alpha"]), int(cm["K"])
     out: dict = {"alpha": alpha, "K": K, "P": int(cm.get("P", 10**6))}

@@ -24,9 +24,9 @@ import numpy as np
 from scipy.optimize import least_squares, minimize
 from scipy.special import gammaln
 
-from theory.curves import CurveModel, get_model
-from theory.errors import CramError
-from theory.fit.data import CurveData
+from cramkit.theory.curves import CurveModel, get_model
+from cramkit.errors import CramError
+from cramkit.theory.fit.data import CurveData
 
 EPS = 1e-12
 MIN_STARTS = 20

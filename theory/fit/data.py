@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from theory.errors import CramError
+from cramkit.errors import CramError
 
 TIME_UNITS = {"step": "optimizer steps", "exposures": "exposures per pattern",
               "cum_lr": "cumulative learning rate"}

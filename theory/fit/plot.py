@@ -1,4 +1,4 @@
-"""Plot of a :func:`theory.fit.analysis.fit_gamma` result: data, every fitted model, and the
+"""Plot of a :func:`cramkit.theory.fit.analysis.fit_gamma` result: data, every fitted model, and the
 bootstrap band of the primary model (matplotlib, Agg backend, imported lazily)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from theory.errors import CramError
+from cramkit.errors import CramError
 
 
 def plot_fit_gamma(res: dict, path: str | Path) -> None:
@@ -17,7 +17,7 @@ def plot_fit_gamma(res: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from theory.io import save_figure
+    from cramkit.io import save_figure
 
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"

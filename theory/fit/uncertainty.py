@@ -21,11 +21,11 @@ import numpy as np
 from scipy.optimize import brentq, least_squares
 from scipy.stats import chi2 as chi2_dist
 
-from theory.curves import get_model
-from theory.errors import CramError
-from theory.fit.core import FitResult, Problem, _inside, fit_model, single_thread_blas
-from theory.fit.data import CurveData, pool
-from theory.stats import percentile_ci
+from cramkit.theory.curves import get_model
+from cramkit.errors import CramError
+from cramkit.theory.fit.core import FitResult, Problem, _inside, fit_model, single_thread_blas
+from cramkit.theory.fit.data import CurveData, pool
+from cramkit.theory.stats import percentile_ci
 
 
 @dataclass
@@ -56,7 +56,7 @@ def _refit_samples(fits: list[FitResult | None], names: list[str]) -> dict[str, 
 
 
 def _progress(total: int, label: str, quiet: bool):
-    from theory.fit.progress import progress_iter
+    from cramkit.theory.fit.progress import progress_iter
 
     return progress_iter(range(total), total=total, label=label, quiet=quiet)
 
@@ -147,7 +147,7 @@ def profile_ci(model: str, data: CurveData, base: FitResult, name: str, *,
         x0 = warm[0][others]
         th, _, _ = sub.minimize(x0)
         if data.kind == "gaussian":
-            from theory.fit.core import _polish_ls
+            from cramkit.theory.fit.core import _polish_ls
             th = _polish_ls(sub, th)
         warm[0] = np.insert(th, i, v)
         nll = sub.nll(th)
@@ -221,7 +221,7 @@ def logit_ls_crosscheck(model: str, data: CurveData, base: FitResult, *,
     x0 = _inside(base.theta, lo, hi, 1e-9)
     with single_thread_blas():
         out = least_squares(resid, x0, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=4000)
-        from theory.fit.core import _finish
+        from cramkit.theory.fit.core import _finish
         return _finish(prob, out.x, out, int(out.nfev), with_cov=False)
 
 

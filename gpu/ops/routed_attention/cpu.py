@@ -261,7 +261,7 @@ def routed_attention_blocked(
     scale: float,
     width: int | None = None,
 ) -> torch.Tensor:
-    """The blocked path; shapes as in :func:`gpu.ops.routed_attention.routed_attention`.
+    """The blocked path; shapes as in :func:`cramkit.gpu.ops.routed_attention.routed_attention`.
     ``width`` (block width ``W``) defaults to the cost model's choice."""
     if width is None:
         _, width = choose_cpu_algorithm(mask, q.shape[2], q.shape[3])

@@ -23,7 +23,7 @@ def ssm_scan_chunked(
     initial_state: torch.Tensor | None = None,
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunked scan. Shapes as in :func:`gpu.ops.ssm_scan.ssm_scan`; computes in float32 or
+    """Chunked scan. Shapes as in :func:`cramkit.gpu.ops.ssm_scan.ssm_scan`; computes in float32 or
     float64 and casts back to the dtype of ``x``."""
     out_dtype = x.dtype
     work = torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -70,7 +70,7 @@ def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 120) -> None:
 
     import matplotlib.pyplot as plt
 
-    from theory.errors import CramError
+    from cramkit.errors import CramError
 
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
     buf = io.BytesIO()
@@ -84,3 +84,20 @@ def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 120) -> None:
         atomic_write_bytes(path, buf.getvalue())
     except OSError as exc:
         raise CramError(f"cannot write the plot to {path}: {exc.strerror}") from None
+
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def check_plot_path(path: str | os.PathLike) -> Path:
+    """The one rule for ``--plot PATH`` in every command: PATH names a file ending in .png, .pdf
+    or .svg; an existing folder (or a path ending in a separator) is refused, a missing parent
+    folder is created when the plot is written. Raises :class:`CramError` with one line."""
+    from cramkit.errors import CramError
+
+    text = os.fspath(path)
+    if text.endswith((os.sep, "/")) or os.path.isdir(text):
+        raise CramError(f"--plot needs a file path ending in .png, .pdf or .svg, not the folder {text!r}")
+    if Path(text).suffix.lower() not in PLOT_SUFFIXES:
+        raise CramError(f"--plot must end in .png, .pdf or .svg, got {text!r}")
+    return Path(text)

@@ -1,0 +1,40 @@
+"""The result contract shared by every command's library call.
+
+Each command's library entry point is ``run(config, progress=None) -> Result`` (see
+:mod:`cramkit.progress` for ``progress``). A Result owns its views, as lmfit's ``ModelResult``
+does: :meth:`Result.to_json` (a JSON-able summary, strict: no NaN), :meth:`Result.report` (the
+text the command prints) and :meth:`Result.plot` (a figure written atomically to a path). The CLI
+only chooses which view to show; nothing is formatted or plotted in ``cramkit.cli``.
+
+``Result.ok`` is False when the run measured something that makes the command fail (a criterion
+that does not hold, a model that produced NaN); the CLI then exits with status 1 after showing
+the result in the chosen view.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cramkit.errors import CramError
+
+
+class Result:
+    """Base class: subclasses implement :meth:`to_json` and :meth:`report`, and :meth:`plot`
+    where the result has a figure."""
+
+    #: a short name for error messages and default plot titles
+    name: str = "result"
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+    def to_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def report(self) -> str:
+        raise NotImplementedError
+
+    def plot(self, path: str | os.PathLike) -> None:
+        raise CramError(f"{self.name} has no plot")
