@@ -1,0 +1,59 @@
+"""A run folder's file names and the schema of its metrics log, declared once.
+
+``cram train --out DIR`` writes (see docs/training.md):
+
+- ``DIR/config.toml``: the full run config;
+- ``DIR/metrics.jsonl``: one JSON object per evaluation, keys as in :data:`METRICS_FIELDS`;
+- ``DIR/last.safetensors``: the newest checkpoint; ``DIR/checkpoints/step_NNNNNNN.safetensors``:
+  the kept ones;
+- ``DIR/summary.json``: the run's summary, written when the run ends.
+
+Writers (``cramkit.gpu.train``) and readers (``cramkit.theory.fit.data``, ``cramkit.gpu.eval``,
+``cramkit.gpu.redundancy``) import these names instead of spelling them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIG = "config.toml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+LAST = "last.safetensors"
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_SUFFIX = ".safetensors"
+
+# time axes of an evaluation record (any one can be the curve's t in ``cram fit-gamma --time``)
+TIME_FIELDS = ("step", "exposures", "cum_lr")
+
+#: the fields of an evaluation record in metrics.jsonl that readers rely on, with their meaning
+METRICS_FIELDS: dict[str, str] = {
+    "step": "optimizer steps taken before this evaluation (0 = at initialisation)",
+    "exposures": "SRCD only: expected presentations of each pool pattern so far",
+    "cum_lr": "sum of the learning rate over the steps taken",
+    "wall_s": "seconds since the run (or its resume) started",
+    "loss": "mean training loss since the previous evaluation (null at step 0)",
+    "rho_q": "attention per query slot on the probe set (routed query slots / query slots)",
+    "rec_attended": "recurring probe queries that attended (the count behind E_rec)",
+    "rec_total": "recurring probe queries in the probe set",
+    "E_rec": "rec_attended / rec_total",
+}
+
+
+def step_checkpoint_name(step: int) -> str:
+    """File name of the kept checkpoint at ``step`` (inside :data:`CHECKPOINTS`)."""
+    return f"step_{step:07d}{CHECKPOINT_SUFFIX}"
+
+
+def metrics_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / METRICS
+
+
+def last_checkpoint(run_dir: str | Path) -> Path:
+    return Path(run_dir) / LAST
+
+
+def kept_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The kept checkpoints of a run in step order (empty when there are none)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    return sorted(folder.glob("step_*" + CHECKPOINT_SUFFIX)) if folder.is_dir() else []
