@@ -271,7 +271,13 @@ def _prune(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
-if _INTERPRET:
+# CRAM_TRITON_AUTOTUNE=0 runs one fixed GPU tile (64 x 64, 4 warps, 2 stages) instead of
+# autotuning: the autotuner compiles and times every kept config for each new T, which takes
+# minutes on a fresh machine (a first H200 run spent 7 minutes without finishing the first case).
+_AUTOTUNE = os.environ.get("CRAM_TRITON_AUTOTUNE", "1") != "0"
+_FIXED_GPU = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+
+if _INTERPRET or not _AUTOTUNE:
     _fwd = _fwd_kernel
     _dq = _dq_kernel
     _dkdv = _dkdv_kernel
@@ -293,7 +299,9 @@ _FIXED = {"BLOCK_M": 16, "BLOCK_N": 16}
 
 
 def _block_kwargs() -> dict:
-    return dict(_FIXED) if _INTERPRET else {}
+    if _INTERPRET:
+        return dict(_FIXED)
+    return {} if _AUTOTUNE else dict(_FIXED_GPU)
 
 
 def _precision(dtype: torch.dtype) -> str:
