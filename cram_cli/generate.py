@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-
 from cramkit.cli.options import emit, json_option
 
 
@@ -25,7 +24,8 @@ def generate(run, prompt, max_new_tokens, temperature, top_k, seed, as_json) -> 
     and the attention use: the fraction of generating positions each CRAM layer routed to
     attention. Prefill runs the prompt once; each new byte is one recurrent step.
     """
-    from cramkit.gpu.inference import GenerateConfig, run as run_generate
+    from cramkit.gpu.inference import GenerateConfig
+    from cramkit.gpu.inference import run as run_generate
 
     result = run_generate(GenerateConfig(run, prompt, max_new_tokens, temperature, top_k, seed))
     emit(result, as_json=as_json)

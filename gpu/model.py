@@ -33,14 +33,12 @@ Launch (see docs/training.md): ``cram train`` (quick preset, CPU) or, on GPUs,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from cramkit.errors import CramError
 from cramkit.gpu.config import ModelConfig, RouterConfig
 from cramkit.gpu.inference import (
     CramState,
@@ -54,6 +52,8 @@ from cramkit.gpu.inference import (
 from cramkit.gpu.ops.routed_attention import routed_attention
 from cramkit.gpu.ops.ssm_scan import ssm_scan
 from cramkit.gpu.routers import Router, RouteRequest, check_budget, make_router
+
+from cramkit.errors import CramError
 
 
 class RMSNorm(nn.Module):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from cramkit.gpu.config import load_config
 from cramkit.gpu.data import to_tensors, train_world
 from cramkit.gpu.model import CramAttention, attention_flops, build_model
@@ -171,9 +170,10 @@ def test_registry_is_the_config_vocabulary_and_links_the_simulator():
 
 
 def test_unknown_router_is_a_clear_error():
-    from cramkit.errors import CramError
     from cramkit.gpu.config import ModelConfig, RouterConfig
     from cramkit.gpu.model import CramModel
+
+    from cramkit.errors import CramError
 
     with pytest.raises(CramError, match="router.name"):
         CramModel(ModelConfig(), RouterConfig(name="cramm"), 16)

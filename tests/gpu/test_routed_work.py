@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from cramkit.gpu.config import load_config
 from cramkit.gpu.data import to_tensors, train_world
 from cramkit.gpu.model import build_model
