@@ -520,10 +520,11 @@ class Block(nn.Module):
     def __init__(self, d_model: int, mixer: Mixer, mlp: nn.Module | None = None, *, kind: str = ""):
         super().__init__()
         self.kind = kind  # the pattern letter, for reports and adapters only
+        # registration order = parameter order (optimizer state in checkpoints follows it)
         self.norm1 = RMSNorm(d_model)
-        self.mixer = mixer
         self.norm2 = RMSNorm(d_model) if mlp is not None else None
         self.mlp = mlp
+        self.mixer = mixer
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.mlp is None else x + self.mlp(self.norm2(x))

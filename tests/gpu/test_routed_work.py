@@ -71,3 +71,10 @@ def test_loss_and_gradients_equal_the_dense_formulation(router, oracle):
         assert (p.grad is None) == (q.grad is None), name
         if p.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_parameter_order_and_names_are_unchanged():
+    # optimizer state in checkpoints follows the parameter order; old checkpoints load by name
+    new, old, _ = _pair()
+    assert [n for n, _ in new.named_parameters()] == [n for n, _ in old.named_parameters()]
+    assert list(new.state_dict()) == list(old.state_dict())
