@@ -43,8 +43,8 @@ class SSMState:
 
 @dataclass
 class KVState:
-    k: torch.Tensor  # (B, max_len, H, D)
-    v: torch.Tensor  # (B, max_len, H, D)
+    k: torch.Tensor  # (B, H, max_len, D): one contiguous run of keys per head (fast reads)
+    v: torch.Tensor  # (B, H, max_len, D)
 
 
 @dataclass

@@ -239,13 +239,14 @@ def cached_attention(q: torch.Tensor, rows: torch.Tensor, st: KVState, pos: int)
     bi, ti = rows[:, 0], rows[:, 1]
     top = pos + int(ti.max()) + 1
     if len(bi) == st.k.shape[0] and bool((bi == torch.arange(len(bi), device=bi.device)).all()):
-        keys, vals = st.k[:, :top], st.v[:, :top]  # one row per sequence, in order: no copy
+        keys, vals = st.k[:, :, :top], st.v[:, :, :top]  # one row per sequence, in order: no copy
     else:
-        keys, vals = st.k[bi, :top], st.v[bi, :top]  # (n, L, H, D)
-    scores = torch.einsum("nhd,nlhd->nhl", q.float(), keys.float()) * q.shape[-1] ** -0.5
-    visible = torch.arange(top, device=q.device)[None, :] <= (pos + ti)[:, None]  # (n, L)
-    scores = scores.masked_fill(~visible[:, None, :], float("-inf"))
-    return torch.einsum("nhl,nlhd->nhd", torch.softmax(scores, dim=-1), vals.float()).to(q.dtype)
+        keys, vals = st.k[bi, :, :top], st.v[bi, :, :top]  # (n, H, L, D)
+    scores = (q[:, :, None, :] @ keys.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (n, H, 1, L)
+    if bool((pos + ti < top - 1).any()):  # several rows of one chunk: hide each row's future
+        visible = torch.arange(top, device=q.device)[None, :] <= (pos + ti)[:, None]  # (n, L)
+        scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
+    return (torch.softmax(scores, dim=-1) @ vals)[:, :, 0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,14 +271,14 @@ class DenseAttention(Mixer):
 
     def init_state(self, batch, max_len, device, dtype):
         d = self.proj.in_features
-        shape = (batch, max_len, self.h, d // self.h)
+        shape = (batch, self.h, max_len, d // self.h)
         return KVState(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
     def decode(self, x, st: KVState, dctx):
         bsz, t_len, d = x.shape
         pos = dctx.pos
         q, k, v = self.qkv(x).view(bsz, t_len, 3, self.h, d // self.h).unbind(2)  # (B, T, H, D)
-        st.k[:, pos : pos + t_len], st.v[:, pos : pos + t_len] = k, v
+        st.k[:, :, pos : pos + t_len], st.v[:, :, pos : pos + t_len] = k.transpose(1, 2), v.transpose(1, 2)
         if pos == 0:
             y = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True)
             y = y.transpose(1, 2)
@@ -464,7 +465,7 @@ class CramAttention(Mixer):
     # -- inference ----------------------------------------------------------------------------
     def init_state(self, batch, max_len, device, dtype):
         d = self.q.in_features
-        shape = (batch, max_len, self.h, d // self.h)
+        shape = (batch, self.h, max_len, d // self.h)
         return CramState(
             torch.zeros(shape, device=device, dtype=dtype),
             torch.zeros(shape, device=device, dtype=dtype),
@@ -484,19 +485,19 @@ class CramAttention(Mixer):
         if not self.policy.mixes:
             route = torch.zeros_like(route)
         k, v = self.keys_values(h, st.h_prev)
-        st.k[:, pos : pos + t_len], st.v[:, pos : pos + t_len] = k, v
+        st.k[:, :, pos : pos + t_len], st.v[:, :, pos : pos + t_len] = k.transpose(1, 2), v.transpose(1, 2)
         st.h_prev = h[:, -1].clone()
         st.route[:, pos : pos + t_len] = route
         if not self.policy.mixes:
             return torch.zeros_like(h)
-        a = self._attend_cached(h, route, st, pos) if bool(route.any()) else torch.zeros_like(h)
+        a = self._attend_cached(h, route, st, pos, k, v) if bool(route.any()) else torch.zeros_like(h)
         return torch.where(route[..., None], a, self.memory_rows(h, ~route))
 
-    def _attend_cached(self, h, route, st: CramState, pos: int) -> torch.Tensor:
+    def _attend_cached(self, h, route, st: CramState, pos: int, k, v) -> torch.Tensor:
         bsz, t_len, d = h.shape
         if pos == 0:  # the whole prefix is this chunk: the routed op, as in training
             q = _scatter_rows(route, self.q(h[route]), h).view(bsz, t_len, self.h, d // self.h)
-            a = routed_attention(q, st.k[:, :t_len], st.v[:, :t_len], route).reshape(bsz, t_len, d)[route]
+            a = routed_attention(q, k, v, route).reshape(bsz, t_len, d)[route]
         else:
             q = self.q(h[route]).view(-1, self.h, d // self.h)
             a = cached_attention(q, route.nonzero(), st, pos).reshape(-1, d)

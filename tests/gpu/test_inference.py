@@ -85,8 +85,8 @@ def test_routed_off_step_reads_no_cache():
     state = model.init_state(2, 8)
     model.prefill(torch.randint(0, VOCAB, (2, 4)), state, route=torch.ones(2, 4, dtype=torch.bool))
     layer_state = state.layers[1]
-    layer_state.k[:, :4] = float("nan")  # a read of the cache would poison the output
-    layer_state.v[:, :4] = float("nan")
+    layer_state.k[:, :, :4] = float("nan")  # a read of the cache would poison the output
+    layer_state.v[:, :, :4] = float("nan")
     out = model.step(torch.tensor([1, 2]), state, route=torch.tensor([False, True]))
     assert torch.isfinite(out[0]).all() and not torch.isfinite(out[1]).all()
 
