@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from cramkit.gpu.config import ModelConfig, RouterConfig
 from cramkit.gpu.ops.routed_attention import routed_attention
 from cramkit.gpu.ops.ssm_scan import ssm_scan

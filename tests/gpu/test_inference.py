@@ -37,7 +37,7 @@ def _stepwise(model, tokens, t0, route=None, seed=0):
 PATTERNS = ["S", "A", "G", "SA", "AS", "SAG", "GSA", "AA"]
 
 
-@settings(max_examples=25)
+@settings(max_examples=15)
 @given(
     pattern=st.sampled_from(PATTERNS),
     router=st.sampled_from(["cram", "dense", "skip-all", "stride", "none"]),
@@ -58,7 +58,7 @@ def test_prefill_then_steps_equal_the_forward(pattern, router, t_len, bsz, data)
         assert torch.equal(trace.route, route)
 
 
-@settings(max_examples=25)
+@settings(max_examples=15)
 @given(
     pattern=st.sampled_from(["A", "SA", "AS", "SAGA"]),
     router=st.sampled_from(["cram", "learned-static", "random", "oracle-pos", "dense", "stride"]),
