@@ -1,0 +1,33 @@
+"""``cram generate``: continue a prompt with a byte-level text checkpoint (docs/inference.md)."""
+
+from __future__ import annotations
+
+import click
+from cramkit.cli.options import emit, json_option
+
+
+@click.command("generate", short_help="Continue a prompt with a text checkpoint (recurrent inference).")
+@click.argument("run", type=click.Path())
+@click.option("--prompt", required=True, help="The text to continue (UTF-8; the model reads bytes).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Bytes to generate.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Sampling temperature; 0 = greedy.")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Sample only from the k most likely bytes (0 = all).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the sampler.")
+@json_option()
+def generate(run, prompt, max_new_tokens, temperature, top_k, seed, as_json) -> None:
+    """Continue PROMPT with the text checkpoint RUN (a checkpoint file or run folder).
+
+    Prints the prompt and its continuation, then on stderr the speed (tokens/s, prefill time)
+    and the attention use: the fraction of generating positions each CRAM layer routed to
+    attention. Prefill runs the prompt once; each new byte is one recurrent step.
+    """
+    from cramkit.gpu.inference import GenerateConfig
+    from cramkit.gpu.inference import run as run_generate
+
+    result = run_generate(GenerateConfig(run, prompt, max_new_tokens, temperature, top_k, seed))
+    emit(result, as_json=as_json)
+    if not as_json:
+        click.echo(result.stats(), err=True)
