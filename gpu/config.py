@@ -62,7 +62,7 @@ def setting(default: Any, *, lo: float | None = None, hi: float | None = None, l
             hi_open: bool = False, choices: tuple | None = None) -> Any:  # fmt: skip
     """A config field with its range (``lo``/``hi``, inclusive unless ``*_open``) or ``choices``."""
     meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices}
-    return field(default=default, metadata={k: v for k, v in meta.items() if v not in (None, False)})
+    return field(default=default, metadata={k: v for k, v in meta.items() if v is not None and v is not False})
 
 
 def _interval(m: dict) -> str:
@@ -242,7 +242,7 @@ class RunConfig:
     def validate(self) -> None:
         """Every section's own checks, then the relations between the task and the model."""
         check_field("task", self.task, {"choices": TASKS})
-        for name in ("model", "router", "train", self.task):
+        for name in SECTIONS:
             section = getattr(self, name)
             if isinstance(section, Section):
                 section.validate(name)
@@ -381,8 +381,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         if not isinstance(out.get(sec, {}), dict):
             raise CramError(f"config section [{sec}] must be a table")
         out.setdefault(sec, {})[name] = parse_value(raw.strip())
-        if (section, parts[1]) in ALIASES and isinstance(out.get(section), dict):
-            out[section].pop(parts[1], None)  # the override replaces the file's alias value
+        for (asec, akey), dst in ALIASES.items():  # the override replaces the file's value under any spelling
+            if dst == (sec, name) and isinstance(out.get(asec), dict):
+                out[asec].pop(akey, None)
     return out
 
 
