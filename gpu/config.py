@@ -37,9 +37,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 import tomli_w
+from cramkit.sim.srcd import SRCDConfig
 
 from cramkit.errors import CramError
-from cramkit.sim.srcd import SRCDConfig
 
 PRESET_DIR = Path(__file__).with_name("presets")
 

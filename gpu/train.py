@@ -36,14 +36,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from cramkit.gpu import config as C
+from cramkit.gpu.build import check_vocab_matches, model_for_task, model_meta
+from cramkit.gpu.checkpoint import (
+    code_version,
+    load_model_state,
+    load_optimizer,
+    read_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from cramkit.gpu.model import CramModel
+from cramkit.gpu.tasks import Task, TaskBatch, check_task
 
 from cramkit import runs
 from cramkit.errors import CramError
-from cramkit.gpu import config as C
-from cramkit.gpu.build import check_vocab_matches, model_for_task, model_meta
-from cramkit.gpu.checkpoint import code_version, load_model_state, load_optimizer, read_checkpoint, restore_rng, save_checkpoint
-from cramkit.gpu.model import CramModel
-from cramkit.gpu.tasks import Task, TaskBatch, check_task
 from cramkit.io import append_jsonl, atomic_write_json, atomic_write_text, save_figure
 from cramkit.progress import Progress, report_to
 from cramkit.result import Result

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from cramkit.gpu.tasks.base import IGNORE, BaseTask, Task, TaskBatch, attention_use, check_task, check_token_range
+from cramkit.gpu.tasks.base import (
+    IGNORE,
+    BaseTask,
+    Task,
+    TaskBatch,
+    attention_use,
+    check_task,
+    check_token_range,
+)
 from cramkit.gpu.tasks.srcd import SRCDTask
 from cramkit.gpu.tasks.text import TextTask
 from cramkit.gpu.tasks.tokens import TokenData, TokensTask, evaluate_tokens, load_token_file

@@ -14,10 +14,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from cramkit.gpu.tasks.base import BaseTask, TaskBatch
+from cramkit.sim.srcd import (
+    Batch,
+    SRCDConfig,
+    World,
+    derive_world,
+    generate,
+    make_world,
+    split_seeds,
+)
 
 from cramkit.errors import CramError
-from cramkit.gpu.tasks.base import BaseTask, TaskBatch
-from cramkit.sim.srcd import Batch, SRCDConfig, World, derive_world, generate, make_world, split_seeds
 
 # world seeds of the derived evaluation pools, relative to the training world's seed
 FRESH_SEED, TRANSFER_SEED, CONFLICT_SEED, ROUTER_POOL_SEED = 1, 2, 3, 7

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from cramkit.gpu.tasks.base import BaseTask, TaskBatch, attention_use
 
 from cramkit.errors import CramError
-from cramkit.gpu.tasks.base import BaseTask, TaskBatch, attention_use
 
 VOCAB = 256
 

@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
-
-from cramkit.errors import CramError
 from cramkit.gpu.build import build_model, load_weights
 from cramkit.gpu.checkpoint import read_checkpoint
 from cramkit.gpu.config import ModelConfig, RouterConfig, SRCDConfig, load_config
 from cramkit.gpu.tasks import Task, TaskBatch, check_token_range
 from cramkit.gpu.train import train
+
+from cramkit.errors import CramError
 
 SMALL = ModelConfig(pattern="SA", d_model=32, n_heads=2, ssm_heads=2, ssm_head_dim=16, d_state=8,
                     memory_hidden=32, router_hidden=16)  # fmt: skip
@@ -163,3 +163,26 @@ def test_text_task_may_use_cram_blocks(tmp_path):
     m = res.metrics[-1]
     assert math.isfinite(m["loss"]) and m["bpb"] > 0 and 0 <= m["rho_all"] <= 1
     assert "loss_router" in m  # the CRAM losses are defined when every position is a target
+
+
+def test_train_and_eval_follow_the_command_contract(tmp_path):
+    from cramkit.gpu.eval import EvalReport, EvalSettings
+    from cramkit.gpu.eval import run as run_eval
+    from cramkit.gpu.train import TrainResult, TrainSettings
+    from cramkit.gpu.train import run as run_train
+
+    from cramkit.result import Result
+
+    ticks = []
+    cfg = load_config(None, [*RUN, "train.steps=2", "train.eval_every=2", "train.eval_sequences=8"])
+    res = run_train(TrainSettings(cfg, tmp_path / "r"), lambda *a: ticks.append(a))
+    assert isinstance(res, TrainResult) and isinstance(res, Result) and res.ok
+    assert ticks[-1] == ("train", 2, 2)
+    assert res.to_json()["out"] == str(tmp_path / "r") and res.to_json()["step"] == 2
+    assert "final evaluation" in res.report() and "acc_r" in res.report()
+    res.plot(tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 1000
+    ev = run_eval(EvalSettings((str(tmp_path / "r"),), "iid", 8))
+    assert isinstance(ev, EvalReport) and ev.to_json()["rows"][0]["step"] == 2 and "rho_q" in ev.report()
+    with pytest.raises(CramError, match="--max-steps must be >= 1"):
+        TrainSettings(cfg, None, max_steps=0)
