@@ -469,7 +469,7 @@ class _Trainer:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _nullcontext()
         with autocast:
             fout, frac, tb = self.forward(step, gen)
-        has_targets = tb.n_targets > 0  # a batch without targets teaches nothing: no gradient, no loss
+        has_targets = bool((tb.targets >= 0).any())  # a batch without targets teaches nothing: no gradient, no loss
         loss = fout.loss
         if has_targets and not torch.isfinite(loss).all():
             raise TrainingDiverged(f"training stopped: the loss became {float(loss.detach())} at step {step + 1}"
