@@ -1,12 +1,24 @@
 """Typed training configuration: a TOML file plus ``--set key=value`` overrides, strictly checked.
 
-The configuration is a tree of frozen dataclasses (:class:`RunConfig` with the sections ``model``,
-``router``, ``srcd``, ``train``, ``text``). Loading is strict: an unknown section or key, or a value
-of the wrong type, raises :class:`cramkit.errors.CramError` naming the offending key, so a
-misspelled setting can never be silently ignored.
+The configuration is a tree of frozen dataclasses: :class:`RunConfig` holds ``task`` (the task's
+name) and the sections ``model``, ``router``, ``train`` and one section per task: ``srcd`` *is*
+:class:`cramkit.sim.srcd.SRCDConfig` (the generator's own config, nested as it is: its fields and
+defaults are declared once, in ``sim/srcd.py``), ``text`` and ``tokens`` (see docs/tasks.md). The
+run config builds its task (:meth:`RunConfig.build_task`), as in zoology's config pattern.
+
+One checking mechanism for every section: each field's type comes from its annotation (loading
+refuses an unknown key, a value of the wrong type or a non-finite number, naming the key), and each
+section's ``validate()`` checks ranges and choices, declared beside the field as metadata
+(:func:`setting`); relations between fields are a section's ``_relations()``, relations between
+sections :meth:`RunConfig.validate`. Every error is one line naming the key.
 
 Presets live in ``gpu/presets/<name>.toml``: ``quick`` (the default of ``cram train``), ``paper``
-(longer) and ``text`` (byte-level language modelling with dense attention).
+(longer) and ``text`` (byte-level language modelling).
+
+``srcd.world_seed`` (the seed of the SRCD pool) lives in the ``train`` section as
+``train.world_seed``: it is a seed of the run, not a parameter of the task family. The TOML key
+``srcd.world_seed`` (older run folders, ``--set srcd.world_seed=1``) is still read, into
+``train.world_seed``.
 """
 
 from __future__ import annotations
@@ -25,11 +37,13 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 import tomli_w
+from cramkit.sim.srcd import SRCDConfig
 
 from cramkit.errors import CramError
 
 PRESET_DIR = Path(__file__).with_name("presets")
 
+# TODO(merge): from cramkit.gpu.routers import ROUTER_NAMES
 ROUTERS = (
     "cram",
     "dense",
@@ -40,96 +54,157 @@ ROUTERS = (
     "learned-static",
     "skip-all",
 )
-TASKS = ("srcd", "text")
+TASKS = ("srcd", "text", "tokens")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def setting(default: Any, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+            hi_open: bool = False, choices: tuple | None = None) -> Any:  # fmt: skip
+    """A config field with its range (``lo``/``hi``, inclusive unless ``*_open``) or ``choices``."""
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices}
+    return field(default=default, metadata={k: v for k, v in meta.items() if v is not None and v is not False})
+
+
+def _interval(m: dict) -> str:
+    left = "(" if m.get("lo_open") else "["
+    right = ")" if m.get("hi_open") else "]"
+    return f"{left}{m.get('lo', '-inf')}, {m.get('hi', 'inf')}{right}"
+
+
+def check_field(key: str, value: Any, meta: typing.Mapping) -> None:
+    """Raise CramError when ``value`` is outside the range or choices of its field metadata."""
+    choices = meta.get("choices")
+    if choices is not None:
+        if value not in choices:
+            raise CramError(f"{key} must be one of {choices}, got {value!r}")
+        return
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and hi is None and not meta.get("lo_open"):
+        if value < lo:
+            raise CramError(f"{key} must be >= {lo}, got {value}")
+        return
+    bad_lo = lo is not None and (value <= lo if meta.get("lo_open") else value < lo)
+    bad_hi = hi is not None and (value >= hi if meta.get("hi_open") else value > hi)
+    if bad_lo or bad_hi:
+        if hi is None:
+            raise CramError(f"{key} must be > {lo}, got {value}")
+        if lo is None:
+            raise CramError(f"{key} must be <= {hi}, got {value}")
+        raise CramError(f"{key} must be in {_interval(meta)}, got {value}")
+
+
+class Section:
+    """Base of the config sections: ``validate(name)`` checks every field's declared range or
+    choices, then the section's own :meth:`_relations`."""
+
+    def validate(self, name: str) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.metadata:
+                check_field(f"{name}.{f.name}", getattr(self, f.name), f.metadata)
+        self._relations(name)
+
+    def _relations(self, name: str) -> None:
+        """Checks between fields of this section (none by default)."""
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Section):
     """Architecture. ``pattern`` lists the layers: ``S`` = SSM block, ``A`` = CRAM retrieval block,
-    ``G`` = plain dense causal attention block (used by the text task)."""
+    ``G`` = plain dense causal attention block."""
 
     pattern: str = "SA"
-    d_model: int = 128
-    n_heads: int = 4  # attention heads of the CRAM / dense attention layers
-    ssm_heads: int = 4
-    ssm_head_dim: int = 32
-    d_state: int = 16
-    conv_width: int = 4
-    mlp_mult: int = 2
-    memory_hidden: int = 256  # hidden width of the semantic memory MLP
-    router_hidden: int = 64  # hidden width of the router MLP (0 = linear router)
-    max_len: int = 0  # > 0 adds learned absolute position embeddings (text task)
+    d_model: int = setting(128, lo=1)
+    n_heads: int = setting(4, lo=1)  # attention heads of the CRAM / dense attention layers
+    ssm_heads: int = setting(4, lo=1)
+    ssm_head_dim: int = setting(32, lo=1)
+    d_state: int = setting(16, lo=1)
+    conv_width: int = setting(4, lo=1)
+    mlp_mult: int = setting(2, lo=1)
+    memory_hidden: int = setting(256, lo=1)  # hidden width of the semantic memory MLP
+    router_hidden: int = setting(64, lo=0)  # hidden width of the router MLP (0 = linear router)
+    max_len: int = setting(0, lo=0)  # > 0 adds learned absolute position embeddings
     tie_embeddings: bool = True
-    chunk_size: int = 64
+    chunk_size: int = setting(64, lo=1)
+
+    def _relations(self, name: str) -> None:
+        if not self.pattern or set(self.pattern) - set("SAG"):
+            raise CramError(f"{name}.pattern must be a non-empty string of S, A and G, got {self.pattern!r}")
+        if self.d_model % self.n_heads:
+            raise CramError(f"{name}.d_model ({self.d_model}) must be divisible by {name}.n_heads ({self.n_heads})")
 
 
 @dataclass(frozen=True)
-class RouterConfig:
+class RouterConfig(Section):
     """Which router the CRAM layers use and how the learned ones are trained."""
 
-    name: str = "cram"
-    budget: float = -1.0  # attention budget per query for static routers; < 0: m_e / n_q
-    target: str = "error"  # "error": z = 1[l_m > tau]; "utility": z = 1[l_m - l_a > delta]
-    tau: float = 0.05  # nats, for target = "error"
-    delta: float = 0.05  # nats, for target = "utility"
-    explore: float = 0.05  # fraction of positions that attend in training regardless of the router
+    name: str = setting("cram", choices=ROUTERS)
+    budget: float = setting(-1.0, hi=1.0)  # attention budget of the static routers; < 0: the task's default
+    target: str = setting("error", choices=("error", "utility"))  # "error": z = 1[l_m > tau]; "utility": z = 1[l_m - l_a > delta]
+    tau: float = setting(0.05, lo=0.0)  # nats, for target = "error"
+    delta: float = setting(0.05, lo=0.0)  # nats, for target = "utility"
+    explore: float = setting(0.05, lo=0.0, hi=1.0)  # fraction of positions that attend in training regardless of the router
     init_bias: float = 4.0  # router logit bias at step 0 (> 0: every position attends)
-    static_frac: float = 0.3  # learned-static: share of steps spent training the router on another pool
-    static_scope: str = "all"  # learned-static top-k over "all" positions or only the "queries" slots
-    loss_weight: float = 1.0
+    static_frac: float = setting(0.3, lo=0.0, hi=1.0, lo_open=True, hi_open=True)  # learned-static: share of steps training the router on another pool
+    static_scope: str = setting("all", choices=("all", "queries"))  # learned-static top-k over all positions or only query slots
+    loss_weight: float = setting(1.0, lo=0.0)
 
 
 @dataclass(frozen=True)
-class SRCDSection:
-    """SRCD task parameters (see ``cramkit.sim.srcd.SRCDConfig``) and the world seed."""
+class TrainConfig(Section):
+    """Optimisation, logging and the run's seeds."""
 
-    n: int = 64
-    m_r: int = 6
-    m_e: int = 2
-    P: int = 64
-    alpha: float = 1.0
-    U: int = 256
-    v: int = 256
-    d: int = 8
-    chi: float = 0.0
-    n_filler: int = 16
-    leak: str = "none"
-    world_seed: int = 0
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation and logging."""
-
-    steps: int = 3000
-    batch_size: int = 64
-    lr: float = 3e-3
-    min_lr_frac: float = 0.1
-    warmup_steps: int = 100
-    schedule: str = "cosine"  # "cosine" or "constant" (after warm-up)
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    seed: int = 0
-    eval_every: int = 250
-    eval_log_points: int = 0  # extra evaluations at this many log-spaced steps (early curve detail)
-    eval_sequences: int = 512  # size of the fixed IID probe set
-    ckpt_every: int = 500
+    steps: int = setting(3000, lo=1)
+    batch_size: int = setting(64, lo=1)
+    lr: float = setting(3e-3, lo=0.0, lo_open=True)
+    min_lr_frac: float = setting(0.1, lo=0.0, hi=1.0)
+    warmup_steps: int = setting(100, lo=0)
+    schedule: str = setting("cosine", choices=("cosine", "constant"))  # after warm-up
+    weight_decay: float = setting(0.01, lo=0.0)
+    grad_clip: float = setting(1.0, lo=0.0)
+    seed: int = setting(0, lo=0)
+    world_seed: int = setting(0, lo=0)  # SRCD: the seed of the training pool (TOML alias srcd.world_seed)
+    eval_every: int = setting(250, lo=1)
+    eval_log_points: int = setting(0, lo=0)  # extra evaluations at this many log-spaced steps
+    eval_sequences: int = setting(512, lo=1)  # size of the fixed probe set (SRCD, tokens)
+    ckpt_every: int = setting(500, lo=1)
     keep_checkpoints: bool = True  # keep every checkpoint (consolidation curves need them)
-    threads: int = 0  # torch CPU threads; 0 = leave torch's default
-    epi_weight: float = 1.0  # weight of the episodic path's own loss
-    sem_weight: float = 1.0  # weight of the semantic memory's own loss
-    distill_weight: float = 1.0
-    device: str = "auto"  # "auto", "cpu" or "cuda"
+    threads: int = setting(0, lo=0)  # torch CPU threads; 0 = leave torch's default
+    epi_weight: float = setting(1.0, lo=0.0)  # weight of the episodic path's own loss
+    sem_weight: float = setting(1.0, lo=0.0)  # weight of the semantic memory's own loss
+    distill_weight: float = setting(1.0, lo=0.0)
+    device: str = setting("auto", choices=DEVICES)
 
 
 @dataclass(frozen=True)
-class TextConfig:
-    """Byte-level language modelling (``task = "text"``)."""
+class TextConfig(Section):
+    """Byte-level language modelling (``task = "text"``): every position is a target."""
 
     data: str = ""
-    seq_len: int = 128
-    val_frac: float = 0.05
-    eval_batches: int = 8
+    seq_len: int = setting(128, lo=2)
+    val_frac: float = setting(0.05, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    eval_batches: int = setting(8, lo=1)
+
+
+@dataclass(frozen=True)
+class TokensConfig(Section):
+    """Token files (``task = "tokens"``, format in docs/tasks.md)."""
+
+    data: str = ""
+    vocab_size: int = setting(0, lo=0)  # 0: the largest token id in the file + 1
+    val_frac: float = setting(0.1, lo=0.0, hi=1.0, lo_open=True, hi_open=True)  # when the file has no split
+
+
+#: the sections of a run config and their classes (``srcd`` is the generator's own config)
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "router": RouterConfig,
+    "srcd": SRCDConfig,
+    "train": TrainConfig,
+    "text": TextConfig,
+    "tokens": TokensConfig,
+}
+#: TOML keys read into another section: (section, key) -> (section, key)
+ALIASES = {("srcd", "world_seed"): ("train", "world_seed")}
 
 
 @dataclass(frozen=True)
@@ -137,25 +212,50 @@ class RunConfig:
     task: str = "srcd"
     model: ModelConfig = field(default_factory=ModelConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
-    srcd: SRCDSection = field(default_factory=SRCDSection)
+    srcd: SRCDConfig = field(default_factory=SRCDConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    tokens: TokensConfig = field(default_factory=TokensConfig)
 
     # ------------------------------------------------------------------------------------------
-    def srcd_config(self):
-        """The ``cramkit.sim.srcd.SRCDConfig`` of this run (validated by the generator)."""
-        from cramkit.sim.srcd import SRCDConfig
+    def srcd_config(self) -> SRCDConfig:
+        """The run's :class:`cramkit.sim.srcd.SRCDConfig` (the ``srcd`` section itself)."""
+        return self.srcd
 
-        d = dataclasses.asdict(self.srcd)
-        d.pop("world_seed")
-        return SRCDConfig.from_dict(d)
+    @property
+    def world_seed(self) -> int:
+        """The SRCD pool's seed (``train.world_seed``)."""
+        return self.train.world_seed
 
     def budget(self) -> float:
-        """Attention budget per query slot of the static routers (default m_e / n_q)."""
+        """SRCD: attention budget per query slot of the static routers (default m_e / n_q)."""
         if self.router.budget >= 0:
             return float(self.router.budget)
-        n_q = self.srcd.m_r + self.srcd.m_e
-        return self.srcd.m_e / n_q if n_q else 0.0
+        return self.srcd.m_e / self.srcd.n_q
+
+    def build_task(self, *, device: Any = "cpu", rank: int = 0, world_size: int = 1):
+        """The :class:`cramkit.gpu.tasks.Task` this config describes (loads its data)."""
+        from cramkit.gpu.tasks import build_task
+
+        return build_task(self, device=device, rank=rank, world_size=world_size)
+
+    def validate(self) -> None:
+        """Every section's own checks, then the relations between the task and the model."""
+        check_field("task", self.task, {"choices": TASKS})
+        for name in SECTIONS:
+            section = getattr(self, name)
+            if isinstance(section, Section):
+                section.validate(name)
+            # srcd: SRCDConfig validated itself on construction
+        m = self.model
+        if self.task == "srcd":
+            if "G" in m.pattern:
+                raise CramError("the SRCD task uses S and A layers; G (plain attention) is for task = 'text' or 'tokens'")
+            if m.max_len and m.max_len < self.srcd.n:
+                raise CramError(f"model.max_len ({m.max_len}) must be 0 (no position table) or >= srcd.n ({self.srcd.n})")
+        elif self.task == "text":
+            if m.max_len and m.max_len < self.text.seq_len:
+                raise CramError(f"model.max_len ({m.max_len}) must be >= text.seq_len ({self.text.seq_len})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -164,132 +264,92 @@ class RunConfig:
         return tomli_w.dumps(self.to_dict())
 
 
-_SECTIONS = {
-    "model": ModelConfig,
-    "router": RouterConfig,
-    "srcd": SRCDSection,
-    "train": TrainConfig,
-    "text": TextConfig,
-}
+# ----------------------------------------------------------------------------------------------
+# loading
+# ----------------------------------------------------------------------------------------------
 
 
 def _check_type(key: str, value: Any, typ: Any) -> Any:
     """Return ``value`` converted to ``typ`` or raise CramError (int -> float is allowed)."""
-    if typ is float or typ == "float":
+    if typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise CramError(f"config key {key} must be a number, got {value!r}")
         value = float(value)
         if not math.isfinite(value):
             raise CramError(f"config key {key} must be finite, got {value!r}")
         return value
-    if typ is int or typ == "int":
+    if typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise CramError(f"config key {key} must be an integer, got {value!r}")
         return value
-    if typ is bool or typ == "bool":
+    if typ is bool:
         if not isinstance(value, bool):
             raise CramError(f"config key {key} must be true or false, got {value!r}")
         return value
-    if typ is str or typ == "str":
+    if typ is str:
         if not isinstance(value, str):
             raise CramError(f"config key {key} must be a string, got {value!r}")
         return value
     raise CramError(f"config key {key} has an unsupported type {typ!r}")  # pragma: no cover
 
 
-def _field_types(cls) -> dict[str, Any]:
+def field_types(cls) -> dict[str, Any]:
+    """A section's field names and their types (from the annotations)."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _known_keys(section: str) -> list[str]:
+    return sorted([*field_types(SECTIONS[section]), *(k for s, k in ALIASES if s == section)])
 
 
 def _build_section(name: str, cls, data: Any):
     if not isinstance(data, dict):
         raise CramError(f"config section [{name}] must be a table, got {data!r}")
-    types_ = _field_types(cls)
+    types_ = field_types(cls)
     unknown = sorted(set(data) - set(types_))
     if unknown:
-        raise CramError(f"unknown config key(s) {[f'{name}.{k}' for k in unknown]}; known: {sorted(types_)}")
-    kw = {k: _check_type(f"{name}.{k}", v, types_[k]) for k, v in data.items()}
-    return cls(**kw)
+        raise CramError(f"unknown config key(s) {[f'{name}.{k}' for k in unknown]}; known: {_known_keys(name)}")
+    return cls(**{k: _check_type(f"{name}.{k}", v, types_[k]) for k, v in data.items()})
+
+
+def _resolve_aliases(data: dict[str, Any]) -> dict[str, Any]:
+    """Move aliased keys (``srcd.world_seed``) to their section; both given and different: error."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for (sec, key), (dst, dkey) in ALIASES.items():
+        if isinstance(out.get(sec), dict) and key in out[sec]:
+            value = out[sec].pop(key)
+            target = out.setdefault(dst, {})
+            if not isinstance(target, dict):
+                continue  # reported as "must be a table" below
+            if dkey in target and target[dkey] != value:
+                raise CramError(f"config keys {sec}.{key} and {dst}.{dkey} are the same setting; give one")
+            target[dkey] = value
+    return out
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
     """Build a :class:`RunConfig` from nested dicts; unknown keys and wrong types are errors."""
     if not isinstance(data, dict):
         raise CramError("a configuration must be a table of sections")
-    unknown = sorted(set(data) - set(_SECTIONS) - {"task"})
+    unknown = sorted(set(data) - set(SECTIONS) - {"task"})
     if unknown:
-        raise CramError(f"unknown config section(s) or key(s) {unknown}; known: {['task', *sorted(_SECTIONS)]}")
+        raise CramError(f"unknown config section(s) or key(s) {unknown}; known: {['task', *sorted(SECTIONS)]}")
+    data = _resolve_aliases(data)
     kw: dict[str, Any] = {}
     if "task" in data:
         kw["task"] = _check_type("task", data["task"], str)
-    for name, cls in _SECTIONS.items():
+    for name, cls in SECTIONS.items():
         if name in data:
             kw[name] = _build_section(name, cls, data[name])
     cfg = RunConfig(**kw)
-    validate(cfg)
+    cfg.validate()
     return cfg
 
 
 def validate(cfg: RunConfig) -> None:
-    """Range checks that the dataclass types cannot express."""
-    m, r, t = cfg.model, cfg.router, cfg.train
-    if cfg.task not in TASKS:
-        raise CramError(f"task must be one of {TASKS}, got {cfg.task!r}")
-    if not m.pattern or set(m.pattern) - set("SAG"):
-        raise CramError(f"model.pattern must be a non-empty string of S, A and G, got {m.pattern!r}")
-    for key in ("d_model", "n_heads", "ssm_heads", "ssm_head_dim", "d_state", "conv_width", "mlp_mult",
-                "memory_hidden", "chunk_size"):  # fmt: skip
-        if getattr(m, key) < 1:
-            raise CramError(f"model.{key} must be >= 1, got {getattr(m, key)}")
-    if m.d_model % m.n_heads:
-        raise CramError(f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
-    if m.router_hidden < 0 or m.max_len < 0:
-        raise CramError("model.router_hidden and model.max_len must be >= 0")
-    if r.name not in ROUTERS:
-        raise CramError(f"router.name must be one of {ROUTERS}, got {r.name!r}")
-    if r.target not in ("error", "utility"):
-        raise CramError(f"router.target must be 'error' or 'utility', got {r.target!r}")
-    if r.budget > 1:
-        raise CramError(f"router.budget must be <= 1 (negative: m_e / n_q), got {r.budget}")
-    if not 0 <= r.explore <= 1:
-        raise CramError(f"router.explore must be in [0, 1], got {r.explore}")
-    if r.static_scope not in ("all", "queries"):
-        raise CramError(f"router.static_scope must be 'all' or 'queries', got {r.static_scope!r}")
-    if not 0 < r.static_frac < 1:
-        raise CramError(f"router.static_frac must be in (0, 1), got {r.static_frac}")
-    if min(r.tau, r.delta, r.loss_weight) < 0:
-        raise CramError("router.tau, router.delta and router.loss_weight must be >= 0")
-    for key in ("steps", "batch_size", "eval_every", "eval_sequences", "ckpt_every"):
-        if getattr(t, key) < 1:
-            raise CramError(f"train.{key} must be >= 1, got {getattr(t, key)}")
-    if t.lr <= 0 or not 0 <= t.min_lr_frac <= 1 or t.warmup_steps < 0 or t.weight_decay < 0:
-        raise CramError("train.lr must be > 0, train.min_lr_frac in [0, 1], warmup_steps and weight_decay >= 0")
-    if t.eval_log_points < 0:
-        raise CramError(f"train.eval_log_points must be >= 0, got {t.eval_log_points}")
-    if t.grad_clip < 0 or t.threads < 0 or t.seed < 0:
-        raise CramError("train.grad_clip, train.threads and train.seed must be >= 0")
-    if t.schedule not in ("cosine", "constant"):
-        raise CramError(f"train.schedule must be 'cosine' or 'constant', got {t.schedule!r}")
-    if t.device not in ("auto", "cpu", "cuda"):
-        raise CramError(f"train.device must be 'auto', 'cpu' or 'cuda', got {t.device!r}")
-    if min(t.epi_weight, t.sem_weight, t.distill_weight) < 0:
-        raise CramError("loss weights must be >= 0")
-    if cfg.task == "srcd":
-        if cfg.srcd.world_seed < 0:
-            raise CramError("srcd.world_seed must be >= 0")
-        if "G" in m.pattern:
-            raise CramError("the SRCD task uses S and A layers; G (plain attention) is for task = 'text'")
-        scfg = cfg.srcd_config()  # the generator validates its own constraints
-        if m.max_len and m.max_len < scfg.n:
-            raise CramError(f"model.max_len ({m.max_len}) must be 0 (no position table) or >= srcd.n ({scfg.n})")
-    else:
-        if cfg.text.seq_len < 2 or not 0 < cfg.text.val_frac < 1 or cfg.text.eval_batches < 1:
-            raise CramError("text.seq_len must be >= 2, text.val_frac in (0, 1), text.eval_batches >= 1")
-        if "A" in m.pattern:
-            raise CramError("the text task uses dense attention (G) and SSM (S) layers, not CRAM (A) layers")
-        if m.max_len and m.max_len < cfg.text.seq_len:
-            raise CramError(f"model.max_len ({m.max_len}) must be >= text.seq_len ({cfg.text.seq_len})")
+    """Check a run config built in Python (``from_dict`` and ``load_config`` already do)."""
+    cfg.validate()
 
 
 def parse_value(text: str) -> Any:
@@ -312,12 +372,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         if len(parts) == 1 and parts[0] == "task":
             out["task"] = parse_value(raw.strip())
             continue
-        if len(parts) != 2 or parts[0] not in _SECTIONS:
-            raise CramError(f"unknown config key {key!r}; use section.key with a section in {sorted(_SECTIONS)}")
+        if len(parts) != 2 or parts[0] not in SECTIONS:
+            raise CramError(f"unknown config key {key!r}; use section.key with a section in {sorted(SECTIONS)}")
         section, name = parts
-        if name not in _field_types(_SECTIONS[section]):
-            raise CramError(f"unknown config key {key!r}; known in [{section}]: {sorted(_field_types(_SECTIONS[section]))}")
-        out.setdefault(section, {})[name] = parse_value(raw.strip())
+        if name not in _known_keys(section):
+            raise CramError(f"unknown config key {key!r}; known in [{section}]: {_known_keys(section)}")
+        sec, name = ALIASES.get((section, name), (section, name))
+        if not isinstance(out.get(sec, {}), dict):
+            raise CramError(f"config section [{sec}] must be a table")
+        out.setdefault(sec, {})[name] = parse_value(raw.strip())
+        for (asec, akey), dst in ALIASES.items():  # the override replaces the file's value under any spelling
+            if dst == (sec, name) and isinstance(out.get(asec), dict):
+                out[asec].pop(akey, None)
     return out
 
 
@@ -325,12 +391,30 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
 
 
+def preset_task(name: str) -> str:
+    """The task of a preset (``quick``: srcd, ``text``: text)."""
+    return str(load_toml(_preset_path(name)).get("task", "srcd"))
+
+
+def config_task(path: str | Path) -> str:
+    """The task a TOML config file names (``srcd`` when it names none)."""
+    task = load_toml(path).get("task", "srcd")
+    return task if isinstance(task, str) else "srcd"
+
+
+def _preset_path(name: str) -> Path:
+    path = PRESET_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise CramError(f"unknown preset {name!r}; choose one of {preset_names()}")
+    return path
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CramError(f"config file {path} does not exist")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CramError(f"config file {path} is not valid TOML: {exc}") from None
 
@@ -343,18 +427,11 @@ def load_config(
 ) -> RunConfig:
     """Resolve a configuration: preset (default ``quick``) or TOML file, then ``--set`` overrides.
 
-    A TOML file is complete by itself (missing keys take the dataclass defaults, which equal the
-    quick preset); ``preset`` and ``config`` are mutually exclusive.
+    A TOML file is complete by itself (missing keys take the dataclass defaults; the ``srcd``
+    defaults are :class:`cramkit.sim.srcd.SRCDConfig`'s); ``preset`` and ``config`` are mutually
+    exclusive.
     """
     if config is not None and preset is not None:
         raise CramError("give either a preset or a config file, not both")
-    if config is None:
-        name = preset or "quick"
-        path = PRESET_DIR / f"{name}.toml"
-        if not path.is_file():
-            raise CramError(f"unknown preset {name!r}; choose one of {preset_names()}")
-        data = load_toml(path)
-    else:
-        data = load_toml(config)
+    data = load_toml(_preset_path(preset or "quick") if config is None else config)
     return from_dict(apply_overrides(data, overrides))
-

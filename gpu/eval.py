@@ -7,30 +7,40 @@
   returns per-query attend decisions, correctness and labels, plus the aggregate metrics
   (acc_r, acc_e, acc, rho_q, rho_all, phi, Pi_A, router precision/recall, ...).
 - :func:`evaluate_checkpoints` is what ``cram eval`` prints: one row per checkpoint and the
-  accuracy-vs-attention (Pareto) table.
+  accuracy-vs-attention (Pareto) table; with ``data=FILE`` every checkpoint is scored on a token
+  file instead (docs/tasks.md): accuracy on its target positions, attention use and a per-label
+  breakdown.
+- :func:`run` is the command contract: ``run(EvalSettings(...), progress) -> EvalReport``.
 
-Scoring follows SPEC §3: the prediction at a query slot is the argmax over value tokens; the type
-labels are used for scoring only.
+Scoring follows docs/srcd.md: the prediction at a query slot is the argmax over value tokens; the
+type labels are used for scoring only.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-
 from cramkit.gpu import config as C
+from cramkit.gpu.build import BUDGET_KEY, N_Q_KEY, VOCAB_KEY, build_run_model, check_vocab_matches
 from cramkit.gpu.checkpoint import load_model_state, read_checkpoint
-from cramkit.gpu.data import CONFLICT_SEED, FRESH_SEED, TRANSFER_SEED, to_tensors
-from cramkit.gpu.model import CramModel, attention_flops, build_model
+from cramkit.gpu.model import CramModel, attention_flops
+from cramkit.gpu.tasks.srcd import CONFLICT_SEED, FRESH_SEED, TRANSFER_SEED, to_tensors
 from cramkit.sim.srcd import SRCDConfig, World, derive_world, generate, make_world, split_seeds
+
+from cramkit import runs as R
 from cramkit.errors import CramError
+from cramkit.io import save_figure
+from cramkit.progress import Progress, track
+from cramkit.result import Result
 
 ARCH = "cram-hybrid"
+TEXT_ARCH = "gpt-bytes"
 SPLIT_HELP = "iid, fresh, transfer:S, conflict:S or struct (S = overlap in [0, 1])"
 
 
@@ -45,17 +55,41 @@ class LoadedCheckpoint:
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Load a checkpoint file or run folder; one clear :class:`CramError` for anything wrong."""
     tensors, meta = read_checkpoint(path)
-    if meta.get("arch") not in (ARCH, "gpt-bytes"):
+    if meta.get("arch") not in (ARCH, TEXT_ARCH):
         raise CramError(f"{path} is a checkpoint of architecture {meta.get('arch')!r}, not a cram model")
     try:
         cfg = C.from_dict(meta["config"])
     except (KeyError, TypeError):
         raise CramError(f"checkpoint {path} has no valid config in its metadata") from None
-    model = build_model(cfg)
+    model = checkpoint_model(cfg, tensors, meta)
+    check_vocab_matches(model, tensors, meta, path)
     load_model_state(model, tensors, meta, path)
     model.to(device).eval()
     p = Path(path)
-    return LoadedCheckpoint(p / "last.safetensors" if p.is_dir() else p, model, cfg, meta)
+    return LoadedCheckpoint(R.last_checkpoint(p) if p.is_dir() else p, model, cfg, meta)
+
+
+def _meta_int(meta: dict[str, Any], key: str) -> int | None:
+    v = meta.get(key)
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
+def checkpoint_model(cfg: C.RunConfig, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> CramModel:
+    """The (untrained) model a checkpoint's weights belong to: the run config's architecture with
+    the vocabulary, target range, query count and budget the checkpoint recorded (older
+    checkpoints: the ones the config implies)."""
+    from cramkit.gpu.build import build_model, checkpoint_vocab
+
+    vocab, n_q, budget = _meta_int(meta, VOCAB_KEY), _meta_int(meta, N_Q_KEY), meta.get(BUDGET_KEY)
+    if vocab is None or n_q is None or not isinstance(budget, (int, float)) or isinstance(budget, bool):
+        if cfg.task == "tokens" and vocab is None:
+            vocab = checkpoint_vocab(tensors, meta)
+        return build_run_model(cfg, vocab, n_q)
+    tr = meta.get("target_range")
+    if tr is not None and not (isinstance(tr, list) and len(tr) == 2 and all(isinstance(v, int) for v in tr)):
+        raise CramError("checkpoint has corrupt model metadata (target_range)")
+    return build_model(cfg.model, cfg.router, vocab, target_range=tuple(tr) if tr else None, n_targets=n_q,
+                       default_budget=float(budget))  # fmt: skip
 
 
 def parse_split(split: str) -> tuple[str, float]:
@@ -84,7 +118,7 @@ def split_data(cfg: C.RunConfig, split: str, count: int) -> tuple[SRCDConfig, Wo
     """(SRCD config, world, probe seeds) of a split, rebuilt from the run's config and world seed."""
     name, s = parse_split(split)
     scfg = cfg.srcd_config()
-    world = make_world(scfg, seed=cfg.srcd.world_seed)
+    world = make_world(scfg, seed=cfg.train.world_seed)
     if name == "fresh":
         world = derive_world(world, scfg, "fresh", seed=FRESH_SEED)
     elif name == "transfer":
@@ -98,7 +132,7 @@ def split_data(cfg: C.RunConfig, split: str, count: int) -> tuple[SRCDConfig, Wo
                 f"the struct split doubles n to {scfg.n}, beyond this model's position table "
                 f"(model.max_len = {cfg.model.max_len})"
             )
-        world = make_world(scfg, seed=cfg.srcd.world_seed)  # same pool keys and values, new probs
+        world = make_world(scfg, seed=cfg.train.world_seed)  # same pool keys and values, new probs
     return scfg, world, split_seeds(name, count, start=0)
 
 
@@ -250,7 +284,8 @@ def evaluate_checkpoint(path: str | Path, split: str = "iid", *, sequences: int 
     """Load a checkpoint and evaluate it on a split; a flat dict of metrics with provenance."""
     ck = load_checkpoint(path)
     if ck.cfg.task != "srcd":
-        raise CramError(f"{path} is a {ck.cfg.task!r} checkpoint; cram eval evaluates SRCD checkpoints")
+        raise CramError(f"{path} is a {ck.cfg.task!r} checkpoint; cram eval evaluates SRCD checkpoints "
+                        "on a split, or any checkpoint on a token file with --data FILE")  # fmt: skip
     if sequences < 1:
         raise CramError("the number of evaluation sequences must be >= 1")
     scfg, world, seeds = split_data(ck.cfg, split, sequences)
@@ -258,6 +293,26 @@ def evaluate_checkpoint(path: str | Path, split: str = "iid", *, sequences: int 
     out = {"checkpoint": str(ck.path), "router": ck.cfg.router.name, "step": ck.meta.get("step"),
            "split": split, "s_eff": world.s_eff if world.kind != "base" else None, **res.metrics}  # fmt: skip
     return out
+
+
+def evaluate_checkpoint_on_tokens(path: str | Path, data, *, sequences: int | None = None) -> dict[str, Any]:
+    """Score a checkpoint on a token file (a :class:`cramkit.gpu.tasks.TokenData`): its validation
+    sequences when the file has a ``split`` field, else every sequence (at most ``sequences``)."""
+    from cramkit.gpu.tasks.tokens import check_vocab, evaluate_tokens
+
+    ck = load_checkpoint(path)
+    check_vocab(data, ck.model.vocab_size)
+    if ck.model.target_range is not None:
+        lo, hi = ck.model.target_range
+        tg = data.targets[data.targets >= 0]
+        if tg.numel() and (int(tg.min()) < lo or int(tg.max()) >= hi):
+            raise CramError(f"token file {data.path}, field targets: this model predicts only token ids in [{lo}, {hi})")
+    idx = data.indices(1) if data.has_split else torch.arange(len(data.tokens))
+    if sequences is not None:
+        idx = idx[:sequences]
+    metrics = evaluate_tokens(ck.model, data, idx)
+    return {"checkpoint": str(ck.path), "router": ck.cfg.router.name, "step": ck.meta.get("step"),
+            "data": data.path, **metrics}  # fmt: skip
 
 
 def pareto_front(rows: list[dict[str, Any]], x: str = "rho_q", y: str = "acc") -> list[int]:
@@ -274,10 +329,134 @@ def pareto_front(rows: list[dict[str, Any]], x: str = "rho_q", y: str = "acc") -
     return sorted(front, key=lambda i: rows[i][x])
 
 
-def evaluate_checkpoints(paths: list[str | Path], split: str = "iid", *, sequences: int = 1024) -> dict[str, Any]:
-    """What ``cram eval`` reports: one row per checkpoint and the Pareto front over them."""
+def evaluate_checkpoints(paths: list[str | Path], split: str = "iid", *, sequences: int = 1024,
+                         data: str | Path | None = None, progress: Progress | None = None) -> dict[str, Any]:  # fmt: skip
+    """What ``cram eval`` reports: one row per checkpoint and the Pareto front over them (on an
+    SRCD split, or on the token file ``data``)."""
     if not paths:
         raise CramError("give at least one checkpoint")
+    if data is not None:
+        from cramkit.gpu.tasks.tokens import load_token_file
+
+        tokens = load_token_file(data)
+        rows = [evaluate_checkpoint_on_tokens(p, tokens, sequences=sequences)
+                for p in track(paths, progress, "checkpoints")]  # fmt: skip
+        front = pareto_front(rows, x="rho_target") if len(rows) > 1 else []
+        return {"data": str(data), "rows": rows, "pareto": front}
     parse_split(split)
-    rows = [evaluate_checkpoint(p, split, sequences=sequences) for p in paths]
+    rows = [evaluate_checkpoint(p, split, sequences=sequences) for p in track(paths, progress, "checkpoints")]
     return {"split": split, "rows": rows, "pareto": pareto_front(rows) if len(rows) > 1 else []}
+
+
+# ----------------------------------------------------------------------------------------------
+# the command contract: run(EvalSettings, progress) -> EvalReport
+# ----------------------------------------------------------------------------------------------
+
+COLUMNS = ("router", "step", "acc_r", "acc_e", "acc", "rho_q", "rho_all", "phi", "phi_model")
+TOKEN_COLUMNS = ("router", "step", "acc", "rho_target", "rho_all", "val_loss", "n_targets")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What ``cram eval`` evaluates: checkpoints (files or run folders) on an SRCD split, or on a
+    token file (``data``)."""
+
+    checkpoints: tuple[str, ...]
+    split: str = "iid"
+    sequences: int = 1024
+    data: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.checkpoints:
+            raise CramError("give at least one checkpoint")
+        if self.sequences < 1:
+            raise CramError("the number of evaluation sequences must be >= 1")
+        if self.data is None:
+            parse_split(self.split)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+@dataclass
+class EvalReport(Result):
+    """The rows of ``cram eval`` (one per checkpoint) and their Pareto front."""
+
+    result: dict[str, Any]
+    sequences: int = 1024
+    name = "cram eval"
+
+    def to_json(self) -> dict[str, Any]:
+        return self.result
+
+    def report(self) -> str:
+        from cramkit.gpu.train import _render
+        from rich.table import Table
+
+        res = self.result
+        tokens = "data" in res
+        cols = TOKEN_COLUMNS if tokens else COLUMNS
+        title = f"token file {res['data']}" if tokens else f"split {res['split']} ({self.sequences} sequences)"
+        table = Table(title=title)
+        table.add_column("checkpoint")
+        for c in cols:
+            table.add_column(c, justify="right")
+        for r in res["rows"]:
+            table.add_row(r["checkpoint"], *(_fmt(r.get(c)) for c in cols))
+        parts = [_render(table)]
+        x = "rho_target" if tokens else "rho_q"
+        if res["pareto"]:
+            pt = Table(title=f"accuracy vs attention: the Pareto front (lower {x}, higher acc)")
+            extra = () if tokens else ("acc_r", "acc_e")
+            for c in ("checkpoint", "router", x, "acc", *extra):
+                pt.add_column(c, justify="right")
+            for i in res["pareto"]:
+                r = res["rows"][i]
+                pt.add_row(r["checkpoint"], r["router"], *(_fmt(r[c]) for c in (x, "acc", *extra)))
+            parts.append(_render(pt))
+        for r in res["rows"] if tokens else ():
+            if r.get("by_label"):
+                lt = Table(title=f"by label: {r['checkpoint']}")
+                for c in ("label", "n", "acc", "rho"):
+                    lt.add_column(c, justify="right")
+                for row in r["by_label"]:
+                    lt.add_row(*(_fmt(row[c]) for c in ("label", "n", "acc", "rho")))
+                parts.append(_render(lt))
+        return "\n".join(parts)
+
+    def plot(self, path: str | os.PathLike) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        res = self.result
+        x = "rho_target" if "data" in res else "rho_q"
+        keys = (("acc", "o"),) if "data" in res else (("acc", "o"), ("acc_r", "^"), ("acc_e", "v"))
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        rows = res["rows"]
+        for key, marker in keys:
+            pts = [r for r in rows if r.get(key) is not None and r.get(x) is not None]
+            ax.scatter([r[x] for r in pts], [r[key] for r in pts], marker=marker, label=key)
+        for r in rows:
+            if r.get(x) is not None and r.get("acc") is not None:
+                ax.annotate(r["router"], (r[x], r["acc"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front = [rows[i] for i in res["pareto"]]
+        if front:
+            ax.plot([r[x] for r in front], [r["acc"] for r in front], "k--", lw=0.8, label="Pareto front (acc)")
+        ax.set_xlabel("attention per target position rho_target" if "data" in res else "attention per query rho_q")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"token file {Path(res['data']).name}" if "data" in res else f"split {res['split']}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        save_figure(fig, path)
+
+
+def run(config: EvalSettings, progress: Progress | None = None) -> EvalReport:
+    """Evaluate ``config.checkpoints``; the rows and Pareto front as an :class:`EvalReport`."""
+    res = evaluate_checkpoints(list(config.checkpoints), config.split, sequences=config.sequences,
+                               data=config.data, progress=progress)  # fmt: skip
+    return EvalReport(res, config.sequences)

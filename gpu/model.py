@@ -738,21 +738,6 @@ class CramModel(nn.Module):
         return self.readout(x)
 
 
-def build_model(run_cfg) -> CramModel:
-    """Build the model of a :class:`cramkit.gpu.config.RunConfig` (vocabulary and budget from the task)."""
-    if run_cfg.task == "text":
-        return CramModel(run_cfg.model, run_cfg.router, 256)
-    scfg = run_cfg.srcd_config()
-    return CramModel(
-        run_cfg.model,
-        run_cfg.router,
-        scfg.vocab_size,
-        target_range=(scfg.value_offset, scfg.value_offset + scfg.v),
-        budget=run_cfg.budget(),
-        n_q=scfg.n_q,
-    )
-
-
 def attention_flops(route: torch.Tensor, d: int) -> tuple[float, float]:
     """(F_route, F_all) of one attention layer of width d summed over a batch (docs/training.md, "Evaluation").
 

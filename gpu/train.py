@@ -1,10 +1,14 @@
-"""Training loop for ``cram train``: SRCD (CRAM routing) and byte-level text.
+"""Training loop for ``cram train``: any task (docs/tasks.md) -- SRCD, byte-level text, token files.
 
 Single process::
 
     cram train                                   # quick preset on the CPU
     cram train --preset paper --out runs/paper   # longer run
     cram train --set router.name=random --set train.steps=500 --out runs/rand
+
+From Python, with your own task (any object with the :class:`cramkit.gpu.tasks.Task` protocol)::
+
+    result = train(load_config(overrides=["train.steps=200"]), "runs/mine", task=MyTask())
 
 Data parallel (one process per GPU, or ``--nproc_per_node=2`` CPU processes on gloo)::
 
@@ -14,28 +18,27 @@ Every rank holds the full model; gradients are averaged with one all-reduce per 
 does, without bucketing), so all ranks stay bit-identical; rank 0 logs and saves. Each rank takes a
 disjoint slice of the global batch (``train.batch_size`` is the global batch).
 
-Determinism: the batch of step s comes from the sequence seeds of step s, and the exploration
-mask / random router of step s from a generator seeded by (seed, step, rank). Model, optimizer and
-step therefore fully determine the rest of a run, and ``--resume`` reproduces an uninterrupted run
-bit for bit (same machine, same thread count).
+Determinism: the batch of step s comes from the task and step s (SRCD: the sequence seeds of step
+s), and the exploration mask / random router / sampled windows of step s from a generator seeded by
+(seed, step, rank). Model, optimizer and step therefore fully determine the rest of a run, and
+``--resume`` reproduces an uninterrupted run bit for bit (same machine, same thread count).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-
 from cramkit.gpu import config as C
+from cramkit.gpu.build import check_vocab_matches, model_for_task, model_meta
 from cramkit.gpu.checkpoint import (
-    LAST,
     code_version,
     load_model_state,
     load_optimizer,
@@ -43,17 +46,22 @@ from cramkit.gpu.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from cramkit.gpu.data import load_text, probe_seeds, router_pool_world, text_batch, train_batch, train_world
-from cramkit.gpu.eval import ARCH, evaluate
-from cramkit.gpu.model import CramModel, build_model
-from cramkit.errors import CramError
-from cramkit.io import append_jsonl, atomic_write_json, atomic_write_text
+from cramkit.gpu.model import CramModel
+from cramkit.gpu.tasks import Task, TaskBatch, check_task
 
+from cramkit import runs
+from cramkit.errors import CramError
+from cramkit.io import append_jsonl, atomic_write_json, atomic_write_text, save_figure
+from cramkit.progress import Progress, report_to
+from cramkit.result import Result
+
+ARCH = "cram-hybrid"  # checkpoint architecture tag (text runs: "gpt-bytes", kept for older readers)
+TEXT_ARCH = "gpt-bytes"
 _DIVERGED_HINT = "(lower train.lr or raise train.grad_clip, then --resume)"
 
 
 def _last_good(out: Path | None) -> str:
-    last = (out / LAST) if out is not None else None
+    last = runs.last_checkpoint(out) if out is not None else None
     return f"; the last good checkpoint is {last}" if last is not None and last.is_file() else ""
 
 
@@ -61,14 +69,114 @@ class TrainingDiverged(CramError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+# ----------------------------------------------------------------------------------------------
+# the command contract: run(config, progress) -> TrainResult
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What ``cram train`` runs: a run config (None with ``resume``: the checkpoint's own), the
+    output folder, a run to resume, and a step to stop at."""
+
+    run: C.RunConfig | None = None
+    out: str | Path | None = None
+    resume: str | Path | None = None
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_steps is not None and self.max_steps < 1:
+            raise CramError("--max-steps must be >= 1")
+        if self.resume is not None and self.run is not None:
+            raise CramError("a resumed run takes its configuration from the checkpoint; give no run config")
+
+
 @dataclass
-class TrainResult:
+class TrainResult(Result):
     out_dir: Path | None
     metrics: list[dict[str, Any]]
     summary: dict[str, Any]
     stopped_early: bool = False
     step: int = 0
     config: C.RunConfig | None = field(default=None, repr=False)
+
+    name = "cram train"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out": str(self.out_dir) if self.out_dir else None, **self.summary}
+
+    def report(self) -> str:
+        from rich.table import Table
+
+        table = Table(title="final evaluation" + (f" ({self.out_dir})" if self.out_dir else ""))
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in self.summary.items():
+            table.add_row(k, "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)))
+        return _render(table)
+
+    def plot(self, path: str | os.PathLike) -> None:
+        save_figure(_training_figure(self.metrics), path)
+
+
+def run(config: TrainSettings, progress: Progress | None = None) -> TrainResult:
+    """Train (or resume) the run ``config`` describes."""
+    return train(config.run, config.out, resume=config.resume, max_steps=config.max_steps, progress=progress)
+
+
+def _render(renderable) -> str:
+    """Text of a rich renderable at the terminal's width (80 when not a terminal)."""
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=Console().width, color_system=None).print(renderable)
+    return buf.getvalue().rstrip("\n")
+
+
+def _training_figure(metrics: list[dict[str, Any]]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    if metrics and "rho_q" in metrics[0] and "E_rec" in metrics[0]:
+        pts = [m for m in metrics if m["step"] > 0]
+        steps = [m["step"] for m in pts]
+        for key, style in (("E_rec", "-o"), ("rho_q", "-s"), ("rho_all", "-^")):
+            ax1.plot(steps, [m[key] for m in pts], style, ms=3, label=key)
+        ax1.axhline(metrics[-1]["floor_rho_q"], color="k", ls=":", lw=1, label="floor m_e/n_q")
+        ax1.set_xscale("log")
+        ax1.set_xlabel("optimizer step")
+        ax1.set_ylabel("attention utilization")
+        ax1.set_title("attention use over training (IID probe set)")
+        ax1.legend(fontsize=8)
+        for key in ("acc_r", "acc_e", "acc"):
+            ax2.plot(steps, [m[key] for m in pts], "-o", ms=3, label=key)
+        ax2.set_xscale("log")
+        ax2.set_ylabel("accuracy")
+    else:
+        key = "bpb" if metrics and "bpb" in metrics[-1] else "val_loss"
+        pts = [m for m in metrics if m.get(key) is not None]
+        ax1.plot([m["step"] for m in pts], [m[key] for m in pts], "-o", ms=3, label=f"validation {key}")
+        ax1.set_ylabel("bits per byte" if key == "bpb" else "validation loss")
+        ax1.legend(fontsize=8)
+        for k in ("acc", "rho_all", "rho_target"):
+            got = [m for m in metrics if m.get(k) is not None]
+            if got:
+                ax2.plot([m["step"] for m in got], [m[k] for m in got], "-o", ms=3, label=k)
+    ax2.set_xlabel("optimizer step")
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# schedule, evaluation steps, optimizer
+# ----------------------------------------------------------------------------------------------
 
 
 def lr_at(cfg: C.TrainConfig, step: int) -> float:
@@ -92,25 +200,9 @@ def eval_steps(cfg: C.TrainConfig) -> set[int]:
     return out
 
 
-def _dist_info() -> tuple[int, int]:
-    ws = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    return rank, ws
-
-
-def _device(cfg: C.TrainConfig, rank: int) -> torch.device:
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise CramError("train.device = 'cuda' but no CUDA device is available")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
-def _step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
-
-
-def _make_optimizer(model: CramModel, tcfg: C.TrainConfig) -> tuple[torch.optim.Optimizer, list]:
+def make_optimizer(model: CramModel, tcfg: C.TrainConfig) -> tuple[torch.optim.Optimizer, list]:
+    """AdamW with weight decay on matrices only, and the router's parameters in their own group
+    (named "router", so a learned-static router can be frozen by its learning rate)."""
     router_ids = {id(p) for p in model.router_parameters()}
     params = list(model.parameters())
     decay = [p for p in params if p.dim() >= 2 and id(p) not in router_ids]
@@ -125,7 +217,136 @@ def _make_optimizer(model: CramModel, tcfg: C.TrainConfig) -> tuple[torch.optim.
     return opt, params
 
 
-def _allreduce_grads(params: list[torch.nn.Parameter], world_size: int) -> None:
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The generator of a step's random draws (exploration, random routers, sampled batches)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+
+
+# ----------------------------------------------------------------------------------------------
+# summary
+# ----------------------------------------------------------------------------------------------
+
+
+def attention_reduction(metrics: list[dict[str, Any]], key: str = "E_rec") -> dict[str, Any]:
+    """Attention reduction from the first to the last evaluation, and the transition step: where
+    ``key`` falls fastest per decade of steps (``cramkit.theory.transition``'s model-free
+    estimate: isotonic fit, steepest windowed slope against log step; docs/theory.md)."""
+    from cramkit.theory.transition import isotonic_decreasing, windowed_slope_tc
+
+    out: dict[str, Any] = {"reduction_rho_q": None, "reduction_rho_all": None, "transition_step": None}
+    if len(metrics) >= 2:
+        first, last = metrics[0], metrics[-1]
+        for k in ("rho_q", "rho_all"):
+            if first.get(k) is not None and last.get(k):
+                out[f"reduction_{k}"] = first[k] / last[k]
+    pts = [(m["step"], m[key], m.get("rec_total") or 1) for m in metrics if m.get(key) is not None and m["step"] > 0]
+    if len(pts) >= 3 and pts[0][1] > pts[-1][1]:
+        t, y, w = (np.array(v, dtype=np.float64) for v in zip(*pts))
+        out["transition_step"] = windowed_slope_tc(t, isotonic_decreasing(y, w))
+    return out
+
+
+def summarize_run(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    if not metrics:
+        return {}
+    last = metrics[-1]
+    keys = ("step", "exposures", "acc_r", "acc_e", "acc", "rho_q", "rho_all", "rho_target", "phi", "floor_rho_q",
+            "router_precision", "router_recall", "wall_s", "val_loss", "bpb")  # fmt: skip
+    s = {k: last[k] for k in keys if k in last}
+    if "rho_q" in last:
+        s.update(attention_reduction(metrics))
+    return s
+
+
+# ----------------------------------------------------------------------------------------------
+# set-up: resume, distributed, run folder
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunState:
+    """What a run carries between segments (all in the checkpoint's metadata)."""
+
+    start_step: int = 0
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    wall0: float = 0.0
+    cum_lr: float = 0.0
+    pending: dict[str, float] = field(default_factory=dict)  # training statistics since the last evaluation
+    tensors: dict[str, torch.Tensor] | None = None
+    meta: dict[str, Any] | None = None
+    path: Path | None = None
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run folder of a checkpoint file (or the folder itself)."""
+    if checkpoint.is_dir():
+        return checkpoint
+    return checkpoint.parent.parent if checkpoint.parent.name == runs.CHECKPOINTS else checkpoint.parent
+
+
+def read_resume_state(resume: str | Path) -> tuple[C.RunConfig, RunState]:
+    """The config and training state stored in a checkpoint; one line for anything corrupt."""
+    resume = Path(resume)
+    tensors, meta = read_checkpoint(resume)
+    if meta.get("arch") not in (ARCH, TEXT_ARCH):
+        raise CramError(f"{resume} is not a cram training checkpoint")
+    bad = f"checkpoint {resume} has corrupt training metadata; it cannot be resumed"
+    try:
+        cfg = C.from_dict(meta["config"])
+        state = RunState(int(meta["step"]), list(meta.get("metrics", [])), float(meta.get("wall_s", 0.0)),
+                         float(meta.get("cum_lr", 0.0)), dict(meta.get("pending", {})), tensors, meta, resume)  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        raise CramError(bad) from None
+    if state.start_step < 0 or not all(isinstance(m, dict) for m in state.metrics):
+        raise CramError(bad)
+    return cfg, state
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def pick_device(cfg: C.TrainConfig, rank: int) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise CramError("train.device = 'cuda' but no CUDA device is available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init_distributed(tcfg: C.TrainConfig, rank: int, world_size: int) -> bool:
+    """Join the process group when launched by torchrun; True when this call created it."""
+    if tcfg.batch_size % world_size:
+        raise CramError(f"train.batch_size ({tcfg.batch_size}) must be divisible by the number of processes ({world_size})")
+    if world_size == 1:
+        return False
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if pick_device(tcfg, rank).type == "cuda" else "gloo")
+    return True
+
+
+def prepare_run_folder(out: Path, cfg: C.RunConfig, metrics: list[dict[str, Any]]) -> None:
+    """Create the folder, write config.toml, and a metrics log holding exactly ``metrics`` (the
+    evaluations the resumed checkpoint knows about)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CramError(f"cannot create the output folder {out}: {exc.strerror}") from None
+    atomic_write_text(out / runs.CONFIG, cfg.to_toml())
+    atomic_write_text(runs.metrics_path(out), "".join(_jsonl(m) for m in metrics))
+
+
+def _jsonl(m: dict) -> str:
+    import json
+
+    return json.dumps(m, allow_nan=False) + "\n"
+
+
+def allreduce_grads(params: list[torch.nn.Parameter], world_size: int) -> None:
     import torch.distributed as dist
 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -143,227 +364,173 @@ def _allreduce_grads(params: list[torch.nn.Parameter], world_size: int) -> None:
         off += n
 
 
-def _transition(metrics: list[dict], key: str = "E_rec") -> dict[str, Any]:
-    """Attention reduction from the first to the last evaluation and the transition step: the first
-    evaluation step where ``key`` falls below the midpoint of its start and end values (linear
-    interpolation in log step between the two evaluations around the crossing)."""
-    pts = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
-    out: dict[str, Any] = {"reduction_rho_q": None, "reduction_rho_all": None, "transition_step": None}
-    if len(metrics) >= 2:
-        first, last = metrics[0], metrics[-1]
-        for k in ("rho_q", "rho_all"):
-            if first.get(k) is not None and last.get(k):
-                out[f"reduction_{k}"] = first[k] / last[k]
-    if len(pts) >= 2 and pts[0][1] > pts[-1][1]:
-        mid = 0.5 * (pts[0][1] + pts[-1][1])
-        for (s0, e0), (s1, e1) in zip(pts, pts[1:]):
-            if e0 > mid >= e1:
-                if s0 > 0 and e0 != e1:
-                    frac = (e0 - mid) / (e0 - e1)
-                    out["transition_step"] = float(math.exp(math.log(s0) + frac * (math.log(s1) - math.log(s0))))
-                else:
-                    out["transition_step"] = float(s1)
-                break
-    return out
+# ----------------------------------------------------------------------------------------------
+# the run
+# ----------------------------------------------------------------------------------------------
 
 
-def summarize_run(metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    if not metrics:
-        return {}
-    last = metrics[-1]
-    keys = ("step", "exposures", "acc_r", "acc_e", "acc", "rho_q", "rho_all", "phi", "floor_rho_q",
-            "router_precision", "router_recall", "wall_s", "val_loss", "bpb")  # fmt: skip
-    s = {k: last[k] for k in keys if k in last}
-    if "rho_q" in last:
-        s.update(_transition(metrics))
-    return s
+class _Trainer:
+    """One training segment: model, optimizer, task and the run's bookkeeping."""
 
+    def __init__(self, cfg: C.RunConfig, task: Task, state: RunState, out: Path | None, *, rank: int,
+                 world_size: int, device: torch.device, on_eval: Callable | None):  # fmt: skip
+        self.cfg, self.tcfg, self.task, self.state, self.out = cfg, cfg.train, task, state, out
+        self.rank, self.ws, self.device, self.on_eval = rank, world_size, device, on_eval
+        self.is_main = rank == 0
+        torch.manual_seed(self.tcfg.seed)
+        self.model = model_for_task(cfg.model, cfg.router, task).to(device)
+        self.opt, self.params = make_optimizer(self.model, self.tcfg)
+        self.metrics = state.metrics
+        self.cum_lr = state.cum_lr
+        p = state.pending
+        self.acc_loss, self.acc_frac, self.n_acc = float(p.get("loss", 0.0)), float(p.get("attn_frac", 0.0)), int(p.get("n", 0))
+        self.static = cfg.router.name == "learned-static"
+        self.static_steps = int(round(cfg.router.static_frac * self.tcfg.steps))
+        provenance = task.provenance() if hasattr(task, "provenance") else {}
+        self.meta_base = {"arch": TEXT_ARCH if cfg.task == "text" and getattr(task, "name", "") == "text" else ARCH,
+                          "config": cfg.to_dict(), "code_version": code_version(), "task": getattr(task, "name", "task"),
+                          **model_meta(self.model), **provenance}  # fmt: skip
+        self.meta_base["target_range"] = list(task.target_range) if getattr(task, "target_range", None) else None
 
-def train(
-    cfg: C.RunConfig | None = None,
-    out_dir: str | Path | None = None,
-    *,
-    resume: str | Path | None = None,
-    max_steps: int | None = None,
-    progress: bool = False,
-    on_eval: Callable[[dict[str, Any]], None] | None = None,
-) -> TrainResult:
-    """Train (or resume) a run; returns the metrics of every evaluation and a summary.
-
-    ``max_steps`` stops after that many optimizer steps in total (the schedule still follows
-    ``train.steps``), saving a checkpoint there, so the run can be continued with ``resume``.
-    """
-    rank, world_size = _dist_info()
-    start_step, metrics, wall0, cum_lr = 0, [], 0.0, 0.0
-    owns_group = False
-    pending: dict[str, float] = {}  # training statistics accumulated since the last evaluation
-    ck_tensors = ck_meta = None
-    if resume is not None:
-        resume = Path(resume)
-        ck_tensors, ck_meta = read_checkpoint(resume)
-        if ck_meta.get("arch") not in (ARCH, "gpt-bytes"):
-            raise CramError(f"{resume} is not a cram training checkpoint")
+    # --- restore ------------------------------------------------------------------------------
+    def restore(self) -> None:
+        st = self.state
+        if st.tensors is None:
+            return
+        check_vocab_matches(self.model, st.tensors, st.meta or {}, st.path)
+        load_model_state(self.model, st.tensors, st.meta or {}, st.path)
         try:
-            cfg = C.from_dict(ck_meta["config"])
-            start_step = int(ck_meta["step"])
-            metrics = list(ck_meta.get("metrics", []))
-            wall0 = float(ck_meta.get("wall_s", 0.0))
-            cum_lr = float(ck_meta.get("cum_lr", 0.0))
-            pending = dict(ck_meta.get("pending", {}))
-        except (KeyError, TypeError, ValueError):
-            raise CramError(f"checkpoint {resume} has corrupt training metadata; it cannot be resumed") from None
-        if start_step < 0 or not all(isinstance(m, dict) for m in metrics):
-            raise CramError(f"checkpoint {resume} has corrupt training metadata; it cannot be resumed")
-        out_dir = resume if resume.is_dir() else resume.parent.parent if resume.parent.name == "checkpoints" else resume.parent
-    cfg = cfg or C.load_config()
-    tcfg = cfg.train
-    if max_steps is not None and max_steps < 1:
-        raise CramError("--max-steps must be >= 1")
-    if tcfg.batch_size % world_size:
-        raise CramError(f"train.batch_size ({tcfg.batch_size}) must be divisible by the number of processes ({world_size})")
-    if world_size > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if _device(tcfg, rank).type == "cuda" else "gloo")
-            owns_group = True
-    if tcfg.threads:
-        torch.set_num_threads(tcfg.threads)
-    device = _device(tcfg, rank)
-    torch.manual_seed(tcfg.seed)
-    model = build_model(cfg).to(device)
-    opt, params = _make_optimizer(model, tcfg)
-    if ck_tensors is not None:
-        load_model_state(model, ck_tensors, ck_meta, resume)
-        try:
-            load_optimizer(opt, params, ck_tensors, ck_meta)
+            load_optimizer(self.opt, self.params, st.tensors, st.meta or {})
         except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise CramError(f"checkpoint {resume} does not match its own config ({first})") from None
-        restore_rng(ck_tensors)
-    if world_size > 1:
-        import torch.distributed as dist
+            raise CramError(f"checkpoint {st.path} does not match its own config ({first})") from None
+        restore_rng(st.tensors)
 
-        for p in model.state_dict().values():
-            dist.broadcast(p, 0)
-    is_main = rank == 0
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None and is_main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CramError(f"cannot create the output folder {out}: {exc.strerror}") from None
-        atomic_write_text(out / "config.toml", cfg.to_toml())
-        # the log holds exactly the evaluations the checkpoint knows about
-        atomic_write_text(out / "metrics.jsonl", "".join(_jsonl(m) for m in metrics))
-
-    task = _SRCDTask(cfg, device, rank, world_size) if cfg.task == "srcd" else _TextTask(cfg, device, rank, world_size)
-    end_step = tcfg.steps if max_steps is None else min(tcfg.steps, max_steps)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
-    meta_base = {"arch": ARCH if cfg.task == "srcd" else "gpt-bytes", "config": cfg.to_dict(),
-                 "code_version": code_version(), **task.provenance()}  # fmt: skip
-
-    def checkpoint(step: int, wall: float) -> None:
-        if out is None or not is_main:
-            return
-        meta = meta_base | {"step": step, "metrics": metrics, "wall_s": wall, "cum_lr": cum_lr,
-                            "pending": {"loss": acc_loss, "attn_frac": acc_frac, "n": n_acc}}
-        name = out / "checkpoints" / f"step_{step:07d}.safetensors"
-        save_checkpoint(out / LAST, model, opt, meta)
-        if tcfg.keep_checkpoints:
-            save_checkpoint(name, model, opt, meta)
-
-    def record(step: int, wall: float, train_stats: dict[str, float]) -> dict[str, Any]:
-        m = {"step": step, **task.evaluate(model, step), **train_stats, "lr": lr_at(tcfg, max(step - 1, 0)),
-             "cum_lr": cum_lr, "wall_s": wall}  # fmt: skip
-        metrics.append(m)
-        if out is not None and is_main:
-            append_jsonl(out / "metrics.jsonl", m)
-        if on_eval is not None and is_main:
-            on_eval(m)
-        return m
-
-    t_start = time.perf_counter()
-    if start_step == 0 and not metrics:
-        model.eval()
-        record(0, 0.0, {"loss": None, "train_attn_frac": None})
-    evals = eval_steps(tcfg)
-    bar = _Progress(end_step, start_step, enabled=progress and is_main)
-    acc_loss, acc_frac = float(pending.get("loss", 0.0)), float(pending.get("attn_frac", 0.0))
-    n_acc = int(pending.get("n", 0))
-    stopped_early = False
-    stepped = False
-    try:
-        for step in range(start_step, end_step):
-            model.train()
-            lr = lr_at(tcfg, step)
-            for g in opt.param_groups:
-                g["lr"] = 0.0 if (g["name"] == "router" and task.router_frozen(step)) else lr
-            gen = _step_generator(tcfg.seed, step, rank)
-            with autocast:
-                fout, attn_frac = task.forward(model, step, gen)
-            loss = fout.loss
-            if not torch.isfinite(loss).all():
-                raise TrainingDiverged(
-                    f"training stopped: the loss became {float(loss.detach())} at step {step + 1}"
-                    f"{_last_good(out)} {_DIVERGED_HINT}"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if world_size > 1:
-                _allreduce_grads(params, world_size)
-            if tcfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
-            opt.step()
-            stepped = True
-            cum_lr += lr
-            loss_val = float(loss.detach())
-            if world_size > 1:  # log the global batch's mean, not rank 0's share
-                import torch.distributed as dist
-
-                stats = torch.tensor([loss_val, attn_frac], dtype=torch.float64, device=device)
-                dist.all_reduce(stats)
-                loss_val, attn_frac = (stats / world_size).tolist()
-            acc_loss += loss_val
-            acc_frac += attn_frac
-            n_acc += 1
-            s1 = step + 1
-            wall = wall0 + time.perf_counter() - t_start
-            if s1 in evals:
-                m = record(s1, wall, {"loss": acc_loss / n_acc, "train_attn_frac": acc_frac / n_acc, **task.train_parts(fout)})
-                acc_loss = acc_frac = 0.0
-                n_acc = 0
-                bar.update(s1, m, loss_val)
-            else:
-                bar.update(s1, None, loss_val)
-            if s1 % tcfg.ckpt_every == 0 or s1 == end_step:
-                checkpoint(s1, wall)
-        stopped_early = end_step < tcfg.steps
-    except CramError as exc:
-        # Once this process has taken an optimizer step, an op's input check failing inside the
-        # model (training or evaluation forward) means the weights blew up before a loss existed.
-        if not stepped or isinstance(exc, TrainingDiverged):
-            raise
-        raise TrainingDiverged(
-            f"training stopped: non-finite values inside the model after step {step + 1} ({exc})"
-            f"{_last_good(out)} {_DIVERGED_HINT}"
-        ) from None
-    finally:
-        bar.close()
-        if owns_group:
+    def broadcast(self) -> None:
+        if self.ws > 1:
             import torch.distributed as dist
 
-            dist.destroy_process_group()
-    summary = summarize_run(metrics)
-    if out is not None and is_main and not stopped_early:
-        atomic_write_json(out / "summary.json", summary)
-    return TrainResult(out, metrics, summary, stopped_early, end_step, cfg)
+            for p in self.model.state_dict().values():
+                dist.broadcast(p, 0)
 
+    # --- records ------------------------------------------------------------------------------
+    def checkpoint(self, step: int, wall: float) -> None:
+        if self.out is None or not self.is_main:
+            return
+        meta = self.meta_base | {"step": step, "metrics": self.metrics, "wall_s": wall, "cum_lr": self.cum_lr,
+                                 "pending": {"loss": self.acc_loss, "attn_frac": self.acc_frac, "n": self.n_acc}}  # fmt: skip
+        save_checkpoint(runs.last_checkpoint(self.out), self.model, self.opt, meta)
+        if self.tcfg.keep_checkpoints:
+            save_checkpoint(self.out / runs.CHECKPOINTS / runs.step_checkpoint_name(step), self.model, self.opt, meta)
 
-def _jsonl(m: dict) -> str:
-    import json
+    def record(self, step: int, wall: float, train_stats: dict[str, Any]) -> dict[str, Any]:
+        m = {"step": step, **self.task.evaluate(self.model, step=step), **train_stats,
+             "lr": lr_at(self.tcfg, max(step - 1, 0)), "cum_lr": self.cum_lr, "wall_s": wall}  # fmt: skip
+        self.metrics.append(m)
+        if self.out is not None and self.is_main:
+            append_jsonl(runs.metrics_path(self.out), m)
+        if self.on_eval is not None and self.is_main:
+            self.on_eval(m)
+        return m
 
-    return json.dumps(m, allow_nan=False) + "\n"
+    def train_stats(self, fout) -> dict[str, Any]:
+        stats: dict[str, Any] = {"loss": self.acc_loss / self.n_acc if self.n_acc else None,
+                                 "train_attn_frac": self.acc_frac / self.n_acc if self.n_acc else None}  # fmt: skip
+        if fout is not None and (self.model.cram_layers or self.cfg.task == "srcd"):
+            stats.update({f"loss_{k}": v for k, v in fout.parts.items() if k != "total"})
+        return stats
+
+    # --- one step -----------------------------------------------------------------------------
+    def forward(self, step: int, gen: torch.Generator):
+        """The batch of ``step`` through the model: (output, routed fraction, batch)."""
+        router_phase = self.static and step < self.static_steps
+        get = getattr(self.task, "router_batch", self.task.batch) if router_phase else self.task.batch
+        tb: TaskBatch = get(step, self.tcfg.batch_size, generator=gen, rank=self.rank, world_size=self.ws)
+        explore = None
+        if self.cfg.router.explore > 0 and self.model.cram_layers:
+            explore = (torch.rand(tb.tokens.shape, generator=gen) < self.cfg.router.explore).to(self.device)
+        t = self.tcfg
+        out = self.model(tb.tokens, tb.targets, query_mask=tb.query_mask, explore=explore, generator=gen,
+                         weights={"epi": t.epi_weight, "sem": t.sem_weight, "distill": t.distill_weight})  # fmt: skip
+        if out.traces:
+            frac = sum(float(tr.route.float().mean()) for tr in out.traces) / len(out.traces)
+        else:
+            frac = 1.0 if "G" in self.cfg.model.pattern else 0.0
+        return out, frac, tb
+
+    def step(self, step: int) -> tuple[float | None, Any]:
+        """One optimizer step; returns the (global) training loss, None for a batch without targets."""
+        self.model.train()
+        lr = lr_at(self.tcfg, step)
+        frozen = self.static and step >= self.static_steps
+        for g in self.opt.param_groups:
+            g["lr"] = 0.0 if (g["name"] == "router" and frozen) else lr
+        gen = step_generator(self.tcfg.seed, step, self.rank)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _nullcontext()
+        with autocast:
+            fout, frac, tb = self.forward(step, gen)
+        has_targets = bool((tb.targets >= 0).any())  # a batch without targets teaches nothing: no gradient, no loss
+        loss = fout.loss
+        if has_targets and not torch.isfinite(loss).all():
+            raise TrainingDiverged(f"training stopped: the loss became {float(loss.detach())} at step {step + 1}"
+                                   f"{_last_good(self.out)} {_DIVERGED_HINT}")  # fmt: skip
+        self.opt.zero_grad(set_to_none=True)
+        if has_targets:
+            loss.backward()
+        if self.ws > 1:
+            allreduce_grads(self.params, self.ws)
+        if self.tcfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.tcfg.grad_clip)
+        self.opt.step()
+        self.cum_lr += lr
+        loss_val = float(loss.detach()) if has_targets else 0.0
+        n = 1.0 if has_targets else 0.0
+        if self.ws > 1:  # log the global batch's mean, not rank 0's share
+            import torch.distributed as dist
+
+            stats = torch.tensor([loss_val, frac, n], dtype=torch.float64, device=self.device)
+            dist.all_reduce(stats)
+            loss_val, frac, n = stats[0].item() / max(stats[2].item(), 1.0), stats[1].item() / self.ws, stats[2].item()
+        if n:
+            self.acc_loss += loss_val
+            self.acc_frac += frac
+            self.n_acc += 1
+        return (loss_val if n else None), fout
+
+    # --- the loop -----------------------------------------------------------------------------
+    def loop(self, end_step: int, progress: Progress) -> None:
+        t_start = time.perf_counter()
+        st = self.state
+        if st.start_step == 0 and not self.metrics:
+            self.model.eval()
+            self.record(0, 0.0, {"loss": None, "train_attn_frac": None})
+        evals = eval_steps(self.tcfg)
+        tick = progress if self.is_main else report_to(None)
+        tick("train", st.start_step, end_step)
+        stepped = False
+        step = st.start_step
+        try:
+            for step in range(st.start_step, end_step):
+                _, fout = self.step(step)
+                stepped = True
+                s1 = step + 1
+                wall = st.wall0 + time.perf_counter() - t_start
+                if s1 in evals:
+                    self.record(s1, wall, self.train_stats(fout))
+                    self.acc_loss = self.acc_frac = 0.0
+                    self.n_acc = 0
+                tick("train", s1, end_step)
+                if s1 % self.tcfg.ckpt_every == 0 or s1 == end_step:
+                    self.checkpoint(s1, wall)
+        except CramError as exc:
+            # Once this process has taken an optimizer step, an op's input check failing inside the
+            # model (training or evaluation forward) means the weights blew up before a loss existed.
+            if not stepped or isinstance(exc, TrainingDiverged):
+                raise
+            raise TrainingDiverged(
+                f"training stopped: non-finite values inside the model after step {step + 1} ({exc})"
+                f"{_last_good(self.out)} {_DIVERGED_HINT}"
+            ) from None
 
 
 class _nullcontext:
@@ -374,116 +541,60 @@ class _nullcontext:
         return False
 
 
-class _SRCDTask:
-    def __init__(self, cfg: C.RunConfig, device: torch.device, rank: int, world_size: int):
-        self.cfg, self.device, self.rank, self.ws = cfg, device, rank, world_size
-        self.scfg = cfg.srcd_config()
-        self.world = train_world(self.scfg, cfg.srcd.world_seed)
-        self.static = cfg.router.name == "learned-static"
-        self.static_steps = int(round(cfg.router.static_frac * cfg.train.steps))
-        self.router_world = router_pool_world(self.scfg, self.world) if self.static else None
-        self.probe = probe_seeds("iid", cfg.train.eval_sequences)
+def train(
+    cfg: C.RunConfig | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    task: Task | None = None,
+    resume: str | Path | None = None,
+    max_steps: int | None = None,
+    progress: Progress | None = None,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train (or resume) a run; returns the metrics of every evaluation and a summary.
 
-    def provenance(self) -> dict[str, Any]:
-        return {"srcd": self.scfg.to_dict(), "world_seed": self.cfg.srcd.world_seed}
+    ``task``: any object with the task protocol (docs/tasks.md); default: the run config's own
+    (``cfg.build_task()``). ``max_steps`` stops after that many optimizer steps in total (the
+    schedule still follows ``train.steps``), saving a checkpoint there, so the run can be
+    continued with ``resume`` (pass the same ``task`` again for a task of your own).
+    ``progress(stage, done, total)`` hears about every step; ``on_eval(record)`` about every
+    evaluation.
+    """
+    if isinstance(progress, bool):  # older callers passed a flag
+        progress = None
+    if max_steps is not None and max_steps < 1:
+        raise CramError("--max-steps must be >= 1")
+    state = RunState()
+    if resume is not None:
+        cfg, state = read_resume_state(resume)
+        out_dir = run_dir_of(Path(resume))
+    cfg = cfg or C.load_config()
+    tcfg = cfg.train
+    rank, world_size = dist_info()
+    owns_group = init_distributed(tcfg, rank, world_size)
+    try:
+        if tcfg.threads:
+            torch.set_num_threads(tcfg.threads)
+        device = pick_device(tcfg, rank)
+        if task is None:
+            task = cfg.build_task(device=device, rank=rank, world_size=world_size)
+        check_task(task)
+        trainer = _Trainer(cfg, task, state, Path(out_dir) if out_dir is not None else None, rank=rank,
+                           world_size=world_size, device=device, on_eval=on_eval)  # fmt: skip
+        trainer.restore()
+        trainer.broadcast()
+        out = trainer.out
+        if out is not None and trainer.is_main:
+            prepare_run_folder(out, cfg, trainer.metrics)
+        end_step = tcfg.steps if max_steps is None else min(tcfg.steps, max_steps)
+        trainer.loop(end_step, report_to(progress))
+    finally:
+        if owns_group:
+            import torch.distributed as dist
 
-    def router_frozen(self, step: int) -> bool:
-        return self.static and step >= self.static_steps
-
-    def forward(self, model: CramModel, step: int, gen: torch.Generator):
-        world = self.router_world if (self.static and step < self.static_steps) else self.world
-        tb = train_batch(self.scfg, world, step, self.cfg.train.batch_size, rank=self.rank,
-                         world_size=self.ws, device=self.device)  # fmt: skip
-        explore = None
-        if self.cfg.router.explore > 0:
-            explore = (torch.rand(tb.tokens.shape, generator=gen) < self.cfg.router.explore).to(self.device)
-        t = self.cfg.train
-        out = model(tb.tokens, tb.targets, query_mask=tb.query_mask, explore=explore, generator=gen,
-                    weights={"epi": t.epi_weight, "sem": t.sem_weight, "distill": t.distill_weight})  # fmt: skip
-        frac = sum(float(tr.route.float().mean()) for tr in out.traces) / max(1, len(out.traces))
-        return out, frac
-
-    def train_parts(self, fout) -> dict[str, float]:
-        return {f"loss_{k}": v for k, v in fout.parts.items() if k != "total"}
-
-    def evaluate(self, model: CramModel, step: int) -> dict[str, Any]:
-        res = evaluate(model, self.scfg, self.world, self.probe, device=self.device)
-        t = self.cfg.train
-        return {"exposures": step * t.batch_size * self.scfg.m_r / self.scfg.P, **res.metrics}
-
-
-class _TextTask:
-    def __init__(self, cfg: C.RunConfig, device: torch.device, rank: int, world_size: int):
-        self.cfg, self.device, self.rank, self.ws = cfg, device, rank, world_size
-        self.train_data, self.val_data = load_text(cfg.text.data, cfg.text.val_frac, cfg.text.seq_len)
-
-    def provenance(self) -> dict[str, Any]:
-        return {"text_data": str(self.cfg.text.data), "text_bytes": int(len(self.train_data) + len(self.val_data))}
-
-    def router_frozen(self, step: int) -> bool:
-        return False
-
-    def forward(self, model: CramModel, step: int, gen: torch.Generator):
-        per = self.cfg.train.batch_size // self.ws
-        x, y = text_batch(self.train_data, self.cfg.text.seq_len, per, gen)
-        out = model(x.to(self.device), y.to(self.device))
-        return out, 1.0
-
-    def train_parts(self, fout) -> dict[str, float]:
-        return {}
-
-    @torch.no_grad()
-    def evaluate(self, model: CramModel, step: int) -> dict[str, Any]:
-        was = model.training
-        model.eval()
-        gen = torch.Generator().manual_seed(4242)
-        tot = 0.0
-        for _ in range(self.cfg.text.eval_batches):
-            x, y = text_batch(self.val_data, self.cfg.text.seq_len, self.cfg.train.batch_size, gen)
-            tot += float(model(x.to(self.device), y.to(self.device)).loss)
-        model.train(was)
-        val = tot / self.cfg.text.eval_batches
-        return {"val_loss": val, "bpb": val / math.log(2)}
-
-
-class _Progress:
-    """A rich progress bar on stderr with live loss, accuracy and rho (off when not a TTY)."""
-
-    def __init__(self, total: int, start: int, *, enabled: bool):
-        self.enabled = enabled and sys.stderr.isatty()
-        self.p = None
-        self.last = ""
-        if not self.enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.p = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"), console=Console(stderr=True), transient=False,
-        )  # fmt: skip
-        self.p.start()
-        self.task = self.p.add_task("train", total=total, completed=start, info="")
-
-    def update(self, step: int, m: dict | None, loss: float | None = None) -> None:
-        if self.p is None:
-            return
-        if m is not None:
-            if "acc" in m:
-                self.last = (f"acc_r {m['acc_r'] or 0:.3f}  acc_e {m['acc_e'] or 0:.3f}  acc {m['acc'] or 0:.3f}  "
-                             f"rho_q {m['rho_q'] or 0:.3f}  rho_all {m['rho_all'] or 0:.3f}")  # fmt: skip
-            else:
-                self.last = f"val {m['val_loss']:.3f}  bpb {m['bpb']:.3f}"
-        info = (f"loss {loss:.3f}  " if loss is not None else "") + self.last
-        self.p.update(self.task, completed=step, info=info)
-
-    def close(self) -> None:
-        if self.p is not None:
-            self.p.stop()
+            dist.destroy_process_group()
+    stopped_early = end_step < tcfg.steps
+    summary = summarize_run(trainer.metrics)
+    if out is not None and trainer.is_main and not stopped_early:
+        atomic_write_json(out / runs.SUMMARY, summary)
+    return TrainResult(out, trainer.metrics, summary, stopped_early, end_step, cfg)

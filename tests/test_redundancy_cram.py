@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from cramkit.cli.main import cli
 from cramkit.gpu import config as C
 from cramkit.gpu.checkpoint import save_checkpoint
-from cramkit.gpu.model import build_model
+from cramkit.gpu.build import build_model
 from cramkit.gpu.redundancy.cram_adapter import CramTextAdapter, load_cram_text
 from cramkit.gpu.redundancy.engine import run
 from cramkit.errors import CramError

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from cramkit.cli.main import cli
 from cramkit.gpu import config as C
 from cramkit.gpu.checkpoint import save_checkpoint
-from cramkit.gpu.model import build_model
+from cramkit.gpu.build import build_model
 from cramkit.gpu.transfer import TransferConfig, _boot, transfer_report
 from cramkit.sim.srcd import derive_world, make_world
 from cramkit.errors import CramError
@@ -43,7 +43,7 @@ def test_oracle_pos_router_has_zero_reduction_and_passes_the_guard(tmp_path):
         assert row["R_ci"] == pytest.approx([0.0, 0.0], abs=1e-9)
         # s_eff and the shared count come from the same derived world the evaluation used
         world = derive_world(
-            make_world(scfg, seed=cfg.srcd.world_seed), scfg, "transfer", s=row["s"], seed=2
+            make_world(scfg, seed=cfg.train.world_seed), scfg, "transfer", s=row["s"], seed=2
         )
         assert row["s_eff"] == pytest.approx(world.s_eff)
         assert row["n_shared_patterns"] == math.floor(row["s"] * scfg.P + 1e-9)

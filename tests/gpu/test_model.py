@@ -8,7 +8,8 @@ import pytest
 import torch
 from cramkit.gpu.config import load_config
 from cramkit.gpu.data import to_tensors, train_world
-from cramkit.gpu.model import CramAttention, attention_flops, build_model
+from cramkit.gpu.build import build_model
+from cramkit.gpu.model import CramAttention, attention_flops
 from cramkit.sim.srcd import generate, split_seeds
 
 TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",

@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 from click.testing import CliRunner
-
 from cramkit.cli.main import cli
 from cramkit.gpu import config as C
 from cramkit.gpu.checkpoint import read_checkpoint
 from cramkit.gpu.train import TrainingDiverged, lr_at, train
+
 from cramkit.errors import CramError
 
 TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
@@ -147,15 +147,15 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     import cramkit.gpu.train as T
 
     cfg = tiny("train.steps=6", "train.eval_every=2", "train.ckpt_every=2")
-    orig = T._SRCDTask.forward
+    orig = T._Trainer.forward
 
-    def poisoned(self, model, step, gen):
-        out, frac = orig(self, model, step, gen)
+    def poisoned(self, step, gen):
+        out, frac, batch = orig(self, step, gen)
         if step == 3:
             out.loss = out.loss * float("nan")
-        return out, frac
+        return out, frac, batch
 
-    monkeypatch.setattr(T._SRCDTask, "forward", poisoned)
+    monkeypatch.setattr(T._Trainer, "forward", poisoned)
     with pytest.raises(TrainingDiverged, match="step 4.*last good checkpoint"):
         train(cfg, tmp_path / "r")
     _, meta = read_checkpoint(tmp_path / "r")

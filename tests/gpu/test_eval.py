@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from cramkit.cli.main import cli
 from cramkit.gpu import config as C
 from cramkit.gpu.eval import (
@@ -20,6 +19,7 @@ from cramkit.gpu.eval import (
     split_data,
 )
 from cramkit.gpu.train import train
+
 from cramkit.errors import CramError
 
 TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
