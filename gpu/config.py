@@ -43,17 +43,9 @@ from cramkit.errors import CramError
 
 PRESET_DIR = Path(__file__).with_name("presets")
 
-# TODO(merge): from cramkit.gpu.routers import ROUTER_NAMES
-ROUTERS = (
-    "cram",
-    "dense",
-    "none",
-    "stride",
-    "random",
-    "oracle-pos",
-    "learned-static",
-    "skip-all",
-)
+from cramkit.gpu.routers import ROUTER_NAMES
+
+ROUTERS = ROUTER_NAMES  # the one router registry: cramkit.gpu.routers
 TASKS = ("srcd", "text", "tokens")
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from cramkit.gpu.config import load_config
 from cramkit.gpu.data import to_tensors, train_world
-from cramkit.gpu.model import build_model
+from cramkit.gpu.build import build_model
 from cramkit.sim.srcd import generate, split_seeds
 
 _spec = importlib.util.spec_from_file_location("formulation_v0", Path(__file__).with_name("formulation_v0.py"))
