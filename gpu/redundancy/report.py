@@ -1,4 +1,6 @@
-"""Text and picture of a redundancy result (the dict :func:`measure_redundancy` returns)."""
+"""Text and pictures of a redundancy result, from its JSON form (``RedundancyResult.to_json()``,
+``TrajectoryResult.to_json()``); the Result objects in :mod:`cramkit.gpu.redundancy.results` call
+these."""
 
 from __future__ import annotations
 
