@@ -1,14 +1,15 @@
 """Transfer of a trained CRAM router to new pools without retraining (docs/transfer.md; the splits
 of docs/srcd.md, "Splits").
 
-:func:`run` (the library call of ``cram transfer``) evaluates one SRCD checkpoint on the IID split (the reference) and on
-TRANSFER(s) and CONFLICT(s) worlds for a list of overlaps ``s``, using the evaluation library of
-:mod:`cramkit.gpu.eval` (same model loading, same world derivation, same scoring):
+:func:`run` (the library call of ``cram transfer``) evaluates one SRCD checkpoint on the IID
+split (the reference) and on TRANSFER(s) and CONFLICT(s) worlds for a list of overlaps ``s``,
+using the evaluation library of :mod:`cramkit.gpu.eval` (same model loading, same world
+derivation, same scoring):
 
 * attention reduction against ORACLE-POS, which attends every query slot in every CRAM layer:
   ``R(s) = 1 - A_CR / A_ORACLE`` with ``A`` = routed positions (all positions, all CRAM layers,
-  as in the FLOP model of docs/theory.md §1) over the same sequences; ``R_q(s)`` counts query slots only (attended in any CRAM
-  layer). 95% CIs: percentile bootstrap over sequences (``R`` over blocks of ``chunk``
+  as in the FLOP model of docs/theory.md §1) over the same sequences; ``R_q(s)`` counts query
+  slots only (attended in any CRAM layer). 95% CIs: percentile bootstrap over sequences (``R`` over blocks of ``chunk``
   sequences, the unit :func:`cramkit.gpu.eval.evaluate` reports totals for);
 * the effective overlap ``s_eff`` of the derived world and the first-order prediction
   ``R ~ s_eff * m_r / n_q`` (plus ``s_eff * R(IID)``, the same idealisation scaled by what the
@@ -34,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cramkit.theory.stats import percentile_ci
 
 from cramkit.errors import CramError
 from cramkit.jsonable import to_jsonable
 from cramkit.progress import Progress, report_to
 from cramkit.result import Result
-from cramkit.theory.stats import percentile_ci
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ import re
 from pathlib import Path
 
 import numpy as np
-
-from cramkit import runs
-from cramkit.errors import CramError
 from cramkit.gpu.redundancy.adapters import GPT2_HOWTO, LoadedModel, load_hf_gpt2
 from cramkit.gpu.redundancy.config import RedundancyConfig, RedundancyRun
 from cramkit.gpu.redundancy.measure import measure_redundancy
 from cramkit.gpu.redundancy.results import RedundancyResult, TrajectoryResult
+
+from cramkit import runs
+from cramkit.errors import CramError
 from cramkit.progress import Progress
 
 

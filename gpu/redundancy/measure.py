@@ -26,15 +26,21 @@ import time
 from dataclasses import asdict
 
 import torch
-
-from cramkit.errors import CramError
 from cramkit.gpu.redundancy import assembly
 from cramkit.gpu.redundancy.adapters import LoadedModel, check_finite_model
 from cramkit.gpu.redundancy.config import PREDICTORS, RedundancyConfig
 from cramkit.gpu.redundancy.controls import PatchContext, c5_patching, c6_gate, c7_cost
 from cramkit.gpu.redundancy.corpus import Split, read_documents, split_corpus
-from cramkit.gpu.redundancy.passes import Setup, clean_test_pass, fit_predictors, gate_pass, moments_pass
+from cramkit.gpu.redundancy.passes import (
+    Setup,
+    clean_test_pass,
+    fit_predictors,
+    gate_pass,
+    moments_pass,
+)
 from cramkit.gpu.redundancy.results import RedundancyResult
+
+from cramkit.errors import CramError
 from cramkit.progress import Progress, report_to
 
 

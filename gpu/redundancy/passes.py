@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
-from cramkit.errors import CramError
 from cramkit.gpu.redundancy.adapters import LMAdapter
 from cramkit.gpu.redundancy.config import RedundancyConfig
 from cramkit.gpu.redundancy.corpus import Split, batches
@@ -38,6 +36,8 @@ from cramkit.gpu.redundancy.predictors import (
     train_gate,
     train_mlp,
 )
+
+from cramkit.errors import CramError
 from cramkit.progress import Progress
 
 CDF_EDGES = np.round(np.arange(-4.0, 1.0001, 0.1), 2)  # log10 of the error
@@ -194,8 +194,10 @@ def _fit_layer(ly: int, fit: Captured, val: Captured, c: LayerConsts, cfg: Redun
         info["plocal"] = {"lambda": pl.lam, "val_rel_err": pl.val_rel_err, "window": cfg.local_window}
     if "p2" in cfg.predictors:
         (xf, zf), (xv, zv) = fit.samples[ly], val.samples[ly]
-        mlp = out["p2"] = train_mlp(xf, zf, xv, zv, c.w, n_heads=c.H, max_epochs=cfg.mlp_epochs, seed=cfg.seed + ly)
-        info["p2"] = {"epochs": mlp.epochs_run, "val_rel_err": mlp.val_rel_err, "train_tokens": int(xf.shape[0])}
+        mlp = train_mlp(xf, zf, xv, zv, c.w, n_heads=c.H, max_epochs=cfg.mlp_epochs, seed=cfg.seed + ly)
+        out["p2"] = mlp
+        info["p2"] = {"epochs": mlp.epochs_run, "val_rel_err": mlp.val_rel_err,
+                      "train_tokens": int(xf.shape[0])}  # fmt: skip
     info["p0"] = {}
     return out, info
 
@@ -261,8 +263,8 @@ class Tally:
     doc_elig: np.ndarray  # (nd,) eligible positions per document
     bucket_n: np.ndarray  # (nb,) valid positions per bucket
     swap: dict[str, np.ndarray]  # C3: n (L,), small / flag_small / flag_large (L, nt)
-    gate: dict[str, np.ndarray]  # C6 vs oracle: pos / neg score histograms (L, ns, bins), tp / fp / fn (L, ns)
-    e_store: list[torch.Tensor] = field(default_factory=list)  # per batch (B, T, L): the patch predictor's error
+    gate: dict[str, np.ndarray]  # C6: pos / neg score histograms (L, ns, bins), tp / fp / fn (L, ns)
+    e_store: list[torch.Tensor] = field(default_factory=list)  # per batch (B, T, L): patch error
     nll_clean: list[torch.Tensor] = field(default_factory=list)  # per batch (B, T): clean NLL
 
     @classmethod
@@ -340,7 +342,8 @@ def _score_layer(s: Setup, st: Tally, b: _Batch, li: int, ly: int, preds: dict[s
     local = lagged(b.P.xs[ly], s.cfg.local_window)[b.valid] if "plocal" in st.names else None
     ev = b.elig_v
     for p in st.names:
-        e_c, e_r, cos, e_h, num, den = layer_errors(preds[p], local if p == "plocal" else xv, zv, ov, c, o_bar, z_bar)
+        feats = local if p == "plocal" else xv
+        e_c, e_r, cos, e_h, num, den = layer_errors(preds[p], feats, zv, ov, c, o_bar, z_bar)
         a = st.acc[p]
         ec = e_c.numpy()
         ce, cr, eh = ec[ev], e_r.numpy()[ev], e_h.numpy()[ev]
@@ -353,7 +356,8 @@ def _score_layer(s: Setup, st: Tally, b: _Batch, li: int, ly: int, preds: dict[s
             np.add.at(a["bucket"][li, :, ti], b.bidx, below)
         with np.errstate(divide="ignore"):
             lg = np.log10(ce)
-        a["hist"][li] += np.bincount(np.searchsorted(CDF_EDGES, lg, side="right"), minlength=len(CDF_EDGES) + 1)
+        bins = np.searchsorted(CDF_EDGES, lg, side="right")
+        a["hist"][li] += np.bincount(bins, minlength=len(CDF_EDGES) + 1)
         a["num"][li] += float(num[ev].sum())
         a["den"][li] += float(den[ev].sum())
         a["cos"][li] += float(cos[ev].sum())

@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from cramkit.gpu.redundancy.adapters import _import_transformers
 
 
