@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cramkit.theory.stats import percentile_ci
 
 from cramkit.errors import CramError
 from cramkit.jsonable import to_jsonable
 from cramkit.progress import Progress, report_to
 from cramkit.result import Result
+from cramkit.theory.stats import percentile_ci
 
 
 @dataclass(frozen=True)

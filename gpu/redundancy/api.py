@@ -11,20 +11,23 @@ import re
 from pathlib import Path
 
 import numpy as np
+
+from cramkit import runs
+from cramkit.errors import CramError
 from cramkit.gpu.redundancy.adapters import GPT2_HOWTO, LoadedModel, load_hf_gpt2
 from cramkit.gpu.redundancy.config import RedundancyConfig, RedundancyRun
 from cramkit.gpu.redundancy.measure import measure_redundancy
 from cramkit.gpu.redundancy.results import RedundancyResult, TrajectoryResult
-
-from cramkit import runs
-from cramkit.errors import CramError
 from cramkit.progress import Progress
 
 
 def run(config: RedundancyRun, progress: Progress | None = None) -> RedundancyResult | TrajectoryResult:
-    """Measure ``config.model`` (see :func:`measure_path`)."""
-    return measure_path(config.model, text=config.text, tokenizer=config.tokenizer, config=config.options,
-                        progress=progress)  # fmt: skip
+    """Measure ``config.model``: one model, or every checkpoint of a cram run folder."""
+    p = Path(config.model)
+    if is_run_dir(p):
+        return redundancy_trajectory(p, text=config.text, tokenizer=config.tokenizer, config=config.options,
+                                     progress=progress)  # fmt: skip
+    return measure_redundancy(load_model(p, config.tokenizer), config.text, config.options, progress)
 
 
 def load_model(path: str | Path, tokenizer: str = "auto") -> LoadedModel:
@@ -65,12 +68,10 @@ def measure_path(
     tokenizer: str = "auto",
     config: RedundancyConfig | None = None,
     progress: Progress | None = None,
-) -> RedundancyResult | TrajectoryResult:
-    """Measure one model, or every checkpoint of a cram run (a :class:`TrajectoryResult`)."""
-    p = Path(path)
-    if is_run_dir(p):
-        return redundancy_trajectory(p, text=text, tokenizer=tokenizer, config=config, progress=progress)
-    return measure_redundancy(load_model(p, tokenizer), text, config, progress)
+) -> dict:
+    """:func:`run` on ``path`` as its JSON dict (the result of a run folder has ``trajectory``)."""
+    job = RedundancyRun(str(path), text, tokenizer, config or RedundancyConfig())
+    return run(job, progress).to_json()
 
 
 def redundancy_trajectory(

@@ -9,11 +9,11 @@ Fractions are over eligible positions of the measured layers; "overall" is the m
 from __future__ import annotations
 
 import numpy as np
+
+from cramkit.errors import CramError
 from cramkit.gpu.redundancy.config import RedundancyConfig
 from cramkit.gpu.redundancy.passes import CDF_EDGES, Tally
 from cramkit.theory.stats import percentile_ci
-
-from cramkit.errors import CramError
 
 # C3 JSON key -> the Tally.swap counter behind it (P(D<tau), P(e<tau, D<tau), P(e<tau, D>=tau))
 SWAP_KEYS = (("d_small", "small"), ("flag_and_d_small", "flag_small"), ("flag_and_d_large", "flag_large"))

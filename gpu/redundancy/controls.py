@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from cramkit.gpu.redundancy.corpus import Split, batches
 from cramkit.gpu.redundancy.engine import run
 from cramkit.gpu.redundancy.passes import Gates, Predictors, Setup, Tally, eligible, features

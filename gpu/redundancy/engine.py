@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
 from cramkit.gpu.redundancy.adapters import LMAdapter
 
 # patch(layer, x (B,T,d), o (B,T,d)) -> new o, or None to leave the layer as it is

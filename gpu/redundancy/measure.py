@@ -26,6 +26,8 @@ import time
 from dataclasses import asdict
 
 import torch
+
+from cramkit.errors import CramError
 from cramkit.gpu.redundancy import assembly
 from cramkit.gpu.redundancy.adapters import LoadedModel, check_finite_model
 from cramkit.gpu.redundancy.config import PREDICTORS, RedundancyConfig
@@ -39,8 +41,6 @@ from cramkit.gpu.redundancy.passes import (
     moments_pass,
 )
 from cramkit.gpu.redundancy.results import RedundancyResult
-
-from cramkit.errors import CramError
 from cramkit.progress import Progress, report_to
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from cramkit.errors import CramError
 from cramkit.gpu.redundancy.adapters import LMAdapter
 from cramkit.gpu.redundancy.config import RedundancyConfig
 from cramkit.gpu.redundancy.corpus import Split, batches
@@ -36,8 +38,6 @@ from cramkit.gpu.redundancy.predictors import (
     train_gate,
     train_mlp,
 )
-
-from cramkit.errors import CramError
 from cramkit.progress import Progress
 
 CDF_EDGES = np.round(np.arange(-4.0, 1.0001, 0.1), 2)  # log10 of the error

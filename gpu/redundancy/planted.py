@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
 from cramkit.gpu.redundancy.adapters import _import_transformers
 
 

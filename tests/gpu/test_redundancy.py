@@ -16,14 +16,13 @@ from click.testing import CliRunner
 transformers = pytest.importorskip("transformers")
 
 from cramkit.cli.main import cli  # noqa: E402
+from cramkit.errors import CramError  # noqa: E402
 from cramkit.gpu.redundancy.config import RedundancyConfig  # noqa: E402
 from cramkit.gpu.redundancy.controls import binned_auc  # noqa: E402
 from cramkit.gpu.redundancy.corpus import read_documents, split_corpus  # noqa: E402
 from cramkit.gpu.redundancy.engine import run  # noqa: E402
 from cramkit.gpu.redundancy.planted import save_planted_gpt2  # noqa: E402
 from cramkit.gpu.redundancy.predictors import Moments, fit_ridge, lagged  # noqa: E402
-
-from cramkit.errors import CramError  # noqa: E402
 
 WORDS = (
     "the a of to and in that is was he for it with as his on be at by this had not are but from or "

@@ -9,14 +9,14 @@ import random
 import pytest
 import torch
 from click.testing import CliRunner
+
 from cramkit.cli.main import cli
+from cramkit.errors import CramError
 from cramkit.gpu import config as C
 from cramkit.gpu.checkpoint import save_checkpoint
 from cramkit.gpu.model import build_model
 from cramkit.gpu.redundancy.cram_adapter import CramTextAdapter, load_cram_text
 from cramkit.gpu.redundancy.engine import run
-
-from cramkit.errors import CramError
 
 
 def _text_cfg(pattern="GSG"):

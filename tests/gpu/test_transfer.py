@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+
 from cramkit.cli.main import cli
+from cramkit.errors import CramError
 from cramkit.gpu import config as C
 from cramkit.gpu.checkpoint import save_checkpoint
 from cramkit.gpu.model import build_model
 from cramkit.gpu.transfer import TransferConfig, TransferResult, _boot, run, transfer_report
 from cramkit.sim.srcd import derive_world, make_world
-
-from cramkit.errors import CramError
 
 FAST = TransferConfig(overlaps=(0.0, 0.5, 1.0), sequences=24, chunk=8, bootstrap=100)
 
