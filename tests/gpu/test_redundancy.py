@@ -389,7 +389,7 @@ def test_library_call_returns_a_result(tmp_path, corpus):
 
     _tiny_gpt2(tmp_path / "m", planted_heads=(0,))
     seen = []
-    opts = Options(window=96, min_pos=4, max_tokens=None, predictors=("p0", "p1"), gate=False, bootstrap=0,
+    opts = Options(window=96, min_pos=4, max_tokens=1400, predictors=("p0", "p1"), gate=False, bootstrap=0,
                    context_swap=False)  # fmt: skip
     r = run_redundancy(RedundancyRun(str(tmp_path / "m"), str(corpus), "bytes", opts),
                        lambda stage, done, total: seen.append((stage, done, total)))  # fmt: skip
