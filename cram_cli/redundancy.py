@@ -2,61 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import sys
-from contextlib import contextmanager
-
 import click
 
-
-@contextmanager
-def progress_reporter(enabled: bool = True):
-    """Yield ``tick(stage, done, total)`` drawing a rich progress bar on stderr (a TTY only)."""
-    if not enabled or not sys.stderr.isatty():
-        yield lambda stage, done, total: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    tasks: dict[str, int] = {}
-    with Progress(
-        TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), transient=True,
-    ) as bar:  # fmt: skip
-
-        def tick(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        yield tick
-
-
-def _floats(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        out = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got '{value}'") from None
-    if not out:
-        raise click.BadParameter("give at least one number")
-    return out
-
-
-def _ints(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got '{value}'") from None
-
-
-def _names(ctx, param, value):
-    if value is None:
-        return None
-    return tuple(v.strip() for v in value.split(",") if v.strip())
+from cramkit.cli.options import CommaList, emit, json_option, plot_option, quiet_option
+from cramkit.progress import progress_bar
 
 
 def _max_tokens(ctx, param, value):
@@ -120,7 +69,7 @@ def _max_tokens(ctx, param, value):
 @click.option(
     "--predictors",
     default=None,
-    callback=_names,
+    type=CommaList(str),
     help="Comma-separated predictors to fit: p0 (constant), p1 (ridge), plocal (ridge on a window "
     "of states), p2 (MLP). Default: p0,p1, plus plocal when (local window + 1) x width <= 1536 "
     "and p2 when width <= 512 (their fits dominate the run time for GPT-2-sized models).",
@@ -136,14 +85,14 @@ def _max_tokens(ctx, param, value):
     "--taus",
     default="0.05,0.1,0.2,0.3",
     show_default=True,
-    callback=_floats,
+    type=CommaList(float),
     help="Thresholds tau of the redundant fraction pi(tau) = P(e_t < tau).",
 )
 @click.option(
     "--sweep-taus",
     default="0.05,0.1,0.2,0.3",
     show_default=True,
-    callback=_floats,
+    type=CommaList(float),
     help="Thresholds tried by the patching sweep (C5) that picks the headline.",
 )
 @click.option(
@@ -162,7 +111,7 @@ def _max_tokens(ctx, param, value):
 @click.option(
     "--layers",
     default=None,
-    callback=_ints,
+    type=CommaList(int),
     help="Comma-separated layers to measure (default: all).",
 )
 @click.option(
@@ -175,7 +124,7 @@ def _max_tokens(ctx, param, value):
     "--per-layer/--no-per-layer",
     default=False,
     show_default=True,
-    help="Also patch each layer alone at the headline tau (one more TEST pass per layer; part of the full SPEC C5 measurement, off by default to keep the default run short).",
+    help="Also patch each layer alone at the headline tau (one more TEST pass per layer; part of the full C5 measurement, off by default to keep the default run short).",
 )
 @click.option(
     "--context-swap/--no-context-swap",
@@ -218,16 +167,10 @@ def _max_tokens(ctx, param, value):
     show_default=True,
     help="Seed of the document split, subsampling and MLP.",
 )
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON object instead of the text report."
-)
-@click.option(
-    "--plot",
-    type=click.Path(dir_okay=False, path_type=str),
-    default=None,
-    help="Write per-layer fractions and the error CDFs (or the training trajectory) to this image.",
-)
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@json_option()
+@plot_option("Write per-layer fractions and the error CDFs (or the training trajectory) to this image "
+             "(.png, .pdf or .svg; not a folder).")  # fmt: skip
+@quiet_option()
 def redundancy(path, model_opt, text, tokenizer, max_tokens, window, min_pos, predictors, local_window, taus,
                sweep_taus, patch_predictor, budget, layers, gate, per_layer, context_swap, mlp_tokens,
                mlp_epochs, batch, bootstrap, seed, as_json, plot, quiet):  # fmt: skip
@@ -237,38 +180,26 @@ def redundancy(path, model_opt, text, tokenizer, max_tokens, window, min_pos, pr
     a run directory every checkpoint is measured and the trajectory over training is printed.
     The text is split by document into FIT, VAL and TEST. Predictors of the attention output
     from LN1(h_t) are fitted on FIT, tuned on VAL and scored on TEST with the controls C1-C7 of
-    SPEC §7. The headline is the largest fraction of attention outputs that can be replaced by
-    the prediction while the TEST NLL rises by at most --budget nats/token, with a bootstrap CI
-    over documents.
+    docs/redundancy.md. The headline is the largest fraction of attention outputs that can be
+    replaced by the prediction while the TEST NLL rises by at most --budget nats/token, with a
+    bootstrap CI over documents.
 
     GPT-2 is never downloaded. To measure the real model, save it once on a machine with
     internet access (see docs/redundancy.md) and pass its directory.
     """
-    from cramkit.gpu.redundancy import RedundancyConfig, measure_path
-    from cramkit.gpu.redundancy.report import format_report, format_trajectory, plot_report, plot_trajectory
+    from cramkit.gpu.redundancy import RedundancyConfig, RedundancyRun, run
 
     if path and model_opt and path != model_opt:
         raise click.UsageError("give the model either as PATH or with --model, not both")
-    target = path or model_opt
-    if not target:
-        raise click.UsageError(
-            "name a model: cram redundancy PATH (a GPT-2 directory, cram checkpoint or run)"
-        )
-    cfg = RedundancyConfig(
+    if not (path or model_opt):
+        raise click.UsageError("name a model: cram redundancy PATH (a GPT-2 directory, cram checkpoint or run)")
+    options = RedundancyConfig(
         window=window, max_tokens=max_tokens, batch_windows=batch, min_pos=min_pos,
         predictors=predictors, local_window=local_window, taus=taus, sweep_taus=sweep_taus,
         patch_predictor=patch_predictor, budget=budget, per_layer_patch=per_layer, gate=gate,
         context_swap=context_swap, mlp_tokens=mlp_tokens, mlp_epochs=mlp_epochs,
         gate_tokens=mlp_tokens, layers=layers, bootstrap=bootstrap, seed=seed,
     )  # fmt: skip
-    with progress_reporter(enabled=not quiet) as tick:
-        result = measure_path(target, text=text, tokenizer=tokenizer, config=cfg, progress=tick)
-    trajectory = "trajectory" in result
-    if plot:
-        (plot_trajectory if trajectory else plot_report)(result, plot)
-    if as_json:
-        click.echo(json.dumps(result, allow_nan=False))
-    else:
-        click.echo(format_trajectory(result) if trajectory else format_report(result))
-        if plot:
-            click.echo(f"plot written to {plot}", file=sys.stderr)
+    with progress_bar(enabled=not quiet) as progress:
+        result = run(RedundancyRun(path or model_opt, text, tokenizer, options), progress)
+    emit(result, as_json=as_json, plot=plot)

@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import sys
-
 import click
 
-from cramkit.cli.redundancy import progress_reporter
-
-
-def _overlaps(ctx, param, value):
-    try:
-        out = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(
-            f"expected comma-separated numbers in [0, 1], got '{value}'"
-        ) from None
-    if not out:
-        raise click.BadParameter("give at least one overlap")
-    return out
+from cramkit.cli.options import CommaList, emit, json_option, plot_option, quiet_option
+from cramkit.progress import progress_bar
 
 
 @click.command(
@@ -31,7 +17,7 @@ def _overlaps(ctx, param, value):
     "--overlap",
     default="0,0.25,0.5,0.75,1",
     show_default=True,
-    callback=_overlaps,
+    type=CommaList(float, lo=0, hi=1, what="numbers in [0, 1]"),
     help="Comma-separated overlaps s in [0, 1]: the fraction of the training pool's patterns "
     "the evaluation pool shares.",
 )
@@ -76,16 +62,9 @@ def _overlaps(ctx, param, value):
     show_default=True,
     help="Also evaluate CONFLICT(s), where the shared keys carry new values.",
 )
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON object instead of the text report."
-)
-@click.option(
-    "--plot",
-    type=click.Path(dir_okay=False, path_type=str),
-    default=None,
-    help="Write R(s) with CIs and the accuracies against s to this image.",
-)
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@json_option()
+@plot_option("Write R(s) with CIs and the accuracies against s to this image (.png, .pdf or .svg; not a folder).")
+@quiet_option()
 def transfer(ckpt, overlap, sequences, chunk, bootstrap, r0_tol, acc_tol, conflict, as_json, plot, quiet):  # fmt: skip
     """Evaluate a trained SRCD checkpoint, without retraining, on pools that share a fraction s of
     its training pool.
@@ -96,17 +75,10 @@ def transfer(ckpt, overlap, sequences, chunk, bootstrap, r0_tol, acc_tol, confli
     are bound to new values. It flags a failure of the guard R(0) ~ 0: with nothing shared, a
     router that still skips attention is not transferring anything.
     """
-    from cramkit.gpu.transfer import TransferConfig, format_transfer, plot_transfer, transfer_report
+    from cramkit.gpu.transfer import TransferConfig, run
 
-    cfg = TransferConfig(overlaps=overlap, sequences=sequences, chunk=chunk, bootstrap=bootstrap,
-                         r0_tol=r0_tol, acc_tol=acc_tol, conflict=conflict)  # fmt: skip
-    with progress_reporter(enabled=not quiet) as tick:
-        result = transfer_report(ckpt, cfg, tick)
-    if plot:
-        plot_transfer(result, plot)
-    if as_json:
-        click.echo(json.dumps(result, allow_nan=False))
-    else:
-        click.echo(format_transfer(result))
-        if plot:
-            click.echo(f"plot written to {plot}", file=sys.stderr)
+    config = TransferConfig(checkpoint=ckpt, overlaps=overlap, sequences=sequences, chunk=chunk,
+                            bootstrap=bootstrap, r0_tol=r0_tol, acc_tol=acc_tol, conflict=conflict)  # fmt: skip
+    with progress_bar(enabled=not quiet) as progress:
+        result = run(config, progress)
+    emit(result, as_json=as_json, plot=plot)

@@ -1,39 +1,54 @@
-"""Transfer of a trained CRAM router to new pools without retraining (SPEC §3 splits, §8(d) guards).
+"""Transfer of a trained CRAM router to new pools without retraining (docs/transfer.md; the splits
+of docs/srcd.md, "Splits").
 
-:func:`transfer_report` evaluates one SRCD checkpoint on the IID split (the reference) and on
-TRANSFER(s) and CONFLICT(s) worlds for a list of overlaps ``s``, using the evaluation library of
-:mod:`cramkit.gpu.eval` (same model loading, same world derivation, same scoring):
+:func:`run` (the library call of ``cram transfer``) evaluates one SRCD checkpoint on the IID
+split (the reference) and on TRANSFER(s) and CONFLICT(s) worlds for a list of overlaps ``s``,
+using the evaluation library of :mod:`cramkit.gpu.eval` (same model loading, same world
+derivation, same scoring):
 
 * attention reduction against ORACLE-POS, which attends every query slot in every CRAM layer:
   ``R(s) = 1 - A_CR / A_ORACLE`` with ``A`` = routed positions (all positions, all CRAM layers,
-  SPEC §1.4) over the same sequences; ``R_q(s)`` counts query slots only (attended in any CRAM
-  layer). 95% CIs: percentile bootstrap over sequences (``R`` over blocks of ``chunk``
+  as in the FLOP model of docs/theory.md §1) over the same sequences; ``R_q(s)`` counts query
+  slots only (attended in any CRAM layer). 95% CIs: percentile bootstrap over sequences (``R`` over blocks of ``chunk``
   sequences, the unit :func:`cramkit.gpu.eval.evaluate` reports totals for);
-* the effective overlap ``s_eff`` of the derived world and the SPEC's first-order prediction
+* the effective overlap ``s_eff`` of the derived world and the first-order prediction
   ``R ~ s_eff * m_r / n_q`` (plus ``s_eff * R(IID)``, the same idealisation scaled by what the
   router skips on its own pool);
 * accuracy kept: overall, recurring on shared patterns, recurring on new patterns, episodic,
   and the change from IID;
 * the CONFLICT(s) control: accuracy on the shared keys, whose values changed. A router that
   skips attention there answers from consolidated memory, i.e. the stale value;
-* the guard of §8(d): ``R(0)`` must be about 0 with accuracy kept. A failure is flagged with the
-  reason.
+* the guard (docs/transfer.md): ``R(0)`` must be about 0 with accuracy kept. A failure is
+  flagged with the reason.
+
+The result is a :class:`TransferResult` (the :class:`cramkit.result.Result` contract): its JSON
+keys are those of docs/transfer.md, ``report()`` the text ``cram transfer`` prints, ``plot()`` R(s)
+and the accuracies against s.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cramkit.errors import CramError
+from cramkit.jsonable import to_jsonable
+from cramkit.progress import Progress, report_to
+from cramkit.result import Result
 from cramkit.theory.stats import percentile_ci
 
 
 @dataclass(frozen=True)
 class TransferConfig:
+    """Settings of ``cram transfer``: the checkpoint (needed by :func:`run`), the overlaps, the
+    evaluation size and bootstrap, the guard's tolerances, and whether to run CONFLICT(s)."""
+
+    checkpoint: str | os.PathLike | None = None
     overlaps: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     sequences: int = 512
     chunk: int = 32
@@ -75,7 +90,7 @@ class _Records:
     metrics: dict
 
 
-def _evaluate_split(ck, split: str, cfg: TransferConfig, progress, label: str):
+def _evaluate_split(ck, split: str, cfg: TransferConfig, progress: Progress, label: str):
     from cramkit.gpu.eval import evaluate, split_data
 
     scfg, world, seeds = split_data(ck.cfg, split, cfg.sequences)
@@ -89,8 +104,7 @@ def _evaluate_split(ck, split: str, cfg: TransferConfig, progress, label: str):
         a_tot.append(rho_all * len(part) * scfg.n * n_layers)
         n_tot.append(len(part))
         parts.append(res)
-        if progress is not None:
-            progress(label, ci + 1, len(chunks))
+        progress(label, ci + 1, len(chunks))
     attend = np.concatenate([r.attend for r in parts])
     correct = np.concatenate([r.correct for r in parts])
     recurring = np.concatenate([r.recurring for r in parts])
@@ -152,81 +166,102 @@ def _split_summary(rec: _Records, scfg, n_layers: int, cfg: TransferConfig, seed
     return out
 
 
-def transfer_report(path: str | Path, config: TransferConfig | None = None, progress=None) -> dict:
-    """Evaluate a checkpoint on IID, TRANSFER(s) and CONFLICT(s) (see the module doc)."""
+@dataclass
+class TransferResult(Result):
+    """The evaluation of one checkpoint; each field is one top-level JSON key, in this order."""
+
+    checkpoint: str
+    router: str
+    step: int | None
+    srcd: dict
+    cram_layers: int
+    sequences: int
+    reference: str
+    iid: dict
+    transfer: list[dict]
+    conflict: list[dict]
+    guard: dict
+
+    name = "transfer"
+
+    def to_json(self) -> dict[str, Any]:
+        return to_jsonable({k: getattr(self, k) for k in self.__dataclass_fields__})
+
+    def report(self) -> str:
+        return format_transfer(self.to_json())
+
+    def plot(self, path: str | os.PathLike) -> None:
+        plot_transfer(self.to_json(), path)
+
+
+def run(config: TransferConfig, progress: Progress | None = None) -> TransferResult:
+    """Evaluate ``config.checkpoint`` on IID, TRANSFER(s) and CONFLICT(s) (see the module doc)."""
     from cramkit.gpu.eval import load_checkpoint
 
-    cfg = config or TransferConfig()
-    ck = load_checkpoint(path)
+    if config.checkpoint is None:
+        raise CramError("name the SRCD checkpoint to evaluate")
+    tick = report_to(progress)
+    ck = load_checkpoint(config.checkpoint)
     if ck.cfg.task != "srcd":
-        raise CramError(
-            f"{path} is a {ck.cfg.task!r} checkpoint; cram transfer needs an SRCD checkpoint"
-        )
+        raise CramError(f"{config.checkpoint} is a {ck.cfg.task!r} checkpoint; cram transfer needs an SRCD checkpoint")
     scfg0 = ck.cfg.srcd_config()
-    scfg, _w, iid_rec, n_layers = _evaluate_split(ck, "iid", cfg, progress, "IID")
-    iid = _split_summary(iid_rec, scfg, n_layers, cfg, cfg.seed)
-    m_r, n_q = scfg0.m_r, scfg0.n_q
+    scfg, _w, iid_rec, n_layers = _evaluate_split(ck, "iid", config, tick, "IID")
+    iid = _split_summary(iid_rec, scfg, n_layers, config, config.seed)
     rows, conflicts = [], []
-    for i, s in enumerate(sorted(cfg.overlaps)):
-        scfg, world, rec, _ = _evaluate_split(
-            ck, f"transfer:{s:g}", cfg, progress, f"TRANSFER({s:g})"
-        )
-        row = {"s": s, "s_eff": world.s_eff, "n_shared_patterns": int(world.shared.sum()),
-               **_split_summary(rec, scfg, n_layers, cfg, cfg.seed + 100 * (i + 1))}  # fmt: skip
-        row["R_pred_spec"] = world.s_eff * m_r / n_q
-        # the share of recurring slots that fall on shared patterns: with m_r distinct patterns
-        # drawn per sequence (successive sampling) it differs from s_eff
-        n_rec = row["n_shared_queries"] + row["n_new_queries"]
-        row["shared_slot_share"] = row["n_shared_queries"] / n_rec if n_rec else None
-        row["R_pred_slots"] = row["shared_slot_share"] * m_r / n_q if n_rec else None
-        row["R_pred_iid"] = world.s_eff * iid["R"] if iid["R"] is not None else None
-        row["delta_acc"] = (
-            row["acc"] - iid["acc"] if row["acc"] is not None and iid["acc"] is not None else None
-        )
-        rows.append(row)
-        if cfg.conflict and s > 0:
-            scfg, world, rec, _ = _evaluate_split(
-                ck, f"conflict:{s:g}", cfg, progress, f"CONFLICT({s:g})"
-            )
-            summ = _split_summary(rec, scfg, n_layers, cfg, cfg.seed + 100 * (i + 1) + 50)
-            sh = rec.shared
-            att, skip = sh & rec.attend, sh & ~rec.attend
-            conflicts.append(
-                {
-                    "s": s,
-                    "s_eff": world.s_eff,
-                    "acc_shared": summ["acc_shared"],
-                    "acc_shared_ci": summ["acc_shared_ci"],
-                    "attend_shared": summ["attend_shared"],
-                    "acc_shared_attended": float(rec.correct[att].mean()) if att.any() else None,
-                    "acc_shared_skipped": float(rec.correct[skip].mean()) if skip.any() else None,
-                    "n_shared_skipped": int(skip.sum()),
-                    "acc_new": summ["acc_new"],
-                    "acc_e": summ["acc_e"],
-                    "R": summ["R"],
-                    "R_ci": summ["R_ci"],
-                }
-            )
-    guard = _guard(rows, iid, cfg)
+    for i, s in enumerate(sorted(config.overlaps)):
+        rows.append(_transfer_row(ck, s, i, iid, scfg0, n_layers, config, tick))
+        if config.conflict and s > 0:
+            conflicts.append(_conflict_row(ck, s, i, n_layers, config, tick))
+    srcd = {"n": scfg0.n, "m_r": scfg0.m_r, "m_e": scfg0.m_e, "n_q": scfg0.n_q, "P": scfg0.P, "alpha": scfg0.alpha}
+    return TransferResult(
+        checkpoint=str(ck.path), router=ck.cfg.router.name, step=ck.meta.get("step"), srcd=srcd,
+        cram_layers=n_layers, sequences=config.sequences,
+        reference="ORACLE-POS (attends every query slot in every CRAM layer)", iid=iid, transfer=rows,
+        conflict=conflicts, guard=_guard(rows, iid, config),
+    )  # fmt: skip
+
+
+def transfer_report(path: str | Path, config: TransferConfig | None = None, progress: Progress | None = None) -> dict:
+    """:func:`run` on the checkpoint ``path``, as its JSON dict."""
+    return run(replace(config or TransferConfig(), checkpoint=path), progress).to_json()
+
+
+def _transfer_row(ck, s: float, i: int, iid: dict, scfg0, n_layers: int, cfg: TransferConfig, tick) -> dict:
+    """One overlap ``s`` of TRANSFER(s): R, accuracies and the first-order predictions."""
+    scfg, world, rec, _ = _evaluate_split(ck, f"transfer:{s:g}", cfg, tick, f"TRANSFER({s:g})")
+    m_r, n_q = scfg0.m_r, scfg0.n_q
+    row = {"s": s, "s_eff": world.s_eff, "n_shared_patterns": int(world.shared.sum()),
+           **_split_summary(rec, scfg, n_layers, cfg, cfg.seed + 100 * (i + 1))}  # fmt: skip
+    row["R_pred_spec"] = world.s_eff * m_r / n_q
+    # the share of recurring slots that fall on shared patterns: with m_r distinct patterns
+    # drawn per sequence (successive sampling) it differs from s_eff
+    n_rec = row["n_shared_queries"] + row["n_new_queries"]
+    row["shared_slot_share"] = row["n_shared_queries"] / n_rec if n_rec else None
+    row["R_pred_slots"] = row["shared_slot_share"] * m_r / n_q if n_rec else None
+    row["R_pred_iid"] = world.s_eff * iid["R"] if iid["R"] is not None else None
+    row["delta_acc"] = row["acc"] - iid["acc"] if row["acc"] is not None and iid["acc"] is not None else None
+    return row
+
+
+def _conflict_row(ck, s: float, i: int, n_layers: int, cfg: TransferConfig, tick) -> dict:
+    """CONFLICT(s): accuracy on the shared keys (bound to new values), attended and skipped."""
+    scfg, world, rec, _ = _evaluate_split(ck, f"conflict:{s:g}", cfg, tick, f"CONFLICT({s:g})")
+    summ = _split_summary(rec, scfg, n_layers, cfg, cfg.seed + 100 * (i + 1) + 50)
+    sh = rec.shared
+    att, skip = sh & rec.attend, sh & ~rec.attend
     return {
-        "checkpoint": str(ck.path),
-        "router": ck.cfg.router.name,
-        "step": ck.meta.get("step"),
-        "srcd": {
-            "n": scfg0.n,
-            "m_r": m_r,
-            "m_e": scfg0.m_e,
-            "n_q": n_q,
-            "P": scfg0.P,
-            "alpha": scfg0.alpha,
-        },
-        "cram_layers": n_layers,
-        "sequences": cfg.sequences,
-        "reference": "ORACLE-POS (attends every query slot in every CRAM layer)",
-        "iid": iid,
-        "transfer": rows,
-        "conflict": conflicts,
-        "guard": guard,
+        "s": s,
+        "s_eff": world.s_eff,
+        "acc_shared": summ["acc_shared"],
+        "acc_shared_ci": summ["acc_shared_ci"],
+        "attend_shared": summ["attend_shared"],
+        "acc_shared_attended": float(rec.correct[att].mean()) if att.any() else None,
+        "acc_shared_skipped": float(rec.correct[skip].mean()) if skip.any() else None,
+        "n_shared_skipped": int(skip.sum()),
+        "acc_new": summ["acc_new"],
+        "acc_e": summ["acc_e"],
+        "R": summ["R"],
+        "R_ci": summ["R_ci"],
     }
 
 
@@ -267,7 +302,7 @@ def _guard(rows, iid, cfg: TransferConfig) -> dict:
 
 
 def format_transfer(r: dict) -> str:
-    """Plain-text report of :func:`transfer_report`."""
+    """Plain-text report of a transfer result (its JSON form)."""
 
     def f(x, nd=3):
         return "n/a" if x is None else f"{x:.{nd}f}"

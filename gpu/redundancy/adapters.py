@@ -15,6 +15,7 @@ exposes exactly those pieces:
 * ``after_attention(layer, h)`` -> the rest of the block (MLP sublayer with its residual add)
   and any non-attention blocks up to the next attention layer
 * ``logits(h)``             -> next-token logits ``(B, T, V)``
+* ``named_parameters()``    -> the weights, checked for NaN and inf before a measurement
 
 :class:`HFGPT2Adapter` implements it for Hugging Face GPT-2 checkpoints loaded from a local
 directory (never downloaded). A cram text checkpoint plugs in through the same protocol.
@@ -86,6 +87,11 @@ class LMAdapter(ABC):
 
     @abstractmethod
     def logits(self, h: torch.Tensor) -> torch.Tensor: ...
+
+    def named_parameters(self):
+        """The model's weights as ``(name, tensor)`` pairs (checked for NaN before measuring);
+        adapters that wrap a ``torch.nn.Module`` as ``self.model`` need not override it."""
+        return self.model.named_parameters()
 
 
 class HFGPT2Adapter(LMAdapter):
@@ -253,9 +259,11 @@ def _tokenizer_for(model_dir: Path, tokenizer: str, vocab_size: int):
     return encode, (int(bos) if bos is not None else None), str(tok_dir)
 
 
-def check_finite_model(adapter: LMAdapter) -> None:
-    """Refuse a model whose output projections hold NaN or inf (a corrupt checkpoint)."""
-    for layer in range(adapter.n_layers):
-        w = adapter.w_o(layer)
+def check_finite_model(loaded: LoadedModel) -> None:
+    """Refuse a model with NaN or inf in any weight (a corrupt or diverged checkpoint), naming
+    the file and the first such tensor."""
+    for name, w in loaded.adapter.named_parameters():
         if not bool(torch.isfinite(w).all()):
-            raise CramError(f"layer {layer} of the model has NaN or inf weights")
+            raise CramError(
+                f"the model in {loaded.path} has NaN or inf weights ({name}); there is nothing to measure"
+            )

@@ -1,4 +1,9 @@
-"""Entry points by path: a GPT-2 directory, a cram checkpoint, or a cram run (trajectory)."""
+"""Entry points by path: a GPT-2 directory, a cram checkpoint, or a cram run (trajectory).
+
+:func:`run` is the command's library call (``cram redundancy``): ``run(RedundancyRun(...),
+progress)`` returns a :class:`RedundancyResult` for one model or a :class:`TrajectoryResult` for
+a run folder.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,22 @@ from pathlib import Path
 
 import numpy as np
 
-from cramkit.gpu.redundancy.adapters import GPT2_HOWTO, LoadedModel, load_hf_gpt2
-from cramkit.gpu.redundancy.measure import Progress, RedundancyConfig, measure_redundancy
+from cramkit import runs
 from cramkit.errors import CramError
+from cramkit.gpu.redundancy.adapters import GPT2_HOWTO, LoadedModel, load_hf_gpt2
+from cramkit.gpu.redundancy.config import RedundancyConfig, RedundancyRun
+from cramkit.gpu.redundancy.measure import measure_redundancy
+from cramkit.gpu.redundancy.results import RedundancyResult, TrajectoryResult
+from cramkit.progress import Progress
+
+
+def run(config: RedundancyRun, progress: Progress | None = None) -> RedundancyResult | TrajectoryResult:
+    """Measure ``config.model``: one model, or every checkpoint of a cram run folder."""
+    p = Path(config.model)
+    if is_run_dir(p):
+        return redundancy_trajectory(p, text=config.text, tokenizer=config.tokenizer, config=config.options,
+                                     progress=progress)  # fmt: skip
+    return measure_redundancy(load_model(p, config.tokenizer), config.text, config.options, progress)
 
 
 def load_model(path: str | Path, tokenizer: str = "auto") -> LoadedModel:
@@ -26,20 +44,16 @@ def load_model(path: str | Path, tokenizer: str = "auto") -> LoadedModel:
     if p.is_dir():
         raise CramError(
             f"{p} is neither a Hugging Face GPT-2 directory (no config.json) nor a cram run "
-            f"(no last.safetensors or checkpoints/); {GPT2_HOWTO}"
+            f"(no {runs.LAST} or {runs.CHECKPOINTS}/); {GPT2_HOWTO}"
         )
     raise CramError(f"{p} is not a model: give a GPT-2 directory or a cram .safetensors checkpoint")
 
 
 def run_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoints of a cram run in step order (``checkpoints/step_*.safetensors``, else ``last``)."""
-    found = (
-        sorted((run_dir / "checkpoints").glob("*.safetensors"))
-        if (run_dir / "checkpoints").is_dir()
-        else []
-    )
-    if not found and (run_dir / "last.safetensors").is_file():
-        found = [run_dir / "last.safetensors"]
+    """Checkpoints of a cram run in step order (the kept ones, else the last one)."""
+    found = runs.kept_checkpoints(run_dir)
+    if not found and runs.last_checkpoint(run_dir).is_file():
+        found = [runs.last_checkpoint(run_dir)]
     return found
 
 
@@ -55,13 +69,9 @@ def measure_path(
     config: RedundancyConfig | None = None,
     progress: Progress | None = None,
 ) -> dict:
-    """Measure one model, or every checkpoint of a cram run (then the result has ``trajectory``)."""
-    p = Path(path)
-    if is_run_dir(p):
-        return redundancy_trajectory(
-            p, text=text, tokenizer=tokenizer, config=config, progress=progress
-        )
-    return measure_redundancy(load_model(p, tokenizer), text, config, progress)
+    """:func:`run` on ``path`` as its JSON dict (the result of a run folder has ``trajectory``)."""
+    job = RedundancyRun(str(path), text, tokenizer, config or RedundancyConfig())
+    return run(job, progress).to_json()
 
 
 def redundancy_trajectory(
@@ -71,41 +81,27 @@ def redundancy_trajectory(
     tokenizer: str = "auto",
     config: RedundancyConfig | None = None,
     progress: Progress | None = None,
-) -> dict:
+) -> TrajectoryResult:
     """Measure each checkpoint of a run with the same corpus and settings; does redundancy fall?"""
     ckpts = run_checkpoints(run_dir)
     rows, results = [], []
     for i, ck in enumerate(ckpts):
-        tick = None
-        if progress is not None:
-
-            def tick(stage, done, total, i=i):
-                progress(f"ckpt {i + 1}/{len(ckpts)} {stage}", done, total)
-
-        r = measure_redundancy(load_model(ck, tokenizer), text, config, tick)
+        r = measure_redundancy(load_model(ck, tokenizer), text, config, _prefixed(progress, i, len(ckpts)))
         m = re.search(r"(\d+)", ck.stem)
-        step = r["model"].get("step")
+        step = r.model.get("step")
         if step is None and m:
             step = int(m.group(1))
-        p1 = r["overall"].get("p1") or r["overall"][r["config"]["patch_predictor"]]
-        rows.append(
-            {
-                "checkpoint": ck.name,
-                "step": step,
-                "headline": r["headline"]["fraction"],
-                "headline_ci": r["headline"]["ci"],
-                "headline_dnll": r["headline"]["dnll"],
-                "pi_p1_0.1": p1["pi"].get("0.1"),
-                "r2_p1": p1["r2"],
-                "mean_ablation_dnll": r["controls"]["c5_patching"]["everywhere"]["p0_everywhere"][
-                    "dnll"
-                ],
-                "budget_binding": r["headline"].get("budget_binding"),
-            }
-        )
+        rows.append(r.trajectory_row(ck.name, step))
         results.append(r)
     trend = None
     if len(rows) >= 2:
         y = np.array([row["headline"] for row in rows], dtype=float)
         trend = float(np.polyfit(np.arange(len(y)), y, 1)[0])
-    return {"run_dir": str(run_dir), "trajectory": rows, "trend": trend, "checkpoints": results}
+    return TrajectoryResult(str(run_dir), rows, trend, results)
+
+
+def _prefixed(progress: Progress | None, i: int, n: int) -> Progress | None:
+    """``progress`` with each stage named after checkpoint ``i`` of ``n``."""
+    if progress is None:
+        return None
+    return lambda stage, done, total: progress(f"ckpt {i + 1}/{n} {stage}", done, total)

@@ -3,7 +3,7 @@
 A corpus is a UTF-8 text file or a folder of ``*.txt`` files. In a file, documents are separated
 by a line holding only ``<|endoftext|>``; without such lines, by runs of two or more blank lines.
 In a folder each file is one document. Documents are assigned to FIT, VAL and TEST by a seeded
-permutation so that the three get about 4 : 1 : 2 of the tokens (the SPEC's 2M / 0.5M / 1M), and
+permutation so that the three get about 4 : 1 : 2 of the tokens (docs/redundancy.md suggests 2M / 0.5M / 1M for a real measurement), and
 each document is cut into windows of at most ``window`` tokens (each window starts with the
 tokenizer's BOS token when it has one). A token budget per split is filled round-robin over the
 split's documents, and windows are shortened to at most budget / min(8, documents) tokens, so a
@@ -95,8 +95,19 @@ def split_corpus(
     if window < 2:
         raise CramError(f"window must be at least 2 tokens, got {window}")
     toks = [encode(d) for d in docs]
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(docs))
+    out = {}
+    for name, doc_ids in _assign(toks, seed).items():
+        budget = None if max_tokens is None else max_tokens * SPLIT_WEIGHTS[name] / sum(SPLIT_WEIGHTS.values())
+        windows = _fill(_windows(toks, doc_ids, window, bos_id, min_len, budget), budget)
+        if not windows:
+            raise CramError(f"the {name.upper()} split is empty after tokenization; give more text")
+        out[name] = Split(name, windows, sorted({w.doc for w in windows}))
+    return out
+
+
+def _assign(toks: list[list[int]], seed: int) -> dict[str, list[int]]:
+    """Documents to splits by a seeded permutation, about 4 : 1 : 2 of the tokens, none empty."""
+    order = np.random.default_rng(seed).permutation(len(toks))
     total = float(sum(len(t) for t in toks))
     bounds = np.cumsum([SPLIT_WEIGHTS[s] for s in ("fit", "val")]) / sum(SPLIT_WEIGHTS.values())
     assign: dict[str, list[int]] = {"fit": [], "val": [], "test": []}
@@ -113,46 +124,40 @@ def split_corpus(
             if len(assign[donor]) < 2:
                 raise CramError("too few documents to form FIT, VAL and TEST splits")
             assign[name].append(assign[donor].pop())
+    return assign
+
+
+def _windows(toks, doc_ids, window: int, bos_id: int | None, min_len: int, budget: float | None):
+    """Each document's windows; with a budget, shortened to at most budget / min(8, documents)
+    tokens so that a small budget still spans several documents (the bootstrap unit)."""
     body = window - (1 if bos_id is not None else 0)
-    out = {}
-    for name, doc_ids in assign.items():
-        per_doc = []
-        for i in doc_ids:
-            t = toks[i]
-            chunks = [t[j : j + body] for j in range(0, len(t), body)]
-            per_doc.append(
-                [
-                    Window(i, ([bos_id] if bos_id is not None else []) + c)
-                    for c in chunks
-                    if len(c) >= min_len
-                ]
-            )
-        budget = (
-            None
-            if max_tokens is None
-            else max_tokens * SPLIT_WEIGHTS[name] / sum(SPLIT_WEIGHTS.values())
-        )
-        if budget is not None:
-            # a small budget must still span several documents (the bootstrap unit): shorten
-            # windows to at most budget / min(8, documents) tokens
-            k = min(MIN_DOCS_PER_SPLIT, len(per_doc))
-            cap = max(min_len, int(budget // max(k, 1)))
-            per_doc = [[Window(w.doc, w.tokens[:cap]) for w in p] for p in per_doc]
-        windows: list[Window] = []
-        used = 0
-        rnd = 0
-        while any(rnd < len(p) for p in per_doc):
-            for p in per_doc:
-                if rnd < len(p) and (budget is None or used < budget):
-                    windows.append(p[rnd])
-                    used += len(p[rnd].tokens)
-            rnd += 1
-            if budget is not None and used >= budget:
-                break
-        if not windows:
-            raise CramError(f"the {name.upper()} split is empty after tokenization; give more text")
-        out[name] = Split(name, windows, sorted({w.doc for w in windows}))
-    return out
+    bos = [bos_id] if bos_id is not None else []
+    per_doc = []
+    for i in doc_ids:
+        t = toks[i]
+        per_doc.append([Window(i, bos + c) for c in (t[j : j + body] for j in range(0, len(t), body))
+                        if len(c) >= min_len])  # fmt: skip
+    if budget is not None:
+        k = min(MIN_DOCS_PER_SPLIT, len(per_doc))
+        cap = max(min_len, int(budget // max(k, 1)))
+        per_doc = [[Window(w.doc, w.tokens[:cap]) for w in p] for p in per_doc]
+    return per_doc
+
+
+def _fill(per_doc: list[list[Window]], budget: float | None) -> list[Window]:
+    """Windows taken round-robin over the documents until the token budget is used."""
+    windows: list[Window] = []
+    used = 0
+    rnd = 0
+    while any(rnd < len(p) for p in per_doc):
+        for p in per_doc:
+            if rnd < len(p) and (budget is None or used < budget):
+                windows.append(p[rnd])
+                used += len(p[rnd].tokens)
+        rnd += 1
+        if budget is not None and used >= budget:
+            break
+    return windows
 
 
 def batches(split: Split, batch_windows: int, pad_id: int = 0):

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cramkit.gpu.redundancy.adapters import LMAdapter, LoadedModel, byte_encoder
 from cramkit.errors import CramError
+from cramkit.gpu.redundancy.adapters import LMAdapter, LoadedModel, byte_encoder
 
 
 class CramTextAdapter(LMAdapter):

@@ -1,4 +1,6 @@
-"""Text and picture of a redundancy result (the dict :func:`measure_redundancy` returns)."""
+"""Text and pictures of a redundancy result, from its JSON form (``RedundancyResult.to_json()``,
+``TrajectoryResult.to_json()``); the Result objects in :mod:`cramkit.gpu.redundancy.results` call
+these."""
 
 from __future__ import annotations
 
@@ -22,10 +24,18 @@ def _ci(ci) -> str:
 
 
 def format_report(r: dict) -> str:
-    """A plain-text summary of one measurement."""
-    m, d = r["model"], r["data"]
+    """A plain-text summary of one measurement, section by section."""
     taus = list(next(iter(r["overall"].values()))["pi"].keys())
-    out = [
+    out = _header(r) + _headline(r)
+    out += _fractions(r, taus) + _per_layer(r, taus) + _context_swap(r, taus) + _positions(r, taus)
+    out += _patching(r)
+    out.append(f"\n({r['timing_s']:.1f} s)")
+    return "\n".join(out)
+
+
+def _header(r: dict) -> list[str]:
+    m, d = r["model"], r["data"]
+    return [
         f"cram redundancy: {m['path']} ({m['source']}, {m['n_layers']} layers x {m['n_heads']} heads, "
         f"d={m['d_model']}, tokenizer {m['tokenizer']})",
         f"corpus: {d['corpus']}; tokens FIT/VAL/TEST {d['tokens']['fit']}/{d['tokens']['val']}/"
@@ -34,6 +44,11 @@ def format_report(r: dict) -> str:
         f"({d['eligible_test_positions']} TEST positions); layers {r['layers_measured']}",
         "",
     ]
+
+
+def _headline(r: dict) -> list[str]:
+    """The headline (C5), the deployable gate's (C6) and the cost (C7)."""
+    out = []
     h = r["headline"]
     if h["feasible"]:
         out.append(
@@ -75,7 +90,12 @@ def format_report(r: dict) -> str:
             f"net attention-FLOP saving {_f(c7['net_saving_oracle'])} (oracle), "
             f"{_f(c7['net_saving_gate'])} (gate)"
         )
-    out += [
+    return out
+
+
+def _fractions(r: dict, taus: list[str]) -> list[str]:
+    """pi(tau) of every predictor, mean over layers, with CIs; the raw-error fractions."""
+    out = [
         "",
         "redundant fraction pi(tau) = P(e_t < tau), centred error, mean over layers (95% CI):",
     ]
@@ -90,8 +110,12 @@ def format_report(r: dict) -> str:
     out.append("  raw error |o - o_hat|^2/|o|^2 (inflated by constant components such as sinks):")
     for p, v in r["overall"].items():
         out.append(f"  {LABELS.get(p, p):<18}" + "".join(f"{v['pi_raw'][t]:>24.3f}" for t in taus))
+    return out
+
+
+def _per_layer(r: dict, taus: list[str]) -> list[str]:
     pp = r["config"]["patch_predictor"]
-    out += ["", f"per layer ({LABELS.get(pp, pp)}):"]
+    out = ["", f"per layer ({LABELS.get(pp, pp)}):"]
     out.append(
         f"  {'layer':>5}"
         + "".join(f"{'pi(' + t + ')':>11}" for t in taus)
@@ -106,28 +130,44 @@ def format_report(r: dict) -> str:
             + f"{_f(v['r2']):>8}"
             + f"{(_f(alone['dnll'], 4) if alone else '-'):>12}"
         )
+    return out
+
+
+def _context_swap(r: dict, taus: list[str]) -> list[str]:
     c3 = r["controls"].get("c3_context_swap")
-    if c3:
-        out += [
-            "",
-            f"context swap (C3, {c3['n']} layer-positions): P(D<tau) / P(e<tau, D<tau) / P(e<tau, D>=tau)",
-        ]
-        out.append(
-            "  "
-            + "   ".join(
-                f"tau={t}: {c3['d_small'][t]:.3f} / {c3['flag_and_d_small'][t]:.3f} / {c3['flag_and_d_large'][t]:.3f}"
-                for t in taus
-            )
+    if not c3:
+        return []
+    out = [
+        "",
+        f"context swap (C3, {c3['n']} layer-positions): P(D<tau) / P(e<tau, D<tau) / P(e<tau, D>=tau)",
+    ]
+    out.append(
+        "  "
+        + "   ".join(
+            f"tau={t}: {c3['d_small'][t]:.3f} / {c3['flag_and_d_small'][t]:.3f} / {c3['flag_and_d_large'][t]:.3f}"
+            for t in taus
         )
+    )
+    return out
+
+
+def _positions(r: dict, taus: list[str]) -> list[str]:
+    pp = r["config"]["patch_predictor"]
     c4 = r["controls"]["c4_position"]
     t_mid = taus[min(1, len(taus) - 1)]
-    out += ["", f"by position (C4), pi({t_mid}) of {LABELS.get(pp, pp)} and P0:"]
+    out = ["", f"by position (C4), pi({t_mid}) of {LABELS.get(pp, pp)} and P0:"]
     for b in c4["buckets"]:
         out.append(
             f"  t in [{b['lo']}, {b['hi']}): n={b['n']:<7} {pp} {b['pi'][pp][t_mid]:.3f}   p0 {b['pi']['p0'][t_mid]:.3f}"
         )
+    return out
+
+
+def _patching(r: dict) -> list[str]:
+    """The sweeps of C5 (oracle flags) and C6 (gate), and the everywhere references."""
+    g = r["controls"].get("c6_gate")
     c5 = r["controls"]["c5_patching"]
-    out += ["", f"patching sweep (C5, all layers jointly, {c5['predictor']}):"]
+    out = ["", f"patching sweep (C5, all layers jointly, {c5['predictor']}):"]
     for s in c5["sweep"]:
         out.append(
             f"  tau={s['tau']:<6g} fraction {s['fraction']:.3f}  dNLL {s['dnll']:+.4f} nats/token"
@@ -145,8 +185,7 @@ def format_report(r: dict) -> str:
                 f"  tau={s['tau']:<6g} fraction {s['fraction']:.3f}  dNLL {s['dnll']:+.4f}  "
                 f"precision {_f(s['precision'])} recall {_f(s['recall'])} AUC {_f(s['auc'])}"
             )
-    out.append(f"\n({r['timing_s']:.1f} s)")
-    return "\n".join(out)
+    return out
 
 
 def format_trajectory(t: dict) -> str:

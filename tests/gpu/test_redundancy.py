@@ -16,12 +16,13 @@ from click.testing import CliRunner
 transformers = pytest.importorskip("transformers")
 
 from cramkit.cli.main import cli  # noqa: E402
+from cramkit.errors import CramError  # noqa: E402
+from cramkit.gpu.redundancy.config import RedundancyConfig  # noqa: E402
+from cramkit.gpu.redundancy.controls import binned_auc  # noqa: E402
 from cramkit.gpu.redundancy.corpus import read_documents, split_corpus  # noqa: E402
 from cramkit.gpu.redundancy.engine import run  # noqa: E402
-from cramkit.gpu.redundancy.measure import RedundancyConfig, _binned_auc  # noqa: E402
 from cramkit.gpu.redundancy.planted import save_planted_gpt2  # noqa: E402
 from cramkit.gpu.redundancy.predictors import Moments, fit_ridge, lagged  # noqa: E402
-from cramkit.errors import CramError  # noqa: E402
 
 WORDS = (
     "the a of to and in that is was he for it with as his on be at by this had not are but from or "
@@ -149,8 +150,8 @@ def test_binned_auc_matches_rank_auc():
     from scipy.stats import mannwhitneyu
 
     exact = mannwhitneyu(score[lab], score[~lab]).statistic / (lab.sum() * (~lab).sum())
-    assert abs(_binned_auc(pos, neg) - exact) < 0.01
-    assert _binned_auc(pos, np.zeros(200)) is None
+    assert abs(binned_auc(pos, neg) - exact) < 0.01
+    assert binned_auc(pos, np.zeros(200)) is None
 
 
 # ------------------------------------------------------------------------------------ corpus
@@ -339,3 +340,66 @@ def test_tokenizer_from_the_model_directory(tmp_path, corpus):
     r = json.loads(res.output)
     assert r["model"]["tokenizer"] == str(tmp_path / "m") and r["data"]["window"] == 64
     assert r["headline"]["ci"] is None  # --bootstrap 0
+
+
+# ------------------------------------------------------------------ NaN models and --plot paths
+
+
+def _poisoned_gpt2(path, how: str):
+    """A planted GPT-2 whose MLP holds NaN weights (``nan``), or with finite weights so large
+    that the forward overflows to NaN/inf (``overflow``)."""
+    model = _tiny_gpt2(path, planted_heads=(0,))
+    with torch.no_grad():
+        if how == "nan":
+            model.transformer.h[1].mlp.c_fc.weight[0, 0] = float("nan")
+        else:
+            model.transformer.h[0].mlp.c_proj.weight.fill_(3e38)
+    model.save_pretrained(str(path))
+
+
+@pytest.mark.parametrize(("how", "needle"), [("nan", "has NaN or inf weights"), ("overflow", "produces NaN or inf")])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_model_with_nan_is_one_line_error_in_every_mode(tmp_path, corpus, how, needle, as_json):
+    _poisoned_gpt2(tmp_path / "m", how)
+    res = _invoke([str(tmp_path / "m"), "--text", str(corpus), *FAST, "--predictors", "p0,p1", "--no-gate",
+                   *(["--json"] if as_json else [])])  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert needle in res.output and str(tmp_path / "m") in res.output
+    assert "Traceback" not in res.output and "null" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_plot_to_a_folder_is_refused_before_measuring(tmp_path, corpus):
+    _tiny_gpt2(tmp_path / "m")
+    (tmp_path / "existing").mkdir()
+    for target in (str(tmp_path / "newdir") + "/", str(tmp_path / "existing"), str(tmp_path / "r.txt")):
+        res = _invoke([str(tmp_path / "m"), "--text", str(corpus), *FAST, "--plot", target])
+        assert res.exit_code == 2, res.output
+        assert "--plot" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "newdir").exists()
+    assert list((tmp_path / "existing").iterdir()) == []
+
+
+def test_library_call_returns_a_result(tmp_path, corpus):
+    """The command contract: run(RedundancyRun) -> a Result whose JSON, text and plot come from
+    the library, with progress reported through the one progress type."""
+    from cramkit.gpu.redundancy import RedundancyConfig as Options
+    from cramkit.gpu.redundancy import RedundancyResult, RedundancyRun
+    from cramkit.gpu.redundancy import run as run_redundancy
+
+    _tiny_gpt2(tmp_path / "m", planted_heads=(0,))
+    seen = []
+    opts = Options(window=96, min_pos=4, max_tokens=1400, predictors=("p0", "p1"), gate=False, bootstrap=0,
+                   context_swap=False)  # fmt: skip
+    r = run_redundancy(RedundancyRun(str(tmp_path / "m"), str(corpus), "bytes", opts),
+                       lambda stage, done, total: seen.append((stage, done, total)))  # fmt: skip
+    assert isinstance(r, RedundancyResult) and r.ok
+    assert {"FIT", "VAL", "TEST", "fit predictors", "patch (C5)"} <= {s for s, _, _ in seen}
+    assert all(0 <= done <= total for _, done, total in seen)
+    j = r.to_json()
+    assert list(j) == ["model", "data", "config", "layers_measured", "overall", "layers", "controls", "cdf",
+                       "headline", "timing_s", "stage_s"]  # fmt: skip
+    assert json.loads(json.dumps(j, allow_nan=False)) == j
+    assert r.report().startswith("cram redundancy: ") and "HEADLINE (C5)" in r.report()
+    r.plot(tmp_path / "r.svg")
+    assert (tmp_path / "r.svg").read_text().lstrip().startswith("<?xml")

@@ -11,12 +11,12 @@ import torch
 from click.testing import CliRunner
 
 from cramkit.cli.main import cli
+from cramkit.errors import CramError
 from cramkit.gpu import config as C
 from cramkit.gpu.checkpoint import save_checkpoint
 from cramkit.gpu.build import build_model
 from cramkit.gpu.redundancy.cram_adapter import CramTextAdapter, load_cram_text
 from cramkit.gpu.redundancy.engine import run
-from cramkit.errors import CramError
 
 
 def _text_cfg(pattern="GSG"):
@@ -91,3 +91,22 @@ def test_run_folder_gives_a_trajectory(tmp_path):
     )  # fmt: skip
     assert text.exit_code == 0, text.output
     assert "step_0000100" in text.output and "over training" in text.output
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_cram_checkpoint_with_nan_weights_is_one_line_error(tmp_path, as_json):
+    cfg = _text_cfg("GG")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # one NaN in an MLP matrix (not the attention output projection)
+        next(p for n, p in model.named_parameters() if ".mlp." in n and p.dim() == 2)[0, 0] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_checkpoint(path, model, None, {"arch": "gpt-bytes", "config": cfg.to_dict(), "step": 5})
+    res = CliRunner().invoke(
+        cli,
+        ["redundancy", str(path), "--min-pos", "4", "--max-tokens", "2000", "--predictors", "p0,p1", "--no-gate",
+         "--bootstrap", "0", "--quiet", *(["--json"] if as_json else [])],
+    )  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert "NaN" in res.output and str(path) in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1

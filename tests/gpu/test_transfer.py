@@ -12,12 +12,12 @@ import torch
 from click.testing import CliRunner
 
 from cramkit.cli.main import cli
+from cramkit.errors import CramError
 from cramkit.gpu import config as C
 from cramkit.gpu.checkpoint import save_checkpoint
 from cramkit.gpu.build import build_model
-from cramkit.gpu.transfer import TransferConfig, _boot, transfer_report
+from cramkit.gpu.transfer import TransferConfig, TransferResult, _boot, run, transfer_report
 from cramkit.sim.srcd import derive_world, make_world
-from cramkit.errors import CramError
 
 FAST = TransferConfig(overlaps=(0.0, 0.5, 1.0), sequences=24, chunk=8, bootstrap=100)
 
@@ -122,3 +122,33 @@ def test_cli_json_text_plot_and_bad_input(tmp_path):
     assert bad.exit_code == 2 and "comma-separated" in bad.output
     bad = CliRunner().invoke(cli, ["transfer", str(path), "--overlap", "2", "--quiet"])
     assert bad.exit_code == 2 and "[0, 1]" in bad.output and "Traceback" not in bad.output
+
+
+def test_library_call_returns_a_result(tmp_path):
+    """The command contract: run(TransferConfig) -> a Result (JSON, text, plot) with progress
+    reported through the one progress type; transfer_report is its JSON."""
+    path, _ = _ckpt(tmp_path, "oracle-pos", budget=1.0)
+    cfg = TransferConfig(checkpoint=path, overlaps=(0.0, 1.0), sequences=8, chunk=4, bootstrap=0)
+    seen = []
+    r = run(cfg, lambda stage, done, total: seen.append((stage, done, total)))
+    assert isinstance(r, TransferResult) and r.ok
+    assert [s for s, d, t in seen if d == t] == ["IID", "TRANSFER(0)", "TRANSFER(1)", "CONFLICT(1)"]
+    j = r.to_json()
+    assert list(j) == ["checkpoint", "router", "step", "srcd", "cram_layers", "sequences", "reference", "iid",
+                       "transfer", "conflict", "guard"]  # fmt: skip
+    assert j == transfer_report(path, cfg)
+    assert "guard R(0) ~ 0 with accuracy kept: OK" in r.report()
+    r.plot(tmp_path / "t.pdf")
+    assert (tmp_path / "t.pdf").read_bytes().startswith(b"%PDF")
+    with pytest.raises(CramError, match="name the SRCD checkpoint"):
+        run(TransferConfig())
+
+
+def test_plot_to_a_folder_is_refused(tmp_path):
+    path, _ = _ckpt(tmp_path, "skip-all")
+    (tmp_path / "existing").mkdir()
+    for target in (str(tmp_path / "newdir") + "/", str(tmp_path / "existing")):
+        res = CliRunner().invoke(cli, ["transfer", str(path), "--overlap", "0", "--sequences", "8", "--quiet",
+                                       "--plot", target])  # fmt: skip
+        assert res.exit_code == 2 and "--plot" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "newdir").exists() and list((tmp_path / "existing").iterdir()) == []
