@@ -14,8 +14,9 @@ never wrong (a run that passes may still run out later; the CLI then reports tha
     state       = 4 bytes x params x (1 weights + 1 gradients + 2 AdamW moments)      [fp32]
     activations = 4 bytes x batch x seq_len x d_model x n_layers                     [one saved
                   tensor per layer; real training keeps several]
-    logits      = 4 bytes x batch x seq_len x vocab x 2                              [logits and
-                  their gradient]
+    logits      = 4 bytes x batch x logit_rows x logit_width                         [the head's
+                  output: rows = positions with a target (default seq_len), width = the scored
+                  vocabulary (default vocab)]
     training_bytes = state + activations + logits
 
 (The real peak is higher: every block keeps its norms, projections and MLP hidden activations and
@@ -137,20 +138,23 @@ def model_param_count(model_cfg: Any, vocab: int) -> int:
     return total
 
 
-def training_bytes(model_cfg: Any, vocab: int, batch: int, seq_len: int) -> int:
-    """A lower bound of the memory one training step needs (formula in the module docstring)."""
+def training_bytes(model_cfg: Any, vocab: int, batch: int, seq_len: int, *, logit_rows: int | None = None,
+                   logit_width: int | None = None) -> int:
+    """A lower bound of the memory one training step needs (formula in the module docstring).
+    SRCD scores only its query slots (``logit_rows = n_q``) over the value tokens (``logit_width = v``)."""
     params = model_param_count(model_cfg, vocab)
     layers = len(str(getattr(model_cfg, "pattern", "SA")))
     d = int(getattr(model_cfg, "d_model"))
     state = FLOAT_BYTES * params * 4
     activations = tensor_bytes(batch, seq_len, d, layers)
-    logits = 2 * tensor_bytes(batch, seq_len, vocab)
+    logits = tensor_bytes(batch, seq_len if logit_rows is None else logit_rows, vocab if logit_width is None else logit_width)
     return state + activations + logits
 
 
-def check_training_fits(model_cfg: Any, vocab: int, batch: int, seq_len: int, device: Any = "cpu") -> int:
+def check_training_fits(model_cfg: Any, vocab: int, batch: int, seq_len: int, device: Any = "cpu", *,
+                        logit_rows: int | None = None, logit_width: int | None = None) -> int:
     """:func:`check_fits` for :func:`training_bytes`; returns the estimate."""
-    need = training_bytes(model_cfg, vocab, batch, seq_len)
+    need = training_bytes(model_cfg, vocab, batch, seq_len, logit_rows=logit_rows, logit_width=logit_width)
     check_fits(need, f"training this model (d_model={getattr(model_cfg, 'd_model')}, "
                      f"{len(str(getattr(model_cfg, 'pattern', '')))} layers, batch {batch} x {seq_len} tokens)", device)  # fmt: skip
     return need
