@@ -144,7 +144,7 @@ def training_bytes(model_cfg: Any, vocab: int, batch: int, seq_len: int, *, logi
     SRCD scores only its query slots (``logit_rows = n_q``) over the value tokens (``logit_width = v``)."""
     params = model_param_count(model_cfg, vocab)
     layers = len(str(getattr(model_cfg, "pattern", "SA")))
-    d = int(getattr(model_cfg, "d_model"))
+    d = int(model_cfg.d_model)
     state = FLOAT_BYTES * params * 4
     activations = tensor_bytes(batch, seq_len, d, layers)
     logits = tensor_bytes(batch, seq_len if logit_rows is None else logit_rows, vocab if logit_width is None else logit_width)
@@ -155,6 +155,6 @@ def check_training_fits(model_cfg: Any, vocab: int, batch: int, seq_len: int, de
                         logit_rows: int | None = None, logit_width: int | None = None) -> int:
     """:func:`check_fits` for :func:`training_bytes`; returns the estimate."""
     need = training_bytes(model_cfg, vocab, batch, seq_len, logit_rows=logit_rows, logit_width=logit_width)
-    check_fits(need, f"training this model (d_model={getattr(model_cfg, 'd_model')}, "
+    check_fits(need, f"training this model (d_model={model_cfg.d_model}, "
                      f"{len(str(getattr(model_cfg, 'pattern', '')))} layers, batch {batch} x {seq_len} tokens)", device)  # fmt: skip
     return need

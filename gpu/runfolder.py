@@ -41,7 +41,13 @@ from typing import Any
 
 from cramkit import runs
 from cramkit.errors import CramError
-from cramkit.io import append_jsonl, atomic_link_or_copy, atomic_write_text, os_errors, remove_stale_temps
+from cramkit.io import (
+    append_jsonl,
+    atomic_link_or_copy,
+    atomic_write_text,
+    os_errors,
+    remove_stale_temps,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from cramkit.errors import CramError
-from cramkit.io import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, os_errors
+from cramkit.io import (
+    append_jsonl,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    os_errors,
+)
 
 
 def _mount_tmpfs(path, size="1m") -> str | None:
@@ -111,7 +117,6 @@ def test_cram_errors_pass_through_unchanged():
 def test_cli_maps_a_stray_oserror_memoryerror_and_interrupt_to_one_line(monkeypatch):
     import click
     from click.testing import CliRunner
-
     from cramkit.cli import main
     from cramkit.gpu.runfolder import RunInterrupted
 

@@ -10,11 +10,17 @@ import textwrap
 
 import pytest
 import torch
+from cramkit.gpu.checkpoint import read_checkpoint
+from cramkit.gpu.runfolder import (
+    RESUMABLE_KEYS,
+    RunFolder,
+    RunInterrupted,
+    check_resume_changes,
+    diff_configs,
+)
 
 from cramkit import runs
 from cramkit.errors import CramError
-from cramkit.gpu.checkpoint import read_checkpoint
-from cramkit.gpu.runfolder import RESUMABLE_KEYS, RunFolder, RunInterrupted, check_resume_changes, diff_configs
 
 CFG = 'task = "srcd"\n\n[train]\nlr = 0.003\nsteps = 100\nseed = 0\n\n[model]\nd_model = 32\n'
 
@@ -32,11 +38,11 @@ def _fake_run(folder: RunFolder, step: int = 4) -> None:
 
 
 def test_new_run_writes_config_and_holds_the_lock(tmp_path):
-    with RunFolder.open(tmp_path / "r", CFG) as f:
+    with RunFolder.open(tmp_path / "r", CFG):
         assert (tmp_path / "r" / runs.CONFIG).read_text() == CFG
         with pytest.raises(CramError, match=r"in use by another cram process \(pid \d+"):
             RunFolder.open(tmp_path / "r", CFG, resume=True)
-    # released on close: the folder can be opened again (as a resume: it holds a run now? no ckpt)
+    # released on close: the next open gets past the lock (and is refused for having no checkpoint)
     with pytest.raises(CramError, match="nothing to resume"):
         RunFolder.open(tmp_path / "r", CFG, resume=True)
 
@@ -166,7 +172,6 @@ def test_last_good_checkpoint_skips_a_corrupt_one(tmp_path, capsys):
 
 def test_resume_hint_is_followable(tmp_path):
     from click.testing import CliRunner
-
     from cramkit.cli.main import cli
 
     out = tmp_path / "r"
