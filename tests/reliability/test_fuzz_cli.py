@@ -38,9 +38,20 @@ def _time_budget(seconds: float):
         signal.signal(signal.SIGALRM, old)
 
 
-def _options(name: str) -> list[click.Parameter]:
-    cmd = cli.get_command(click.Context(cli), name)
-    return [p for p in cmd.params if p.name not in ("help",)]
+def _leaves() -> dict[str, tuple[list[str], list[click.Parameter]]]:
+    """Every runnable command (subcommands of groups such as ``bench`` included): its argv prefix
+    and its parameters."""
+    out = {}
+    ctx = click.Context(cli)
+    for name in sorted(COMMANDS):
+        cmd = cli.get_command(ctx, name)
+        subs = getattr(cmd, "commands", None)
+        if subs:
+            for sub_name, sub in sorted(subs.items()):
+                out[f"{name} {sub_name}"] = ([name, sub_name], list(sub.params))
+        else:
+            out[name] = ([name], list(cmd.params))
+    return out
 
 
 def _call(args: list[str], budget: float = 4.0) -> None:
@@ -99,12 +110,18 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a command that does start writes its default output here
 
 
+def test_every_command_is_fuzzed():
+    assert {k.split()[0] for k in _leaves()} == set(COMMANDS)
+
+
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_hostile_values_for_the_first_options(name):
-    params = [p for p in _options(name) if not getattr(p, "is_flag", False)][:3]
-    for p in params:
-        for value in HOSTILE[:4]:
-            _call([name, *_argv(p, value)], budget=3.0)
+    for key, (prefix, params) in _leaves().items():
+        if key.split()[0] != name:
+            continue
+        for p in [p for p in params if not getattr(p, "is_flag", False)][:3]:
+            for value in HOSTILE[:4]:
+                _call([*prefix, *_argv(p, value)], budget=3.0)
 
 
 _VALUES = st.one_of(
@@ -120,10 +137,10 @@ _VALUES = st.one_of(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_fuzz_every_option_of_every_command(data):
-    name = data.draw(st.sampled_from(sorted(COMMANDS)), label="command")
-    params = _options(name)
+    leaves = _leaves()
+    prefix, params = leaves[data.draw(st.sampled_from(sorted(leaves)), label="command")]
     chosen = data.draw(st.lists(st.sampled_from(params), min_size=1, max_size=3, unique_by=lambda p: p.name), label="params")
-    argv = [name]
+    argv = list(prefix)
     for p in chosen:
         argv += _argv(p, data.draw(_VALUES, label=p.name))
     _call(argv)
