@@ -181,6 +181,21 @@ def _check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
                 raise CramError(f"{path}: tensor {name} holds NaN or inf; the checkpoint cannot be used")
 
 
+def peek_step(path: str | os.PathLike) -> int | None:
+    """The ``step`` a checkpoint's header claims, read without verifying the file (None when the
+    header cannot be read). For bookkeeping only; load with :func:`read_checkpoint`."""
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if n > 100_000_000:
+                return None
+            header = json.loads(fh.read(n))
+        step = json.loads(header["__metadata__"][META_KEY]).get("step")
+        return int(step) if isinstance(step, int) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        return None
+
+
 def verify_checkpoint(path: str | os.PathLike) -> None:
     """Raise one :class:`CramError` line if the checkpoint at ``path`` fails any integrity check."""
     read_checkpoint(path)

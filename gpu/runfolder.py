@@ -258,8 +258,12 @@ class RunFolder:
 
     def begin_resume(self, evaluations: list[dict[str, Any]], step: int) -> None:
         """Rewrite metrics.jsonl to hold exactly the checkpoint's ``evaluations`` (the log then
-        continues from ``step``) plus earlier event lines; when this resume changed settings,
-        append an event line recording the changes and how many later evaluations it replaces."""
+        continues from ``step``) plus earlier event lines.
+
+        When this resume changed settings, the run's future differs from what the folder holds
+        beyond ``step``: kept checkpoints of later steps and summary.json are moved into
+        ``replaced-<time>/`` (never deleted), and an event line records the changes, how many
+        later evaluations the new ones replace and where the files went."""
         path = runs.metrics_path(self.path)
         old: list[dict[str, Any]] = []
         if path.is_file():
@@ -271,13 +275,28 @@ class RunFolder:
                     if isinstance(rec, dict):
                         old.append(rec)
         events = [r for r in old if runs.is_event(r) and _num(r.get("step"), 0) <= step]
-        dropped = sum(1 for r in old if not runs.is_event(r) and _num(r.get("step"), 0) > step)
+        dropped = [r for r in old if not runs.is_event(r) and _num(r.get("step"), 0) > step]
         records = _merge_by_step(evaluations, events)
+        if self.changes:
+            from cramkit.gpu.checkpoint import peek_step
+
+            later = [p for p in runs.kept_checkpoints(self.path) if _checkpoint_step(p) > step]
+            last, summary = runs.last_checkpoint(self.path), self.path / runs.SUMMARY
+            if last.is_file() and (peek_step(last) or 0) > step:
+                later.append(last)  # else a kill before the next save would resume the old future
+            stale = later + ([summary] if summary.is_file() else [])
+            moved = self._move_aside(stale) if stale else None
+            if dropped:
+                moved = moved or self._move_aside([])
+                append_jsonl(moved / runs.METRICS, {"event": "replaced", "records": len(dropped)})
+                for rec in dropped:
+                    append_jsonl(moved / runs.METRICS, rec)
         atomic_write_text(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
         if self.changes:
             self.append_event({"event": "resume", "step": step,
                                "changed": {k: list(v) for k, v in self.changes.items()},
-                               "replaced_evaluations": dropped})  # fmt: skip
+                               "replaced_evaluations": len(dropped),
+                               "moved_to": moved.name if moved is not None else None})  # fmt: skip
 
     def save_checkpoint(self, step: int, model, optimizer, meta: dict[str, Any], *, keep: bool) -> Path:
         """Save the checkpoint of ``step``: the kept copy first (when ``keep``), then last.safetensors
@@ -329,6 +348,8 @@ class RunFolder:
         remove_stale_temps(self.path / runs.CHECKPOINTS)
 
     def _move_aside(self, existing: list[Path]) -> Path:
+        """Move ``existing`` (files or folders of this run folder) into a new ``replaced-<time>/``,
+        keeping their paths relative to the run folder."""
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         dest = self.path / f"{runs.REPLACED_PREFIX}{stamp}"
         n = 1
@@ -338,8 +359,16 @@ class RunFolder:
         with os_errors(f"moving the earlier run in {self.path} aside"):
             dest.mkdir()
             for p in existing:
-                os.replace(p, dest / p.name)
+                target = dest / p.relative_to(self.path)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(p, target)
         return dest
+
+
+def _checkpoint_step(path: Path) -> int:
+    """The step in a kept checkpoint's name (``step_0000040.safetensors`` -> 40; -1 if none)."""
+    digits = path.name[len("step_") :].split(".")[0]
+    return int(digits) if digits.isdigit() else -1
 
 
 def _acquire_lock(out: Path) -> int:

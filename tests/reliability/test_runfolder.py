@@ -109,17 +109,30 @@ def test_resume_with_an_allowed_change_is_applied_and_recorded(tmp_path):
     out = tmp_path / "r"
     with RunFolder.open(out, CFG) as f:
         _fake_run(f, step=4)
-        f.append_metrics({"step": 8, "rho_q": 0.5})  # an evaluation after the checkpoint
+        f.save_checkpoint(8, torch.nn.Linear(2, 2), None, {"step": 8}, keep=True)  # the old future
+        f.append_metrics({"step": 8, "rho_q": 0.5})  # an evaluation after the resumed checkpoint
+        (out / runs.SUMMARY).write_text('{"step": 8}')
     new = _cfg(lr=0.0015, steps=200)
     with RunFolder.open(out, new, resume=True) as f:
         assert f.changes == {"train.lr": (0.003, 0.0015), "train.steps": (100, 200)}
         f.begin_resume([{"step": 0, "rho_q": 1.0}], 4)
     assert (out / runs.CONFIG).read_text() == new
     lines = [json.loads(x) for x in (out / runs.METRICS).read_text().splitlines()]
+    moved = lines[-1]["moved_to"]
     assert lines == [{"step": 0, "rho_q": 1.0},
                      {"event": "resume", "step": 4, "changed": {"train.lr": [0.003, 0.0015], "train.steps": [100, 200]},
-                      "replaced_evaluations": 1}]  # fmt: skip
+                      "replaced_evaluations": 1, "moved_to": moved}]  # fmt: skip
     assert runs.evaluations(lines) == [{"step": 0, "rho_q": 1.0}]
+    # what the old trajectory held beyond step 4 is kept aside, not discarded
+    aside = out / moved
+    assert [p.name for p in runs.kept_checkpoints(aside)] == ["step_0000008.safetensors"]
+    assert [p.name for p in runs.kept_checkpoints(out)] == ["step_0000004.safetensors"]
+    assert read_checkpoint(aside / runs.LAST)[1]["step"] == 8 and not (out / runs.LAST).exists()
+    with RunFolder.open(out, new, resume=True) as f:  # a kill now resumes from step 4, not 8
+        assert f.last_good_checkpoint() == f.checkpoint_paths(4)[1]
+    assert (aside / runs.SUMMARY).read_text() == '{"step": 8}' and not (out / runs.SUMMARY).exists()
+    old_lines = [json.loads(x) for x in (aside / runs.METRICS).read_text().splitlines()]
+    assert runs.evaluations(old_lines) == [{"step": 8, "rho_q": 0.5}]
 
 
 def test_a_plain_resume_leaves_exactly_the_checkpoint_evaluations(tmp_path):
