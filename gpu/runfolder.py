@@ -158,6 +158,16 @@ class RunFolder:
             raise
         return folder
 
+    @staticmethod
+    def saved_config(out: str | os.PathLike) -> str | None:
+        """The config.toml text of the run in ``out`` (None when there is none): what
+        ``cram train --resume DIR --set ...`` applies its overrides to."""
+        path = Path(out) / runs.CONFIG
+        if not path.is_file():
+            return None
+        with os_errors(f"reading {path}"):
+            return path.read_text(encoding="utf-8")
+
     def _open_new(self, config_toml: str, overwrite: bool) -> None:
         existing = self.run_files()
         if existing and not overwrite:
