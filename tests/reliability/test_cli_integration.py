@@ -70,11 +70,15 @@ def test_resume_of_a_corrupt_last_checkpoint_is_one_line(finished, tmp_path):
 
 
 @NEEDS_WIRING
-def test_a_new_run_in_a_folder_with_a_run_is_refused(finished):
-    before = (finished / runs.METRICS).read_text()
-    line = _one_line_error(_train(*_sets(), "--out", str(finished)))
+def test_a_new_run_in_a_folder_with_a_run_is_refused(finished, tmp_path):
+    import shutil
+
+    out = tmp_path / "r"
+    shutil.copytree(finished, out)
+    before = (out / runs.METRICS).read_text()
+    line = _one_line_error(_train(*_sets(), "--out", str(out)))
     assert "already holds a run" in line and "--resume" in line and "--overwrite" in line
-    assert (finished / runs.METRICS).read_text() == before
+    assert (out / runs.METRICS).read_text() == before
 
 
 @NEEDS_WIRING
