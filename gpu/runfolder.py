@@ -143,6 +143,8 @@ class RunFolder:
         if resume and overwrite:
             raise CramError("--resume continues the run in the folder and --overwrite replaces it; give one")
         out = Path(out)
+        if resume and not out.is_dir():
+            raise CramError(f"nothing to resume: {out} does not exist")
         new_cfg = _parse_toml(config_toml, "the run config")
         with os_errors(f"creating the run folder {out}"):
             out.mkdir(parents=True, exist_ok=True)

@@ -204,6 +204,12 @@ def test_resume_hint_is_followable(tmp_path):
         assert opt in r.output
 
 
+def test_resume_of_a_missing_folder_creates_nothing(tmp_path):
+    with pytest.raises(CramError, match="nothing to resume: .* does not exist"):
+        RunFolder.open(tmp_path / "nope", CFG, resume=True)
+    assert not (tmp_path / "nope").exists()
+
+
 def test_resume_and_overwrite_exclude_each_other(tmp_path):
     with pytest.raises(CramError, match="give one"):
         RunFolder.open(tmp_path, CFG, resume=True, overwrite=True)
