@@ -53,6 +53,22 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except CramError as exc:
             raise InputError(str(exc)) from None
+        except OSError as exc:  # a fault no library call mapped: still one line (cramkit.io)
+            from cramkit.io import describe_os_error
+
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            raise InputError(f"{describe_os_error(exc)}{where}") from None
+        except MemoryError:
+            raise InputError("out of memory; use a smaller model, batch or data set") from None
+        except RuntimeError as exc:  # torch's allocator errors (CPU and CUDA) are RuntimeErrors
+            text = str(exc)
+            if "out of memory" not in text.lower() and "can't allocate memory" not in text:
+                raise
+            raise InputError("out of memory (" + text.splitlines()[0][:160] + "); use a smaller model, "
+                             "batch or data set") from None  # fmt: skip
+        except KeyboardInterrupt as exc:  # a subclass may carry how to resume (cramkit.gpu.runfolder)
+            click.echo(f"interrupted{': ' + str(exc) if str(exc) else ''}", err=True)
+            ctx.exit(130)
 
 
 def _module_exists(name: str) -> bool:

@@ -57,3 +57,27 @@ def kept_checkpoints(run_dir: str | Path) -> list[Path]:
     """The kept checkpoints of a run in step order (empty when there are none)."""
     folder = Path(run_dir) / CHECKPOINTS
     return sorted(folder.glob("step_*" + CHECKPOINT_SUFFIX)) if folder.is_dir() else []
+
+
+# --- ownership and event lines (written by ``cramkit.gpu.runfolder``) ---------------------------
+
+#: the lock file a run's owner holds (``fcntl.flock``) for the life of the run
+LOCK = ".lock"
+#: ``--overwrite`` moves an earlier run's files into ``DIR/replaced-<UTC time>/`` (never deletes them)
+REPLACED_PREFIX = "replaced-"
+#: the files and folders that make a folder hold a run
+RUN_FILES = (CONFIG, METRICS, SUMMARY, LAST, CHECKPOINTS, "last.json")
+
+#: an event line in metrics.jsonl (a resume with changed settings, an overwrite) carries this key;
+#: evaluation records never do. Readers that want evaluations skip lines that have it.
+EVENT = "event"
+
+
+def is_event(record: dict) -> bool:
+    """Whether a metrics.jsonl record is an event line rather than an evaluation."""
+    return EVENT in record
+
+
+def evaluations(records: list[dict]) -> list[dict]:
+    """The evaluation records of a metrics log, event lines left out."""
+    return [r for r in records if not is_event(r)]
