@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from cramkit.gpu.config import load_config
-from cramkit.gpu.data import to_tensors, train_world
+from cramkit.gpu.tasks.srcd import to_tensors, train_world
 from cramkit.gpu.build import build_model
 from cramkit.gpu.model import CramAttention, attention_flops
 from cramkit.sim.srcd import generate, split_seeds

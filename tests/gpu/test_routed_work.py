@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from cramkit.gpu.config import load_config
-from cramkit.gpu.data import to_tensors, train_world
+from cramkit.gpu.tasks.srcd import to_tensors, train_world
 from cramkit.gpu.build import build_model
 from cramkit.sim.srcd import generate, split_seeds
 
