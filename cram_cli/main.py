@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "bench": "cramkit.cli.bench:bench",
     "redundancy": "cramkit.cli.redundancy:redundancy",
     "transfer": "cramkit.cli.transfer:transfer",
+    "reproduce": "cramkit.cli.reproduce:reproduce",
 }
 
 
