@@ -127,10 +127,11 @@ def _attention_fall(m: dict) -> tuple[str, V.Verdict, dict]:
 def _gamma(m: dict) -> tuple[str, V.Verdict, dict]:
     a = [h["a"] for h in m["human"]]
     m["human_a_min"], m["human_a_max"] = (min(a), max(a)) if a else (None, None)
+    m["human_sets"] = len(a)
     bound = " (at a bound of the fit)" if m["gamma_at_bound"] else ""
     fig = (f"best model {m['best_model']}; {m['primary_model']} γ = {_f(m['gamma'])}{_ci(m['gamma_ci'])}{bound}, "
            f"{m['resamples']} bootstrap resamples; curve {'sharp' if m['sharp'] else 'not sharp'}; human savings data "
-           f"(cram's power fits, {len(a)} sets): a = {_f(m['human_a_min'])}–{_f(m['human_a_max'])}; seeds "
+           f"(cram's power fits, {m['human_sets']} sets): a = {_f(m['human_a_min'])}–{_f(m['human_a_max'])}; seeds "
            f"{', '.join(str(s) for s in m['seeds'])}")  # fmt: skip
     v = V.gamma_verdict(m["best_model"] in ("M1", "M2"), m["sharp"], m["gamma_ci"], m["gamma_at_bound"], a,
                         m["predicted_gamma"])  # fmt: skip
