@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cramkit.errors import CramError
 from cramkit.gpu.reproduce.claims import CLAIM_IDS, claim
 from cramkit.gpu.reproduce.report import ReproduceResult, assess
 from cramkit.gpu.reproduce.scales import SCALES, Scale, get_scale
 from cramkit.gpu.reproduce.steps import GPT2_ENV, STEPS, Context, Step
+
+from cramkit.errors import CramError
 from cramkit.io import atomic_write_json, atomic_write_text
 from cramkit.jsonable import dumps, to_jsonable
 from cramkit.progress import Progress, report_to
@@ -92,7 +93,7 @@ def run(config: ReproduceConfig, progress: Progress | None = None, *,
     """Run (or reuse) the steps of ``config.claims`` and write the report; see the module doc.
     ``steps`` replaces the step table (tests)."""
     table = STEPS if steps is None else steps
-    scale = get_scale(config.scale) if config.scale != "tiny" else SCALES["tiny"]
+    scale = SCALES[config.scale]
     gpt2 = config.gpt2 or os.environ.get(GPT2_ENV) or None
     out = Path(config.out)
     try:

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cramkit import runs as R
 from cramkit.gpu.reproduce.scales import Scale
+
+from cramkit import runs as R
 from cramkit.io import atomic_write_text
-from cramkit.progress import Progress, report_to
 
 GPT2_ENV = "CRAM_GPT2_DIR"
 
@@ -242,8 +242,9 @@ def _redundancy_config(ctx: Context):
 
 def _gpt2(ctx: Context) -> dict[str, Any]:
     """``cram redundancy GPT2_DIR`` when a local GPT-2 folder was given, else why not."""
-    from cramkit.errors import CramError
     from cramkit.gpu.redundancy import measure_path
+
+    from cramkit.errors import CramError
 
     if not ctx.gpt2:
         return {"measured": False, "reason": f"no local GPT-2: give --gpt2 DIR or set {GPT2_ENV} (weights are never downloaded)"}
@@ -307,6 +308,8 @@ def compute_step(ctx: Context) -> dict[str, Any]:
     when present."""
     from cramkit.gpu.bench import bench_kernels, count_cases, default_t_values
 
+    from cramkit.errors import CramError
+
     kw = dict(ctx.scale.bench)
     kw.setdefault("t_values", None)
     done = []
@@ -329,8 +332,10 @@ def compute_step(ctx: Context) -> dict[str, Any]:
            "bench_model_reason": "not measured: needs cram bench model"}  # fmt: skip
     fn = _bench_model()
     if fn is not None:
-        out["bench_model"] = fn()
-        out["bench_model_reason"] = None
+        try:
+            out["bench_model"], out["bench_model_reason"] = fn(), None
+        except (TypeError, CramError) as exc:
+            out["bench_model_reason"] = f"not measured: cram bench model could not run ({exc})"
     return out
 
 
@@ -371,10 +376,3 @@ STEPS: Mapping[str, Step] = {
     "redundancy": Step("redundancy", _scale_and_gpt2, redundancy_step),
     "compute": Step("compute", _settings("bench"), compute_step),
 }
-
-
-def bound_progress(progress: Progress | None, stage: str) -> Callable[[float, float], None]:
-    """``tick(done, total)`` reporting under ``stage``."""
-    p = report_to(progress)
-    return lambda done, total: p(stage, done, total)
-

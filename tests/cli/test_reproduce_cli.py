@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from cramkit.cli.main import cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gpu"))

@@ -10,11 +10,11 @@ import re
 from pathlib import Path
 
 import pytest
-
-from cramkit.errors import CramError
 from cramkit.gpu.reproduce import ReproduceConfig, run
 from cramkit.gpu.reproduce.claims import CLAIM_IDS
 from cramkit.gpu.reproduce.steps import STEPS, Step
+
+from cramkit.errors import CramError
 
 # ------------------------------------------------------------------------------------------------
 # synthetic measured dicts, shaped like the adapters' output
