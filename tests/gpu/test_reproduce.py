@@ -302,3 +302,24 @@ def test_ensure_run_resumes_an_interrupted_training_and_reuses_a_finished_one(tm
     ensure_run(run_dir, other, lambda d, t: None)
     assert calls == [run_dir, None], "a run of another configuration was resumed instead of restarted"
     assert 'name = "random"' in (run_dir / "config.toml").read_text()
+
+
+@pytest.mark.slow
+def test_the_real_steps_at_the_tiny_scale_end_to_end_with_the_png(tmp_path, monkeypatch):
+    """Every real adapter once (about a minute on 2 cores): cram train, eval, fit-gamma, transfer,
+    bound, bench and redundancy at toy sizes; then a rerun is all cache."""
+    from click.testing import CliRunner
+
+    from cramkit.cli.main import cli
+
+    monkeypatch.delenv("CRAM_GPT2_DIR", raising=False)
+    out = tmp_path / "tiny"
+    res = CliRunner().invoke(cli, ["reproduce", "--scale", "tiny", "--out", str(out), "--json", "--quiet"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert [c["id"] for c in data["claims"]] == list(CLAIM_IDS)
+    assert all(c["measured"] is not None for c in data["claims"])
+    assert {c["id"]: c["verdict"] for c in data["claims"]}["redundancy"] == "not measured"
+    assert numbers_not_in_json((out / "report.md").read_text(), data) == []
+    again = CliRunner().invoke(cli, ["reproduce", "--scale", "tiny", "--out", str(out), "--json", "--quiet"])
+    assert all(c["cached"] for c in json.loads(again.output)["claims"])
