@@ -31,12 +31,16 @@ class Outcome:
     command: str
     cached: bool = False
     seconds: float | None = None
+    #: when the step finished and the 1-minute load average then (from the step's cache file)
+    finished: str | None = None
+    load_end: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.claim.id, "paper": self.claim.paper, "definition": self.claim.definition,
                 "commands": list(self.claim.commands), "command": self.command, "measured": self.measured,
                 "figure": self.figure, "verdict": self.verdict.verdict, "reason": self.verdict.reason,
-                "thresholds": self.thresholds, "cached": self.cached, "seconds": self.seconds}  # fmt: skip
+                "thresholds": self.thresholds, "cached": self.cached, "seconds": self.seconds,
+                "finished": self.finished, "load_end": self.load_end}  # fmt: skip
 
 
 def _f(x: float | None, nd: int = 3) -> str:
@@ -199,14 +203,14 @@ ASSESSORS = {
 
 
 def assess(claim: Claim, measured: dict | None, command: str, *, cached: bool = False,
-           seconds: float | None = None) -> Outcome:
+           seconds: float | None = None, finished: str | None = None, load_end: float | None = None) -> Outcome:
     """The report row of ``claim`` from its measured dict (None: the step was not run)."""
     if measured is None:
         verdict = V.Verdict(V.NOT_MEASURED, "not run in this reproduction (see --only)")
         return Outcome(claim, None, verdict, "not run", {}, command, cached, seconds)
     measured = dict(measured)
     figure, verdict, thresholds = ASSESSORS[claim.id](measured)
-    return Outcome(claim, measured, verdict, figure, thresholds, command, cached, seconds)
+    return Outcome(claim, measured, verdict, figure, thresholds, command, cached, seconds, finished, load_end)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,7 +237,12 @@ class ReproduceResult(Result):
         from cramkit.jsonable import to_jsonable
 
         return to_jsonable({"scale": self.scale, "out": self.out, "machine": self.machine, "wall_s": self.wall_s,
-                            "claims": [o.to_json() for o in self.outcomes]})  # fmt: skip
+                            "steps_seconds": self.steps_seconds, "claims": [o.to_json() for o in self.outcomes]})  # fmt: skip
+
+    @property
+    def steps_seconds(self) -> float:
+        """Seconds the measured steps took when they ran (over every invocation that ran one)."""
+        return sum(o.seconds or 0.0 for o in self.outcomes)
 
     def markdown(self) -> str:
         """report.md: the verdict table, then each claim's reason."""
@@ -244,7 +253,8 @@ class ReproduceResult(Result):
             f"Written by `cram reproduce --scale {self.scale}` on {mc.get('date', '?')} on {mc.get('platform', '?')} "
             f"({mc.get('cpus', '?')} CPUs, {mc.get('gpu') or 'no GPU'}; Python {mc.get('python', '?')}, torch "
             f"{mc.get('torch', '?')}); load average {mc.get('load_start', '?')} at the start and "
-            f"{mc.get('load_end', '?')} at the end; wall time {self.wall_s:.0f} s. Every figure in the table is read "
+            f"{mc.get('load_end', '?')} at the end of this invocation ({self.wall_s:.0f} s); the steps took "
+            f"{self.steps_seconds:.0f} s in all when they ran. Every figure in the table is read "
             "from report.json, which holds what each step measured; the verdicts are computed by the rules in "
             "`cramkit.gpu.reproduce.verdicts` (docs/reproduce.md).",
             "",
@@ -254,7 +264,8 @@ class ReproduceResult(Result):
         for o in self.outcomes:
             lines.append(f"| {o.claim.id} | {_cell(o.claim.paper)} | {_cell(o.claim.definition)} | {_cell(o.figure)} | "
                          f"**{o.verdict.verdict}** | `{o.command}` |")  # fmt: skip
-        lines += ["", "## Why each verdict", ""]
+        lines += ["", "To measure a row again, delete `steps/<claim>.json` in the output folder and run its command.",
+                  "", "## Why each verdict", ""]  # fmt: skip
         for o in self.outcomes:
             lines.append(f"- **{o.claim.id}: {o.verdict.verdict}.** {o.verdict.reason}.")
         lines += ["", "Commands each step's library calls stand for:", ""]

@@ -114,7 +114,9 @@ def run(config: ReproduceConfig, progress: Progress | None = None, *,
             start = time.perf_counter()
             measured = to_jsonable(step.run(ctx))
             cached = {"claim": cid, "key": key, "settings": to_jsonable(step.settings(scale, gpt2)),
-                      "seconds": time.perf_counter() - start, "measured": measured, "fresh": True}  # fmt: skip
+                      "seconds": time.perf_counter() - start, "load_end": round(os.getloadavg()[0], 2),
+                      "finished": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                      "measured": measured, "fresh": True}  # fmt: skip
             atomic_write_json(path, {k: v for k, v in cached.items() if k != "fresh"})
             tick(cid, 1, 1)
         elif cached is not None and cid in config.claims:
@@ -122,7 +124,9 @@ def run(config: ReproduceConfig, progress: Progress | None = None, *,
         measured = cached["measured"] if cached else None
         outcomes.append(assess(claim(cid), measured, _command(config.scale, cid),
                                cached=bool(cached) and not cached.get("fresh"),
-                               seconds=cached.get("seconds") if cached else None))  # fmt: skip
+                               seconds=cached.get("seconds") if cached else None,
+                               finished=cached.get("finished") if cached else None,
+                               load_end=cached.get("load_end") if cached else None))  # fmt: skip
     machine["load_end"] = round(os.getloadavg()[0], 2)
     result = ReproduceResult(config.scale, str(out), outcomes, machine, time.perf_counter() - t0)
     write_report(result, out)

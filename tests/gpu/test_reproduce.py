@@ -309,7 +309,6 @@ def test_the_real_steps_at_the_tiny_scale_end_to_end_with_the_png(tmp_path, monk
     """Every real adapter once (about a minute on 2 cores): cram train, eval, fit-gamma, transfer,
     bound, bench and redundancy at toy sizes; then a rerun is all cache."""
     from click.testing import CliRunner
-
     from cramkit.cli.main import cli
 
     monkeypatch.delenv("CRAM_GPT2_DIR", raising=False)
