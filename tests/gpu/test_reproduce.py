@@ -322,3 +322,31 @@ def test_the_real_steps_at_the_tiny_scale_end_to_end_with_the_png(tmp_path, monk
     assert numbers_not_in_json((out / "report.md").read_text(), data) == []
     again = CliRunner().invoke(cli, ["reproduce", "--scale", "tiny", "--out", str(out), "--json", "--quiet"])
     assert all(c["cached"] for c in json.loads(again.output)["claims"])
+
+
+@pytest.mark.parametrize("name", ["tiny", "quick", "full"])
+def test_every_scale_builds_valid_library_configs(name, tmp_path):
+    """The full scale is not run in the tests: at least every config it would hand the library
+    must validate (train, transfer, bound, redundancy), and bench's keywords must be known."""
+    import inspect
+
+    from cramkit.gpu.bench import bench_kernels
+    from cramkit.gpu.redundancy import RedundancyConfig
+    from cramkit.gpu.reproduce.scales import SCALES
+    from cramkit.gpu.reproduce.steps import run_config
+    from cramkit.gpu.transfer import TransferConfig
+    from cramkit.sim.bound import BoundConfig
+
+    scale = SCALES[name]
+    for router in ("cram", *scale.baselines):
+        for seed in scale.seeds:
+            cfg = run_config(scale, router=router, seed=seed)
+            assert (cfg.router.name, cfg.train.seed, cfg.srcd.world_seed) == (router, seed, seed)
+    assert run_config(scale).train.steps == {"tiny": 30, "quick": 1500, "full": 20000}[name]
+    text = run_config(scale, preset="text", sets=(*scale.text_sets, f'text.data="{tmp_path}/x.txt"'))
+    assert text.task == "text"
+    TransferConfig(**scale.transfer)
+    BoundConfig(**scale.bound)
+    RedundancyConfig(**scale.redundancy)
+    assert set(scale.bench) <= set(inspect.signature(bench_kernels).parameters)
+    assert set(scale.fit["models"]) <= {f"M{i}" for i in range(1, 9)} and scale.fit["resamples"] >= 0
