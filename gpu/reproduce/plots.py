@@ -17,12 +17,15 @@ def _attention_fall(ax, m: dict) -> None:
 
 
 def _accuracy_budget(ax, m: dict) -> None:
+    labels: dict[tuple[float, float], list[str]] = {}
     for split, marker in (("iid", "o"), ("fresh", "x")):
         for router, p in m.get("pooled", {}).get(split, {}).items():
             if p["acc"] is None or p["rho_q"] is None:
                 continue
             ax.scatter([p["rho_q"]], [p["acc"]], marker=marker)
-            ax.annotate(f"{router} ({split})", (p["rho_q"], p["acc"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            labels.setdefault((p["rho_q"], p["acc"]), []).append(f"{router} ({split})")
+    for (x, y), names in labels.items():  # routers on the same point share one label
+        ax.annotate(", ".join(names), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if m.get("floor_rho_q") is not None:
         ax.axvline(m["floor_rho_q"], color="k", ls=":", lw=1, label="floor m_e/n_q")
         ax.legend(fontsize=7)

@@ -166,7 +166,8 @@ def _redundancy(m: dict) -> tuple[str, V.Verdict, dict]:
     else:
         gtxt = f"GPT-2: not measured ({g['reason']})"
     traj = t["trajectory"]
-    ttxt = ", ".join(f"step {r['step']}: {_f(r['headline'])}{_ci(r['headline_ci'])}" for r in traj)
+    ttxt = ", ".join(f"step {r['step']}: {_f(r['headline'])}{_ci(r['headline_ci'])}"
+                     + ("" if r["budget_binding"] else " (budget does not bind)") for r in traj)  # fmt: skip
     fig = (f"{gtxt}; small byte-level model trained here (bits per byte {_f(t['bpb'], 2)}), headline over training: "
            f"{ttxt}; trend {_f(t['trend'])} per checkpoint")  # fmt: skip
     v = V.redundancy_verdict(g["measured"], g.get("reason", ""), g.get("ci"), g.get("budget_binding"))
