@@ -15,7 +15,8 @@ import json
 import os
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from cramkit.progress import Progress, report_to
 CACHE_VERSION = 1
 STEPS_DIR = "steps"
 REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "report.png"
+LOCK = ".lock"
 
 
 @dataclass(frozen=True)
@@ -88,18 +90,36 @@ def _command(scale: str, cid: str) -> str:
     return f"cram reproduce --scale {scale} --only {cid}"
 
 
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold ``out/.lock`` for the run: two reproductions writing one folder would train the same
+    runs at once."""
+    import fcntl
+
+    with open(out / LOCK, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CramError(f"another cram reproduce is writing to {out}; wait for it or choose another --out") from None
+        yield
+
+
 def run(config: ReproduceConfig, progress: Progress | None = None, *,
         steps: Mapping[str, Step] | None = None) -> ReproduceResult:
     """Run (or reuse) the steps of ``config.claims`` and write the report; see the module doc.
     ``steps`` replaces the step table (tests)."""
-    table = STEPS if steps is None else steps
-    scale = SCALES[config.scale]
-    gpt2 = config.gpt2 or os.environ.get(GPT2_ENV) or None
     out = Path(config.out)
     try:
         (out / STEPS_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CramError(f"cannot create the output folder {out}: {exc.strerror}") from None
+    with _locked(out):
+        return _run(config, out, progress, STEPS if steps is None else steps)
+
+
+def _run(config: ReproduceConfig, out: Path, progress: Progress | None, table: Mapping[str, Step]) -> ReproduceResult:
+    scale = SCALES[config.scale]
+    gpt2 = config.gpt2 or os.environ.get(GPT2_ENV) or None
     tick = report_to(progress)
     machine = machine_info()
     t0 = time.perf_counter()

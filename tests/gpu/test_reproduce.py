@@ -184,6 +184,18 @@ def test_only_runs_the_named_claims_and_keeps_the_rest_from_the_cache(tmp_path):
     assert measured == {"gamma", "compute", "static-bound", "transfer"}
 
 
+def test_a_second_reproduction_into_the_same_folder_is_refused(tmp_path):
+    import fcntl
+
+    out = tmp_path / "repro"
+    out.mkdir()
+    with open(out / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process holds it
+        with pytest.raises(CramError, match="another cram reproduce"):
+            run(_cfg(tmp_path), steps=FakeSteps().table())
+    run(_cfg(tmp_path), steps=FakeSteps().table())  # released: runs
+
+
 @pytest.mark.parametrize("only", [("nope",), ("gamma", "gamma")])
 def test_bad_only_is_one_error(tmp_path, only):
     with pytest.raises(CramError):
