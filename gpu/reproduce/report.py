@@ -269,6 +269,15 @@ class ReproduceResult(Result):
                   "", "## Why each verdict", ""]  # fmt: skip
         for o in self.outcomes:
             lines.append(f"- **{o.claim.id}: {o.verdict.verdict}.** {o.verdict.reason}.")
+        lines += ["", "## When each row was measured", ""]
+        for o in self.outcomes:
+            if o.measured is None:
+                lines.append(f"- {o.claim.id}: not run")
+                continue
+            when = o.finished or "an earlier run (time not recorded)"
+            took = f"in {o.seconds:.0f} s" if o.seconds is not None else ""
+            load = f", 1-minute load average {o.load_end} at its end" if o.load_end is not None else ""
+            lines.append(f"- {o.claim.id}: {when} {took}{load}")
         lines += ["", "Commands each step's library calls stand for:", ""]
         for o in self.outcomes:
             lines.append(f"- {o.claim.id}: " + ", ".join(f"`{c}`" for c in o.claim.commands))
