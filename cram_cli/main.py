@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "redundancy": "cramkit.cli.redundancy:redundancy",
     "transfer": "cramkit.cli.transfer:transfer",
     "generate": "cramkit.cli.generate:generate",
+    "reproduce": "cramkit.cli.reproduce:reproduce",
 }
 
 
