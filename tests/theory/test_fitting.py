@@ -25,7 +25,7 @@ from cramkit.theory.fit.uncertainty import (
 )
 from cramkit.theory.transition import transition_analysis
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 
 
 # --- NIST StRD Misra1a: y = b1 (1 - exp(-b2 x)) is M3 with E0 fixed at 0 -------------------
