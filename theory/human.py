@@ -1,4 +1,5 @@
-"""Human forgetting data bundled with cram (SPEC §10), and the tool's own fits of it.
+"""Human forgetting data bundled with cram (docs/fit-gamma.md, "Human reference data"), and the
+tool's own fits of it.
 
 The files in ``theory/data/`` carry their citation and licence in ``#`` header lines and in
 ``human.json``. Each data set is savings on relearning against the retention interval (t in
@@ -14,12 +15,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
 import numpy as np
 
 from cramkit.errors import CramError
+from cramkit.result import Result
 from cramkit.theory.fit.data import CurveData, make_gaussian
 
 ANALOGY_NOTE = ("Human exponents measure savings on relearning against the retention delay; "
@@ -88,3 +91,29 @@ def fit_power(name: str) -> dict:
 def human_reference() -> list[dict]:
     """:func:`fit_power` for every bundled data set."""
     return [fit_power(n) for n in human_names()]
+
+
+@dataclass
+class HumanCatalogue(Result):
+    """``cram fit-gamma --list-human``: every bundled data set with what it measures."""
+
+    rows: list[dict]
+
+    name = "the human data catalogue"
+
+    def to_json(self) -> dict:
+        return {"human": self.rows}
+
+    def report(self) -> str:
+        out = []
+        for r in self.rows:
+            out += [f"{r['name']}: {r['title']}", f"    measures: {r['measure']}",
+                    f"    source: {r['citation']} ({r['licence']})"]
+        out.append("Every one is savings on relearning against the retention delay, a different "
+                   "quantity from gamma: comparing them is an analogy, not evidence.")
+        return "\n".join(out)
+
+
+def catalogue() -> HumanCatalogue:
+    """The bundled human data sets (:func:`human_info` of each)."""
+    return HumanCatalogue([human_info(n) for n in human_names()])

@@ -87,11 +87,11 @@ def test_h12c_fitted_gamma_of_the_exact_curve(alpha, K):
 
 @pytest.mark.parametrize("K,sharp", [(3, False), (10, True)])
 def test_uniform_recurrence_sharpness_verdict(K, sharp):
-    from cramkit.theory.fit.analysis import fit_gamma
+    from cramkit.theory.fit.analysis import CountModelSpec, FitConfig, run
 
-    res = fit_gamma(count_model={"alpha": 0.0, "K": K, "P": 10**4}, resamples=0,
-                    with_human=False, models=["M1", "M2", "M5", "M6"])
-    tr = res["transition"]
+    res = run(FitConfig(count_model=CountModelSpec(alpha=0.0, K=K, P=10**4), resamples=0,
+                        with_human=False, models=("M1", "M2", "M5", "M6")))
+    tr = res.to_json()["transition"]
     assert tr["sharp"] is sharp
     assert tr["W"] == pytest.approx(uniform_width(K), abs=0.05)
     # t_c sits near N = K P (the step of F_K(N/P))

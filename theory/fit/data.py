@@ -4,12 +4,14 @@ A :class:`CurveData` is either *binomial* (``k`` attended of ``n`` probe queries
 fitted by maximum likelihood) or *Gaussian* (values ``y`` only, optionally with standard
 deviations, fitted by least squares). Readers accept
 
-* a ``cram train`` run directory or its ``metrics.jsonl`` (fields ``step``, ``exposures``,
-  ``cum_lr``, ``rec_attended``, ``rec_total``, ``rho_q``),
+* a ``cram train`` run directory or its ``metrics.jsonl`` (the schema of
+  :data:`cramkit.runs.METRICS_FIELDS`: a time field of :data:`cramkit.runs.TIME_FIELDS`, and
+  ``rec_attended``/``rec_total`` or ``rho_q``),
 * a CSV with a header ``t,k,N`` or ``t,E`` (an optional ``sigma`` column gives standard
   deviations for ``t,E``; lines starting with ``#`` are comments).
 
-Every problem with the input raises :class:`~theory.errors.CramError` with one sentence.
+Text is read as UTF-8 with or without a byte-order mark, with LF or CRLF line ends. Every
+problem with the input raises :class:`~cramkit.errors.CramError` with one sentence.
 """
 
 from __future__ import annotations
@@ -23,10 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from cramkit import runs
 from cramkit.errors import CramError
 
-TIME_UNITS = {"step": "optimizer steps", "exposures": "exposures per pattern",
-              "cum_lr": "cumulative learning rate"}
+#: the time axes of a metrics.jsonl record, with the unit the report prints
+TIME_UNITS = dict(zip(runs.TIME_FIELDS, ("optimizer steps", "exposures per pattern",
+                                         "cumulative learning rate")))
+ATTENDED, TOTAL, RHO_Q = "rec_attended", "rec_total", "rho_q"  # keys of runs.METRICS_FIELDS
+assert {ATTENDED, TOTAL, RHO_Q} <= set(runs.METRICS_FIELDS)
 
 
 @dataclass
@@ -127,17 +133,26 @@ def read_curve(path: str | Path, *, time: str = "step") -> CurveData:
     """Read a run directory, a ``metrics.jsonl`` or a CSV into :class:`CurveData`."""
     path = Path(path)
     if path.is_dir():
-        path = path / "metrics.jsonl"
+        path = runs.metrics_path(path)
     if not path.exists():
         raise CramError(f"{path}: no such file")
     if not path.is_file():
         raise CramError(f"{path}: not a regular file")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = read_text(path)
     if not text.strip():
         raise CramError(f"{path}: the file is empty")
     if path.suffix.lower() in (".jsonl", ".json"):
         return _read_metrics(text, str(path), time)
     return _read_csv(text, str(path))
+
+
+def read_text(path: Path) -> str:
+    """A text file as str: UTF-8 with or without a byte-order mark (undecodable bytes replaced);
+    an OS error is one line."""
+    try:
+        return path.read_bytes().decode("utf-8-sig", errors="replace")
+    except OSError as exc:
+        raise CramError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def _read_metrics(text: str, name: str, time: str) -> CurveData:
@@ -156,23 +171,23 @@ def _read_metrics(text: str, name: str, time: str) -> CurveData:
         if not isinstance(rec, dict):
             raise CramError(f"{name}: line {i + 1} is not a JSON object")
         records.append(rec)
-    evals = [r for r in records if "rec_attended" in r or "rho_q" in r]
+    evals = [r for r in records if ATTENDED in r or RHO_Q in r]
     if not evals:
         raise CramError(f"{name}: no evaluation records (need rec_attended/rec_total or rho_q)")
     if any(time not in r for r in evals):
         raise CramError(f"{name}: an evaluation record has no {time!r} field (choose --time)")
     t = np.array([_num(r[time], name, time) for r in evals])
-    has_counts = all("rec_attended" in r and "rec_total" in r for r in evals)
+    has_counts = all(ATTENDED in r and TOTAL in r for r in evals)
     if has_counts:
-        k = np.array([_num(r["rec_attended"], name, "rec_attended") for r in evals])
-        n = np.array([_num(r["rec_total"], name, "rec_total") for r in evals])
+        k = np.array([_num(r[ATTENDED], name, ATTENDED) for r in evals])
+        n = np.array([_num(r[TOTAL], name, TOTAL) for r in evals])
         usable = n > 0
         what = "no recurring probe queries (rec_total = 0)"
     else:
         warnings.append(f"{name}: no rec_attended/rec_total counts; fitting rho_q (attention per "
                         "query, recurring and episodic together) by Gaussian least squares")
-        usable = np.array([r.get("rho_q") is not None for r in evals])
-        y = np.array([_num(r["rho_q"], name, "rho_q") if ok else np.nan
+        usable = np.array([r.get(RHO_Q) is not None for r in evals])
+        y = np.array([_num(r[RHO_Q], name, RHO_Q) if ok else np.nan
                       for r, ok in zip(evals, usable)])
         what = "rho_q = null"
     if not np.all(usable):
