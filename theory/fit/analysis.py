@@ -33,7 +33,15 @@ from cramkit.progress import Progress, report_to
 from cramkit.result import Result
 from cramkit.theory.curves import MODEL_NAMES, get_model, tc_numeric
 from cramkit.theory.fit.core import FitResult, fit_model, single_thread_blas
-from cramkit.theory.fit.data import TIME_UNITS, CurveData, make_binomial, pool, read_curve
+from cramkit.theory.fit.data import (
+    MAX_FIT_POINTS,
+    TIME_UNITS,
+    CurveData,
+    bin_log_t,
+    make_binomial,
+    pool,
+    read_curve,
+)
 from cramkit.theory.fit.uncertainty import (
     BootstrapResult,
     bootstrap_runs,
@@ -170,11 +178,16 @@ class _Uncertainty:
     sensitivity: list[dict]
 
 
+def _fit_size(data: CurveData) -> CurveData:
+    """A large input binned in log t (a warning says so); small ones unchanged."""
+    return bin_log_t(data) if len(data) > MAX_FIT_POINTS else data
+
+
 def _load(config: FitConfig) -> _Input:
     """Read the input, apply t_min, and check that several runs are of one kind."""
     runs: list[CurveData] = []
     if config.runs:
-        runs = [read_curve(p, time=config.time) for p in config.runs]
+        runs = [_fit_size(read_curve(p, time=config.time)) for p in config.runs]
         data = runs[0] if len(runs) == 1 else pool(runs)
         source = {"type": "runs", "paths": list(config.runs)}
     elif config.human is not None:

@@ -35,6 +35,13 @@ ATTENDED, TOTAL, RHO_Q = "rec_attended", "rec_total", "rho_q"  # keys of runs.ME
 assert {ATTENDED, TOTAL, RHO_Q} <= set(runs.METRICS_FIELDS)
 
 
+#: the times the fitter handles: its time-scale parameters range over [1e-3 t_min, 1e4 t_max]
+#: and are optimised as logs clipped to [-700, 700] (e^700 ~ 1e304)
+T_RANGE = (1e-300, 1e300)
+#: the largest probe count: beyond 2^53 a float no longer holds every whole number
+MAX_COUNT = 2.0**53
+
+
 @dataclass
 class CurveData:
     """One consolidation curve. ``kind`` is ``"binomial"`` (k of n) or ``"gaussian"`` (y)."""
@@ -73,6 +80,9 @@ def make_binomial(t, k, n, *, name: str = "data", time_unit: str = "t",
         raise CramError(f"{name}: the counts contain NaN or inf")
     if np.any(n <= 0):
         raise CramError(f"{name}: every probe count N must be positive")
+    if np.any(n > MAX_COUNT):
+        raise CramError(f"{name}: a probe count N = {n.max():g} exceeds 2^53 (about 9.0e15), above "
+                        "which counts are not exact in floating point; scale k and N down")
     if np.any(k < 0):
         raise CramError(f"{name}: attended counts k must be non-negative")
     if np.any(k > n):
@@ -104,6 +114,10 @@ def _check_t(t: np.ndarray, name: str, require_increasing: bool) -> None:
         raise CramError(f"{name}: t contains NaN or inf")
     if np.any(t <= 0):
         raise CramError(f"{name}: every time must be positive (log-time models), got t={t.min():g}")
+    if t.min() < T_RANGE[0] or t.max() > T_RANGE[1]:
+        bad = t.min() if t.min() < T_RANGE[0] else t.max()
+        raise CramError(f"{name}: t = {bad:g} is outside [{T_RANGE[0]:g}, {T_RANGE[1]:g}], the range "
+                        "in which the fitter's time scales stay finite; rescale t")
     if require_increasing and np.any(np.diff(t) <= 0):
         i = int(np.argmax(np.diff(t) <= 0))
         raise CramError(f"{name}: t is not strictly increasing (t={t[i]:g} then t={t[i + 1]:g})")
@@ -213,25 +227,20 @@ def _num(v, name: str, key: str) -> float:
 
 
 def _read_csv(text: str, name: str) -> CurveData:
-    rows = [r for r in csv.reader(io.StringIO(
-        "\n".join(ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#"))))]
-    if not rows:
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
         raise CramError(f"{name}: no header line")
-    header = [h.strip() for h in rows[0]]
+    header = [h.strip() for h in next(csv.reader([lines[0]]))]
     low = [h.lower() for h in header]
-    body = rows[1:]
-    if not body:
+    if len(lines) == 1:
         raise CramError(f"{name}: the header is there but there are no data rows")
+    table = _numeric_table(lines[1:], len(header))
 
     def col(key: str) -> np.ndarray:
         j = low.index(key)
-        out = []
-        for i, r in enumerate(body):
-            try:
-                out.append(float(r[j]))
-            except (IndexError, ValueError):
-                raise CramError(f"{name}: row {i + 2}, column {key!r} is not a number") from None
-        return np.array(out)
+        if table is not None:
+            return table[:, j]
+        return _column_slowly(lines[1:], j, key, name)
 
     if "t" not in low:
         raise CramError(f"{name}: the CSV needs a column 't' and either 'k,N' or 'E' (got {header})")
@@ -247,3 +256,60 @@ def _read_csv(text: str, name: str) -> CurveData:
         sigma = col("sigma") if "sigma" in low else None
         return make_gaussian(col("t"), e, sigma, name=name)
     raise CramError(f"{name}: the CSV needs columns 't,k,N' or 't,E' (got {header})")
+
+
+def _numeric_table(body: list[str], width: int) -> np.ndarray | None:
+    """The data rows as a (rows, width) float array, parsed at C speed; None when a row does not
+    parse (then :func:`_column_slowly` finds the row to name in the error)."""
+    try:
+        table = np.loadtxt(body, delimiter=",", dtype=np.float64, ndmin=2, comments=None)
+    except ValueError:
+        return None
+    return table if table.shape[1] == width else None
+
+
+def _column_slowly(body: list[str], j: int, key: str, name: str) -> np.ndarray:
+    out = []
+    for i, r in enumerate(csv.reader(body)):
+        try:
+            out.append(float(r[j]))
+        except (IndexError, ValueError):
+            raise CramError(f"{name}: row {i + 2}, column {key!r} is not a number") from None
+    return np.array(out)
+
+
+# --- large inputs ------------------------------------------------------------------------
+
+#: inputs with more points than this are binned in log t before fitting (:func:`bin_log_t`)
+MAX_FIT_POINTS = 2000
+#: the number of log-t bins a large input is reduced to
+FIT_BINS = 1000
+
+
+def bin_log_t(data: CurveData, n_bins: int = FIT_BINS) -> CurveData:
+    """``data`` reduced to at most ``n_bins`` points, one per non-empty bin of equal width in
+    log t. Binomial data: k and N summed (exact when E is constant within a bin); values: the
+    (1/sigma^2-)weighted mean with sigma = 1/sqrt(sum of weights), i.e. least squares on the
+    bin means reproduces least squares on the points up to the variation of E within a bin.
+    t of a bin is the weighted geometric mean of its times. The result carries a warning."""
+    lt = np.log(data.t)
+    edges = np.linspace(lt[0], lt[-1], n_bins + 1)
+    idx = np.clip(np.searchsorted(edges, lt, side="right") - 1, 0, n_bins - 1)
+    keep = np.unique(idx)
+
+    def total(v: np.ndarray) -> np.ndarray:
+        return np.bincount(idx, weights=v, minlength=n_bins)[keep]
+
+    if data.kind == "binomial":
+        n = total(data.n)
+        t = np.exp(total(data.n * lt) / n)
+        out = make_binomial(t, total(data.k), n, name=data.name, time_unit=data.time_unit)
+    else:
+        w = np.ones_like(data.y) if data.sigma is None else 1.0 / data.sigma**2
+        sw = total(w)
+        out = make_gaussian(np.exp(total(w * lt) / sw), total(w * data.y) / sw, 1.0 / np.sqrt(sw),
+                            name=data.name, time_unit=data.time_unit)  # fmt: skip
+    width = (lt[-1] - lt[0]) / np.log(10) / n_bins
+    out.warnings = [*data.warnings, f"{data.name}: {len(data)} points binned into {len(out)} bins of "
+                    f"{width:.3g} decades in t for fitting (more than {MAX_FIT_POINTS} points)"]  # fmt: skip
+    return out
