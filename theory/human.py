@@ -34,7 +34,7 @@ POWER_FIXED = {"Einf": 0.0}  # Q = a t^-gamma: Murre & Dros's power function
 
 @cache
 def _catalogue() -> dict:
-    text = resources.files("cramkit.theory.data").joinpath("human.json").read_text(encoding="utf-8")
+    text = resources.files("cramkit.theory.data").joinpath("human.json").read_text(encoding="utf-8-sig")
     return json.loads(text)
 
 
@@ -50,7 +50,7 @@ def human_info(name: str) -> dict:
 
 
 def _rows(filename: str) -> list[dict]:
-    text = resources.files("cramkit.theory.data").joinpath(filename).read_text(encoding="utf-8")
+    text = resources.files("cramkit.theory.data").joinpath(filename).read_text(encoding="utf-8-sig")
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     return list(csv.DictReader(io.StringIO("\n".join(lines))))
 
@@ -58,7 +58,7 @@ def _rows(filename: str) -> list[dict]:
 def header_comments(name: str) -> list[str]:
     """The ``#`` lines of a data set's file: citation, licence and what it measures."""
     info = human_info(name)
-    text = resources.files("cramkit.theory.data").joinpath(info["file"]).read_text(encoding="utf-8")
+    text = resources.files("cramkit.theory.data").joinpath(info["file"]).read_text(encoding="utf-8-sig")
     return [ln[1:].strip() for ln in text.splitlines() if ln.startswith("#")]
 
 
