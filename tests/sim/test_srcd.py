@@ -1,4 +1,4 @@
-"""The SRCD generator's guarantees (SPEC §3 and property H2 of §5)."""
+"""The SRCD generator's guarantees (docs/srcd.md and property H2 of docs/theory.md §6)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Proposition 3: the exact count-model curve, its alpha > 1 closed form, the alpha = 0 widths,
-and SPEC H12 (c): the fitted gamma of the exact curve is 1 - 1/alpha."""
+and property H12 (c) (docs/results/fit-gamma.md): the fitted gamma of the exact curve is 1 - 1/alpha."""
 
 from __future__ import annotations
 

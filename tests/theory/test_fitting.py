@@ -1,5 +1,5 @@
 """The fitter: a NIST StRD certified problem, recovery of known parameters for all eight
-models, SPEC H12 (a)-(b), the uncertainty machinery, and the input readers."""
+models, properties H12 (a)-(b) of the curve fitter, the uncertainty machinery, and the input readers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Property-based tests of SPEC §5: H1 and H3–H11 (H2 is the generator's, tests/test_srcd.py; H12
+"""Property-based tests of docs/theory.md §6: H1 and H3–H11 (H2 is the generator's, tests/sim/test_srcd.py; H12
 belongs to the curve tools).
 
 Each property that could be broken has a companion test that breaks it on purpose — a pool-aware
