@@ -1,7 +1,7 @@
 """``cram bound``: check the static lower bound and the CR_K upper bound with the exact simulator.
 
 Options, then one library call: :func:`cramkit.sim.boundcheck.run` (or, with ``--symbolic``,
-:func:`cramkit.theory.symbolic.run`); the Result prints, plots and sets the exit status.
+:func:`cramkit.sim.boundcheck.symbolic.run`); the Result prints, plots and sets the exit status.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def bound(freq, f_e, P, alpha, n_min, n_max, seeds, batch, routers, Ks, w, eps, 
     2 on bad input.
     """
     if symbolic:
-        from cramkit.theory import symbolic as sym
+        from cramkit.sim.boundcheck import symbolic as sym
 
         emit(sym.run(sym.SymbolicConfig(n=n_max, f=freq, f_e=f_e, w=w, latex=latex)),
              as_json=as_json, plot=plot)  # fmt: skip

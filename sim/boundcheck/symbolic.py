@@ -20,11 +20,13 @@ import sympy as sp
 from cramkit.errors import CramError
 from cramkit.progress import Progress
 from cramkit.result import Result
+from cramkit.sim.srcd import SRCDConfig
 from cramkit.theory import bounds, count_model
 from cramkit.theory.bounds import Theorem
 
-# the configuration the numbers are evaluated at, besides the command's own settings
-U_EVAL, V_EVAL, EPS_EVAL = 2**14, 2**10, 0
+# the configuration the numbers are evaluated at, besides the command's own settings: SRCD's
+# default key and value vocabularies, and eps = 0
+U_EVAL, V_EVAL, EPS_EVAL = SRCDConfig.U, SRCDConfig.v, 0
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,10 @@ def proposition3() -> Theorem:
     )
 
 
+def _pow2(x: int) -> str:
+    return f"2^{x.bit_length() - 1}" if x & (x - 1) == 0 else str(x)
+
+
 def _readable(v: Any) -> Any:
     """Exact fractions unless the denominator is unreadably long (H_{n_q} in kappa1)."""
     if isinstance(v, Fraction):
@@ -102,7 +108,7 @@ class SymbolicResult(Result):
             out += [t.render(self._fmt), ""]
         out.append(
             f"Evaluated exactly (long fractions shown as floats) at n = {c.n}, f = {c.f:g}, f_e = {c.f_e:g}, "
-            f"w = {c.w}, U = 2^14, v = 2^10, eps = 0, d = 64:"
+            f"w = {c.w}, U = {_pow2(U_EVAL)}, v = {_pow2(V_EVAL)}, eps = {EPS_EVAL}, d = 64:"
         )
         for k, v in self.values.items():
             shown = _readable(v)
