@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import pytest
-
 import cramkit.sim.boundcheck.config as bc
+import pytest
 from cramkit.sim.boundcheck import BoundConfig, run
 from cramkit.sim.routers import PoolKeyRouter
+
 from cramkit.errors import CramError
 
 SMALL = dict(

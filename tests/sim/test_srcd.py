@@ -6,9 +6,6 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from cramkit.sim.srcd import (
     SPLITS,
     SRCDConfig,
@@ -19,6 +16,9 @@ from cramkit.sim.srcd import (
     split_seeds,
     token_classes,
 )
+from hypothesis import given
+from hypothesis import strategies as st
+
 from cramkit.errors import CramError
 
 

@@ -7,11 +7,17 @@ import json
 
 import numpy as np
 import pytest
+from cramkit.theory.fit.analysis import FitConfig, run
+from cramkit.theory.fit.data import (
+    MAX_FIT_POINTS,
+    bin_log_t,
+    make_binomial,
+    make_gaussian,
+    read_curve,
+)
+from cramkit.theory.transition import changepoint_tc, windowed_slope_tc
 
 from cramkit.errors import CramError
-from cramkit.theory.fit.analysis import FitConfig, run
-from cramkit.theory.fit.data import MAX_FIT_POINTS, bin_log_t, make_binomial, make_gaussian, read_curve
-from cramkit.theory.transition import changepoint_tc, windowed_slope_tc
 
 
 def _fit(path, **kw):

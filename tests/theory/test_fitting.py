@@ -10,9 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cramkit.theory.curves import MODEL_NAMES, get_model
-from cramkit.errors import CramError
 from cramkit.theory.fit.core import fit_model
 from cramkit.theory.fit.data import make_binomial, make_gaussian, pool, read_curve
 from cramkit.theory.fit.uncertainty import (
@@ -24,6 +22,8 @@ from cramkit.theory.fit.uncertainty import (
     t_min_sensitivity,
 )
 from cramkit.theory.transition import transition_analysis
+
+from cramkit.errors import CramError
 
 DATA = Path(__file__).parent.parent / "data"
 

@@ -17,7 +17,6 @@ problem with the input raises :class:`~cramkit.errors.CramError` with one senten
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from dataclasses import dataclass, field
