@@ -1,22 +1,19 @@
-"""``cram fit-gamma``: fit consolidation curves, estimate gamma, judge the transition."""
+"""``cram fit-gamma``: fit consolidation curves, estimate gamma, judge the transition.
+
+Options, then one library call: :func:`cramkit.theory.fit.analysis.run` (or, with
+``--list-human``, :func:`cramkit.theory.human.catalogue`); the Result prints and plots.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 
 import click
+from cramkit.cli.options import CommaList, emit, output_options
+from cramkit.theory.curves import MODEL_NAMES
 
-MODEL_CHOICES = [f"M{i}" for i in range(1, 9)]
-
-
-def _models(ctx, param, value: str) -> list[str]:
-    names = [v.strip().upper() for v in value.split(",") if v.strip()]
-    bad = [n for n in names if n not in MODEL_CHOICES]
-    if bad or not names:
-        raise click.BadParameter(f"unknown model(s) {', '.join(bad) or '(none)'}; "
-                                 f"choose from {', '.join(MODEL_CHOICES)}")
-    return names
+from cramkit.progress import progress_bar
+from cramkit.runs import TIME_FIELDS
 
 
 def _fixed(ctx, param, value) -> dict[str, float]:
@@ -32,12 +29,6 @@ def _fixed(ctx, param, value) -> dict[str, float]:
         if not math.isfinite(out[name.strip()]):
             raise click.BadParameter(f"the fixed value must be a finite number, got {item!r}")
     return out
-
-
-def _positive(ctx, param, value):
-    if value is not None and not value > 0:
-        raise click.BadParameter("must be positive")
-    return value
 
 
 @click.command(
@@ -60,20 +51,20 @@ def _positive(ctx, param, value):
 @click.option("--n-range", nargs=2, type=float, default=None,
               help="Range of N (recurring queries) on which the count-model curve is fitted "
                    "[default: 1e3 1e7 for alpha > 1, K*P/100 to 10*K*P otherwise].")
-@click.option("--time", "time_unit", type=click.Choice(["step", "exposures", "cum_lr"]),
+@click.option("--time", "time_unit", type=click.Choice(list(TIME_FIELDS)),
               default="step", show_default=True,
               help="Time axis read from metrics.jsonl: optimizer steps, exposures per pattern, "
                    "or cumulative learning rate.")
-@click.option("--models", default=",".join(MODEL_CHOICES), show_default=True, callback=_models,
-              help="Comma-separated models to fit and compare.")
-@click.option("--primary", type=click.Choice(MODEL_CHOICES, case_sensitive=False), default=None,
+@click.option("--models", type=CommaList(str, what="model names"), default=",".join(MODEL_NAMES),
+              show_default=True, help="Comma-separated models to fit and compare.")
+@click.option("--primary", type=click.Choice(MODEL_NAMES, case_sensitive=False), default=None,
               help="The model whose gamma is reported with bootstrap and profile CIs [default: M1; "
                    "with --human, M2 with Einf fixed at 0, the pure power law Q = mu t^-a that "
                    "Murre & Dros fit: seven points cannot pin down M1's four parameters].")
 @click.option("--fix", "fixed", multiple=True, callback=_fixed, metavar="NAME=VALUE",
               help="Hold a parameter of the primary model fixed (repeatable), e.g. "
                    "--primary M2 --fix Einf=0 for the pure power law Q = a t^-gamma.")
-@click.option("--t-min", type=float, default=None, callback=_positive,
+@click.option("--t-min", type=float, default=None,
               help="Fit only the points with t >= T_MIN.")
 @click.option("--resamples", type=click.IntRange(min=0, max=100000), default=2000, show_default=True,
               help="Bootstrap resamples for the CIs (0 skips the bootstrap).")
@@ -81,12 +72,10 @@ def _positive(ctx, param, value):
 @click.option("--all-models", is_flag=True, help="Print the full report of every model, not only "
                                                  "the best and the primary one.")
 @click.option("--no-human", is_flag=True, help="Leave out the fits of the bundled human data.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
-              help="Draw the data, the fits and the bootstrap band to this file (.png, .pdf, .svg).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@output_options(plot_help="Draw the data, the fits and the bootstrap band to this file (.png, .pdf, .svg).",
+                json_help="Print one JSON object instead of the report.")  # fmt: skip
 def fit_gamma(runs, human, list_human, count_model, alpha, K, P, n_range, time_unit, models,
-              primary, fixed, t_min, resamples, seed, all_models, no_human, as_json, plot_path, quiet):
+              primary, fixed, t_min, resamples, seed, all_models, no_human, as_json, plot, quiet):  # fmt: skip
     """Fit the consolidation curve E(t) of one or more runs with the eight models M1-M8.
 
     RUN is a `cram train` output directory, its metrics.jsonl, or a CSV with columns t,k,N
@@ -97,53 +86,21 @@ def fit_gamma(runs, human, list_human, count_model, alpha, K, P, n_range, time_u
     lmfit way, the AIC/BIC comparison, gamma with its CI, the transition step t_c three ways
     with the sharpness verdict, and the tool's own power-law fits of the human data.
     """
-    from cramkit.theory.fit.analysis import fit_gamma as run_fit
-    from cramkit.theory.fit.analysis import format_report
+    from cramkit.theory.fit.analysis import CountModelSpec, FitConfig, run
 
     if list_human:
-        from cramkit.theory.human import human_info, human_names
+        from cramkit.theory.human import catalogue
 
-        rows = [human_info(n) for n in human_names()]
-        if as_json:
-            click.echo(json.dumps({"human": rows}, indent=2))
-            return
-        for r in rows:
-            click.echo(f"{r['name']}: {r['title']}")
-            click.echo(f"    measures: {r['measure']}")
-            click.echo(f"    source: {r['citation']} ({r['licence']})")
-        click.echo("Every one is savings on relearning against the retention delay, a different "
-                   "quantity from gamma: comparing them is an analogy, not evidence.")
+        emit(catalogue(), as_json=as_json, plot=plot)
         return
-    cm = None
-    if count_model:
-        if alpha is None or K is None:
-            raise click.UsageError("--count-model needs --alpha and --K")
-        cm = {"alpha": alpha, "K": K, "P": P}
-        if n_range is not None:
-            if not 0 < n_range[0] < n_range[1] <= 1e15:
-                raise click.BadParameter("needs 0 < N_MIN < N_MAX <= 1e15", param_hint="--n-range")
-            cm.update(n_min=n_range[0], n_max=n_range[1])
-    elif alpha is not None or K is not None:
+    if count_model and (alpha is None or K is None):
+        raise click.UsageError("--count-model needs --alpha and --K")
+    if not count_model and (alpha is not None or K is not None):
         raise click.UsageError("--alpha and --K only apply with --count-model")
-    n_inputs = sum([bool(runs), human is not None, cm is not None])
-    if n_inputs != 1:
-        raise click.UsageError("give exactly one input: RUN paths, --human NAME or --count-model")
-    if primary is None:
-        primary = "M2" if human is not None else "M1"
-        if human is not None and not fixed:
-            fixed = {"Einf": 0.0}
-    res = run_fit(runs=list(runs) or None, human=human, count_model=cm, time=time_unit,
-                  models=models, primary=primary.upper(), t_min=t_min, resamples=resamples,
-                  seed=seed, with_human=not no_human, quiet=quiet or as_json,
-                  fixed=fixed or None)
-    if plot_path:
-        from cramkit.theory.fit.plot import plot_fit_gamma
-
-        plot_fit_gamma(res, plot_path)
-    if as_json:
-        out = {k: v for k, v in res.items() if k != "plot"}
-        click.echo(json.dumps(out, indent=2, allow_nan=False))
-    else:
-        click.echo(format_report(res, all_models=all_models))
-        if plot_path:
-            click.echo(f"\nplot written to {plot_path}")
+    cm = CountModelSpec(alpha, K, P, *(n_range or (None, None))) if count_model else None
+    config = FitConfig(runs=runs, human=human, count_model=cm, time=time_unit, models=models,
+                       primary=primary, fixed=fixed or None, t_min=t_min, resamples=resamples,
+                       seed=seed, with_human=not no_human, all_models=all_models)  # fmt: skip
+    with progress_bar(enabled=not quiet) as progress:
+        result = run(config, progress)
+    emit(result, as_json=as_json, plot=plot)

@@ -1,4 +1,4 @@
-"""Simulated routers (SPEC §1.3): decision matrices r[b, t] ∈ {0, 1} over whole SRCD batches.
+"""Simulated routers (docs/theory.md §1): decision matrices r[b, t] ∈ {0, 1} over whole SRCD batches.
 
 Static (pool-oblivious) routers compute ``decide(cfg, batch)`` from the tokens, the position and
 independent randomness only; they never read the world. The family:
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import numba
 import numpy as np
-
 from cramkit.sim.srcd import Batch, SRCDConfig, World, generate, split_seeds
+
 from cramkit.errors import CramError
 
 # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The exact L1 routing-cost simulator (SPEC §4, level L1): model (R) with a w-slot cache.
+"""The exact L1 routing-cost simulator (docs/theory.md §7, level L1): model (R) with a w-slot cache.
 
 Model (R): an attended query slot returns the value bound to its key in the context, so an
 attended prediction is always right. A skipped query slot is answered, in this order, from
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import numba
 import numpy as np
-
 from cramkit.sim.srcd import Batch, SRCDConfig, World
+
 from cramkit.errors import CramError
 
 COUNT_FIELDS = ("A", "A_q", "A_rec", "A_epi", "Pi_A", "correct_rec", "correct_epi", "C_skip")
@@ -84,7 +84,7 @@ class Counts:
         return self.A / self.n
 
     def phi(self, d_model: int) -> np.ndarray:
-        """Attention-FLOP fraction F_route/F_all of one layer of width ``d_model`` (SPEC §1.4)."""
+        """Attention-FLOP fraction F_route/F_all of one layer of width ``d_model`` (docs/theory.md §1)."""
         d = float(d_model)
         n = float(self.n)
         f_all = 8 * d * d * n + 2 * d * n * (n + 1)
@@ -361,7 +361,7 @@ def relabel(
     cfg: SRCDConfig, batch: Batch, b: int, recurring: tuple[int, ...] | list[int], *, seed: int = 0
 ) -> tuple[SRCDConfig, Batch, World]:
     """Another pool consistent with sequence ``b``: the queries ``recurring`` (indices in query
-    order) recur, the others are episodic (SPEC §5, H3/H4/H6).
+    order) recur, the others are episodic (docs/theory.md §6, H3/H4/H6).
 
     Returns (config, one-sequence batch with the same tokens and the new labels, world). The pool
     holds the chosen queried keys with their in-context values and is filled up to P with keys

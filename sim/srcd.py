@@ -47,7 +47,7 @@ _SEED_BITS = 40  # each split owns the seed range [id << 40, (id + 1) << 40)
 
 @dataclass(frozen=True)
 class SRCDConfig:
-    """Parameters of the SRCD task family (SPEC §3). Validated on construction.
+    """Parameters of the SRCD task family (docs/srcd.md). Validated on construction.
 
     n: sequence length; m_r / m_e: recurring / episodic query slots per sequence; P: pool size;
     alpha: Zipf exponent of pattern recurrence (0 = uniform); U: number of key tokens; v: number of
@@ -238,7 +238,7 @@ def make_world(cfg: SRCDConfig, seed: int) -> World:
 def derive_world(
     parent: World, cfg: SRCDConfig, kind: str, *, s: float = 0.0, seed: int = 1
 ) -> World:
-    """A world related to ``parent`` (SPEC §3 splits).
+    """A world related to ``parent`` (the splits of docs/srcd.md).
 
     - "fresh": P new patterns whose keys are disjoint from the parent's.
     - "transfer": floor(s·P) of the parent's patterns (same key and value) plus new ones, with

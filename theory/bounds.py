@@ -1,4 +1,4 @@
-"""The routing bounds of SPEC §1.4 and §2: closed forms (sympy) and exact numeric evaluation.
+"""The routing bounds of docs/theory.md (§1, §4, §5): closed forms (sympy) and exact numeric evaluation.
 
 Every quantity exists twice: as a sympy expression (for printing a theorem and for symbolic
 checks) and as an exact evaluator on Python integers / :class:`fractions.Fraction` (for the
@@ -390,7 +390,7 @@ class Theorem:
 
 
 def theorems() -> list[Theorem]:
-    """The bounds of SPEC §1.4 and §2 (Proposition 3 lives in ``cramkit.theory.count_model``)."""
+    """The bounds of docs/theory.md (Proposition 3 lives in ``cramkit.theory.count_model``)."""
     E = sp.Function("E")
     E_Arec = E(sp.Symbol("A_rec"))
     E_Aq = E(sp.Symbol("A_q"))

@@ -1,4 +1,4 @@
-"""Proposition 3 (SPEC §6): the count model of CR_K under Zipf(alpha) recurrence.
+"""Proposition 3 (docs/fit-gamma.md, "The count model"): the count model of CR_K under Zipf(alpha) recurrence.
 
 After N recurring queries, pattern j has been seen ~ Poi(N p_j) times and is still attended
 while it has been seen fewer than K times, so (Poisson approximation)

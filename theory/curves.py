@@ -1,4 +1,5 @@
-"""Consolidation-curve models M1–M8 (SPEC §6) as sympy expressions, lambdified for numerics.
+"""Consolidation-curve models M1–M8 (docs/fit-gamma.md, "The models") as sympy expressions,
+lambdified for numerics.
 
 Every model is ``E(t) = E_inf + (E_0 - E_inf) * s(t)`` for a decreasing *shape* ``s`` (M2 and M8
 are the exceptions: a scale-free power law and a two-segment line in ``log10 t``). Each model
@@ -10,7 +11,7 @@ carries
   has fallen to ``q`` (so the half-life is ``t_q(1/2)`` and the width is
   ``W = log10(t_q(0.1) / t_q(0.9))`` decades),
 * the parameter kinds the fitter needs: a *level* (E_0, E_inf; a probability in a binomial fit),
-  a *positive* parameter (fitted in log space, as SPEC §6 asks), or a *real* one.
+  a *positive* parameter (fitted in log space), or a *real* one.
 
 The transition step ``t_c`` is the argmax of ``-dE/dlog t``; :func:`tc_numeric` finds it for any
 model from the lambdified derivative, :meth:`CurveModel.tc_symbolic` asks sympy for a closed form.
@@ -70,7 +71,7 @@ class CurveModel:
     def __call__(self, t: np.ndarray, *values: float) -> np.ndarray:
         """E(t) for parameter ``values`` in the order of :attr:`names`."""
         t = np.asarray(t, dtype=np.float64)
-        out = self._f(t, *values)
+        out = self._f(t, *_np(values))
         if np.shape(out) != t.shape:
             out = np.broadcast_to(np.asarray(out, dtype=np.float64), t.shape)
         return out
@@ -78,7 +79,7 @@ class CurveModel:
     def jacobian(self, t: np.ndarray, *values: float) -> np.ndarray:
         """dE/dp for every parameter p: an array of shape ``(n_params, len(t))``."""
         t = np.asarray(t, dtype=np.float64)
-        cols = self._jac(t, *values)
+        cols = self._jac(t, *_np(values))
         out = np.empty((len(cols), *t.shape))
         for i, c in enumerate(cols):
             out[i] = c  # broadcasts constants (a derivative that does not depend on t)
@@ -87,7 +88,7 @@ class CurveModel:
     def neg_dlogt(self, t: np.ndarray, *values: float) -> np.ndarray:
         """-dE/d(ln t): the rate of decline per e-fold of time (its argmax is t_c)."""
         t = np.asarray(t, dtype=np.float64)
-        return np.broadcast_to(np.asarray(self._dlogt(t, *values), dtype=np.float64), t.shape)
+        return np.broadcast_to(np.asarray(self._dlogt(t, *_np(values)), dtype=np.float64), t.shape)
 
     # --- closed forms -----------------------------------------------------------------
     def quantile_time_expr(self) -> sp.Expr | None:
@@ -119,7 +120,7 @@ class CurveModel:
             return float(val.real)
         if self.shape is None:
             return None
-        return _root_in_log_t(self._shape_fn(), q, [values[n] for n in self.names])
+        return _root_in_log_t(self._shape_fn(), q, _np([values[n] for n in self.names]))
 
     def width(self, values: dict[str, float]) -> float | None:
         """W in decades for fitted ``values`` (None where the shape never reaches 0.1 or 0.9)."""
@@ -133,6 +134,12 @@ class CurveModel:
 
     def _shape_fn(self) -> Callable:
         return _shape_lambda(self.name)
+
+
+def _np(values) -> list[np.float64]:
+    """Parameter values as numpy scalars: the lambdified code then overflows to inf (under the
+    caller's ``np.errstate``) where Python floats would raise OverflowError."""
+    return [np.float64(v) for v in values]
 
 
 def _root_in_log_t(fn: Callable, q: float, args: list[float]) -> float | None:
@@ -297,7 +304,8 @@ def _tc_numeric(model: CurveModel, values: dict[str, float], t_lo: float, t_hi: 
 
 
 def power_law_width(gamma: float) -> float:
-    """W (decades) of the shape (1 + t/tau)^-gamma; independent of tau (SPEC §6 (iii))."""
+    """W (decades) of the shape (1 + t/tau)^-gamma; independent of tau (docs/fit-gamma.md,
+    "Transition step and sharpness")."""
     if gamma <= 0:
         raise CramError(f"gamma must be positive, got {gamma}")
     return float(np.log10(np.expm1(np.log(10.0) / gamma) / np.expm1(-np.log(0.9) / gamma)))

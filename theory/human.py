@@ -1,4 +1,5 @@
-"""Human forgetting data bundled with cram (SPEC §10), and the tool's own fits of it.
+"""Human forgetting data bundled with cram (docs/fit-gamma.md, "Human reference data"), and the
+tool's own fits of it.
 
 The files in ``theory/data/`` carry their citation and licence in ``#`` header lines and in
 ``human.json``. Each data set is savings on relearning against the retention interval (t in
@@ -14,13 +15,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
 import numpy as np
+from cramkit.theory.fit.data import CurveData, make_gaussian
 
 from cramkit.errors import CramError
-from cramkit.theory.fit.data import CurveData, make_gaussian
+from cramkit.result import Result
 
 ANALOGY_NOTE = ("Human exponents measure savings on relearning against the retention delay; "
                 "gamma measures attention use against training exposure. Comparing them is an "
@@ -31,7 +34,7 @@ POWER_FIXED = {"Einf": 0.0}  # Q = a t^-gamma: Murre & Dros's power function
 
 @cache
 def _catalogue() -> dict:
-    text = resources.files("cramkit.theory.data").joinpath("human.json").read_text(encoding="utf-8")
+    text = resources.files("cramkit.theory.data").joinpath("human.json").read_text(encoding="utf-8-sig")
     return json.loads(text)
 
 
@@ -47,7 +50,7 @@ def human_info(name: str) -> dict:
 
 
 def _rows(filename: str) -> list[dict]:
-    text = resources.files("cramkit.theory.data").joinpath(filename).read_text(encoding="utf-8")
+    text = resources.files("cramkit.theory.data").joinpath(filename).read_text(encoding="utf-8-sig")
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     return list(csv.DictReader(io.StringIO("\n".join(lines))))
 
@@ -55,7 +58,7 @@ def _rows(filename: str) -> list[dict]:
 def header_comments(name: str) -> list[str]:
     """The ``#`` lines of a data set's file: citation, licence and what it measures."""
     info = human_info(name)
-    text = resources.files("cramkit.theory.data").joinpath(info["file"]).read_text(encoding="utf-8")
+    text = resources.files("cramkit.theory.data").joinpath(info["file"]).read_text(encoding="utf-8-sig")
     return [ln[1:].strip() for ln in text.splitlines() if ln.startswith("#")]
 
 
@@ -88,3 +91,29 @@ def fit_power(name: str) -> dict:
 def human_reference() -> list[dict]:
     """:func:`fit_power` for every bundled data set."""
     return [fit_power(n) for n in human_names()]
+
+
+@dataclass
+class HumanCatalogue(Result):
+    """``cram fit-gamma --list-human``: every bundled data set with what it measures."""
+
+    rows: list[dict]
+
+    name = "the human data catalogue"
+
+    def to_json(self) -> dict:
+        return {"human": self.rows}
+
+    def report(self) -> str:
+        out = []
+        for r in self.rows:
+            out += [f"{r['name']}: {r['title']}", f"    measures: {r['measure']}",
+                    f"    source: {r['citation']} ({r['licence']})"]
+        out.append("Every one is savings on relearning against the retention delay, a different "
+                   "quantity from gamma: comparing them is an analogy, not evidence.")
+        return "\n".join(out)
+
+
+def catalogue() -> HumanCatalogue:
+    """The bundled human data sets (:func:`human_info` of each)."""
+    return HumanCatalogue([human_info(n) for n in human_names()])

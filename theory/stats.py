@@ -1,6 +1,9 @@
 """Shared statistics: OLS line fits and percentile bootstrap confidence intervals.
 
-Used by ``sim`` (slopes of attention against n, over seeds), ``gpu`` and the curve fitters.
+Every bootstrap in cram resamples exchangeable units (seeds, runs, documents, sequences) with
+:func:`resample_indices`, so one seed gives the same resamples everywhere. Used by ``sim`` (slopes
+of attention against n, over seeds), ``gpu`` (ratios over documents or sequences:
+:func:`bootstrap_ratio`) and the curve fitters (refits over runs).
 """
 
 from __future__ import annotations
@@ -35,10 +38,26 @@ def ols_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return slope, float(ym - slope * xm)
 
 
+def ols_slopes(x: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """OLS slopes of each row of ``ys`` (shape ``(R, n_x)``) against ``x`` at once."""
+    x = np.asarray(x, dtype=np.float64)
+    ys = np.asarray(ys, dtype=np.float64)
+    xc = x - x.mean()
+    return (ys - ys.mean(axis=1, keepdims=True)) @ xc / (xc @ xc)
+
+
 def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Two-sided percentile interval of bootstrap ``samples`` (along axis 0)."""
     lo, hi = np.percentile(np.asarray(samples, dtype=np.float64), [50 * (1 - level), 50 * (1 + level)], axis=0)
     return float(lo), float(hi)
+
+
+def resample_indices(n_units: int, n_resamples: int, seed: int) -> np.ndarray:
+    """``(n_resamples, n_units)`` unit indices drawn with replacement (``default_rng(seed)``)."""
+    if n_units < 1:
+        raise CramError(f"a bootstrap needs at least 1 unit, got {n_units}")
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n_units, size=(n_resamples, n_units))
 
 
 def bootstrap(
@@ -55,9 +74,27 @@ def bootstrap(
     """
     if n_units < 2:
         raise CramError(f"a bootstrap needs at least 2 units, got {n_units}")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n_units, size=(n_resamples, n_units))
-    return np.asarray([stat(i) for i in idx])
+    return np.asarray([stat(i) for i in resample_indices(n_units, n_resamples, seed)])
+
+
+def bootstrap_ratio(
+    num: np.ndarray, den: np.ndarray, *, n_resamples: int = 2000, seed: int = 0
+) -> np.ndarray:
+    """Bootstrap of the ratio of sums ``sum(num) / sum(den)`` over units (axis 0).
+
+    ``num`` has shape ``(n_units, ...)``, ``den`` shape ``(n_units,)`` or the same as ``num``.
+    Returns the ``(n_resamples, ...)`` resampled ratios, NaN where a resample's denominator is 0
+    (drop them, or take :func:`percentile_ci` of the finite ones).
+    """
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    if num.shape[:1] != den.shape[:1]:
+        raise CramError(f"num and den need the same number of units, got {num.shape} and {den.shape}")
+    idx = resample_indices(num.shape[0], n_resamples, seed)
+    top = num[idx].sum(axis=1)
+    bottom = den[idx].sum(axis=1)
+    bottom = bottom.reshape(bottom.shape + (1,) * (top.ndim - bottom.ndim))
+    return np.where(bottom > 0, top / np.where(bottom > 0, bottom, 1.0), np.nan)
 
 
 def seed_bootstrap_slope(
@@ -76,11 +113,8 @@ def seed_bootstrap_slope(
     if not np.all(np.isfinite(y)):
         raise CramError("y contains NaN or inf")
     slope, intercept = ols_line(x, y.mean(axis=0))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, y.shape[0], size=(n_resamples, y.shape[0]))
-    means = y[idx].mean(axis=1)  # (R, n_x)
-    xc = x - x.mean()
-    slopes = (means - means.mean(axis=1, keepdims=True)) @ xc / (xc @ xc)
+    means = y[resample_indices(y.shape[0], n_resamples, seed)].mean(axis=1)  # (R, n_x)
+    slopes = ols_slopes(x, means)
     intercepts = means.mean(axis=1) - slopes * x.mean()
     return LineFit(
         slope=slope,

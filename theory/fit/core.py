@@ -21,12 +21,12 @@ import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
+from cramkit.theory.curves import CurveModel, get_model
+from cramkit.theory.fit.data import CurveData
 from scipy.optimize import least_squares, minimize
 from scipy.special import gammaln
 
-from cramkit.theory.curves import CurveModel, get_model
 from cramkit.errors import CramError
-from cramkit.theory.fit.data import CurveData
 
 EPS = 1e-12
 MIN_STARTS = 20
@@ -74,8 +74,10 @@ class FitResult:
         return {k: p.value for k, p in self.params.items()}
 
     def predict(self, t: np.ndarray) -> np.ndarray:
+        """E(t) of the fitted curve (inf or NaN where it overflows, without a warning)."""
         m = get_model(self.model)
-        return m(np.asarray(t, dtype=np.float64), *[self.params[n].value for n in m.names])
+        with np.errstate(all="ignore"):
+            return m(np.asarray(t, dtype=np.float64), *[self.params[n].value for n in m.names])
 
     @property
     def gamma(self) -> float | None:
@@ -228,7 +230,7 @@ class Problem:
             combos = [combos[int(i * step)] for i in range(MAX_STARTS)]
         n_grid = len(combos)
         rng = np.random.default_rng(n_grid)
-        while len(combos) < MIN_STARTS:  # jittered copies until the SPEC's 20 starts are reached
+        while len(combos) < MIN_STARTS:  # jittered copies until MIN_STARTS starts are reached
             base = combos[len(combos) % n_grid]
             combos.append(base + rng.normal(0, 0.5, base.size) * np.where(self.logmask, 1.0, 0.0))
         return combos

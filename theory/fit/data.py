@@ -4,18 +4,19 @@ A :class:`CurveData` is either *binomial* (``k`` attended of ``n`` probe queries
 fitted by maximum likelihood) or *Gaussian* (values ``y`` only, optionally with standard
 deviations, fitted by least squares). Readers accept
 
-* a ``cram train`` run directory or its ``metrics.jsonl`` (fields ``step``, ``exposures``,
-  ``cum_lr``, ``rec_attended``, ``rec_total``, ``rho_q``),
+* a ``cram train`` run directory or its ``metrics.jsonl`` (the schema of
+  :data:`cramkit.runs.METRICS_FIELDS`: a time field of :data:`cramkit.runs.TIME_FIELDS`, and
+  ``rec_attended``/``rec_total`` or ``rho_q``),
 * a CSV with a header ``t,k,N`` or ``t,E`` (an optional ``sigma`` column gives standard
   deviations for ``t,E``; lines starting with ``#`` are comments).
 
-Every problem with the input raises :class:`~theory.errors.CramError` with one sentence.
+Text is read as UTF-8 with or without a byte-order mark, with LF or CRLF line ends. Every
+problem with the input raises :class:`~cramkit.errors.CramError` with one sentence.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -23,10 +24,21 @@ from pathlib import Path
 
 import numpy as np
 
+from cramkit import runs
 from cramkit.errors import CramError
 
-TIME_UNITS = {"step": "optimizer steps", "exposures": "exposures per pattern",
-              "cum_lr": "cumulative learning rate"}
+#: the time axes of a metrics.jsonl record, with the unit the report prints
+TIME_UNITS = dict(zip(runs.TIME_FIELDS, ("optimizer steps", "exposures per pattern",
+                                         "cumulative learning rate")))
+ATTENDED, TOTAL, RHO_Q = "rec_attended", "rec_total", "rho_q"  # keys of runs.METRICS_FIELDS
+assert {ATTENDED, TOTAL, RHO_Q} <= set(runs.METRICS_FIELDS)
+
+
+#: the times the fitter handles: its time-scale parameters range over [1e-3 t_min, 1e4 t_max]
+#: and are optimised as logs clipped to [-700, 700] (e^700 ~ 1e304)
+T_RANGE = (1e-300, 1e300)
+#: the largest probe count: beyond 2^53 a float no longer holds every whole number
+MAX_COUNT = 2.0**53
 
 
 @dataclass
@@ -67,6 +79,9 @@ def make_binomial(t, k, n, *, name: str = "data", time_unit: str = "t",
         raise CramError(f"{name}: the counts contain NaN or inf")
     if np.any(n <= 0):
         raise CramError(f"{name}: every probe count N must be positive")
+    if np.any(n > MAX_COUNT):
+        raise CramError(f"{name}: a probe count N = {n.max():g} exceeds 2^53 (about 9.0e15), above "
+                        "which counts are not exact in floating point; scale k and N down")
     if np.any(k < 0):
         raise CramError(f"{name}: attended counts k must be non-negative")
     if np.any(k > n):
@@ -98,6 +113,10 @@ def _check_t(t: np.ndarray, name: str, require_increasing: bool) -> None:
         raise CramError(f"{name}: t contains NaN or inf")
     if np.any(t <= 0):
         raise CramError(f"{name}: every time must be positive (log-time models), got t={t.min():g}")
+    if t.min() < T_RANGE[0] or t.max() > T_RANGE[1]:
+        bad = t.min() if t.min() < T_RANGE[0] else t.max()
+        raise CramError(f"{name}: t = {bad:g} is outside [{T_RANGE[0]:g}, {T_RANGE[1]:g}], the range "
+                        "in which the fitter's time scales stay finite; rescale t")
     if require_increasing and np.any(np.diff(t) <= 0):
         i = int(np.argmax(np.diff(t) <= 0))
         raise CramError(f"{name}: t is not strictly increasing (t={t[i]:g} then t={t[i + 1]:g})")
@@ -127,17 +146,26 @@ def read_curve(path: str | Path, *, time: str = "step") -> CurveData:
     """Read a run directory, a ``metrics.jsonl`` or a CSV into :class:`CurveData`."""
     path = Path(path)
     if path.is_dir():
-        path = path / "metrics.jsonl"
+        path = runs.metrics_path(path)
     if not path.exists():
         raise CramError(f"{path}: no such file")
     if not path.is_file():
         raise CramError(f"{path}: not a regular file")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = read_text(path)
     if not text.strip():
         raise CramError(f"{path}: the file is empty")
     if path.suffix.lower() in (".jsonl", ".json"):
         return _read_metrics(text, str(path), time)
     return _read_csv(text, str(path))
+
+
+def read_text(path: Path) -> str:
+    """A text file as str: UTF-8 with or without a byte-order mark (undecodable bytes replaced);
+    an OS error is one line."""
+    try:
+        return path.read_bytes().decode("utf-8-sig", errors="replace")
+    except OSError as exc:
+        raise CramError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def _read_metrics(text: str, name: str, time: str) -> CurveData:
@@ -156,23 +184,23 @@ def _read_metrics(text: str, name: str, time: str) -> CurveData:
         if not isinstance(rec, dict):
             raise CramError(f"{name}: line {i + 1} is not a JSON object")
         records.append(rec)
-    evals = [r for r in records if "rec_attended" in r or "rho_q" in r]
+    evals = [r for r in records if ATTENDED in r or RHO_Q in r]
     if not evals:
         raise CramError(f"{name}: no evaluation records (need rec_attended/rec_total or rho_q)")
     if any(time not in r for r in evals):
         raise CramError(f"{name}: an evaluation record has no {time!r} field (choose --time)")
     t = np.array([_num(r[time], name, time) for r in evals])
-    has_counts = all("rec_attended" in r and "rec_total" in r for r in evals)
+    has_counts = all(ATTENDED in r and TOTAL in r for r in evals)
     if has_counts:
-        k = np.array([_num(r["rec_attended"], name, "rec_attended") for r in evals])
-        n = np.array([_num(r["rec_total"], name, "rec_total") for r in evals])
+        k = np.array([_num(r[ATTENDED], name, ATTENDED) for r in evals])
+        n = np.array([_num(r[TOTAL], name, TOTAL) for r in evals])
         usable = n > 0
         what = "no recurring probe queries (rec_total = 0)"
     else:
         warnings.append(f"{name}: no rec_attended/rec_total counts; fitting rho_q (attention per "
                         "query, recurring and episodic together) by Gaussian least squares")
-        usable = np.array([r.get("rho_q") is not None for r in evals])
-        y = np.array([_num(r["rho_q"], name, "rho_q") if ok else np.nan
+        usable = np.array([r.get(RHO_Q) is not None for r in evals])
+        y = np.array([_num(r[RHO_Q], name, RHO_Q) if ok else np.nan
                       for r, ok in zip(evals, usable)])
         what = "rho_q = null"
     if not np.all(usable):
@@ -198,25 +226,20 @@ def _num(v, name: str, key: str) -> float:
 
 
 def _read_csv(text: str, name: str) -> CurveData:
-    rows = [r for r in csv.reader(io.StringIO(
-        "\n".join(ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#"))))]
-    if not rows:
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
         raise CramError(f"{name}: no header line")
-    header = [h.strip() for h in rows[0]]
+    header = [h.strip() for h in next(csv.reader([lines[0]]))]
     low = [h.lower() for h in header]
-    body = rows[1:]
-    if not body:
+    if len(lines) == 1:
         raise CramError(f"{name}: the header is there but there are no data rows")
+    table = _numeric_table(lines[1:], len(header))
 
     def col(key: str) -> np.ndarray:
         j = low.index(key)
-        out = []
-        for i, r in enumerate(body):
-            try:
-                out.append(float(r[j]))
-            except (IndexError, ValueError):
-                raise CramError(f"{name}: row {i + 2}, column {key!r} is not a number") from None
-        return np.array(out)
+        if table is not None:
+            return table[:, j]
+        return _column_slowly(lines[1:], j, key, name)
 
     if "t" not in low:
         raise CramError(f"{name}: the CSV needs a column 't' and either 'k,N' or 'E' (got {header})")
@@ -232,3 +255,60 @@ def _read_csv(text: str, name: str) -> CurveData:
         sigma = col("sigma") if "sigma" in low else None
         return make_gaussian(col("t"), e, sigma, name=name)
     raise CramError(f"{name}: the CSV needs columns 't,k,N' or 't,E' (got {header})")
+
+
+def _numeric_table(body: list[str], width: int) -> np.ndarray | None:
+    """The data rows as a (rows, width) float array, parsed at C speed; None when a row does not
+    parse (then :func:`_column_slowly` finds the row to name in the error)."""
+    try:
+        table = np.loadtxt(body, delimiter=",", dtype=np.float64, ndmin=2, comments=None)
+    except ValueError:
+        return None
+    return table if table.shape[1] == width else None
+
+
+def _column_slowly(body: list[str], j: int, key: str, name: str) -> np.ndarray:
+    out = []
+    for i, r in enumerate(csv.reader(body)):
+        try:
+            out.append(float(r[j]))
+        except (IndexError, ValueError):
+            raise CramError(f"{name}: row {i + 2}, column {key!r} is not a number") from None
+    return np.array(out)
+
+
+# --- large inputs ------------------------------------------------------------------------
+
+#: inputs with more points than this are binned in log t before fitting (:func:`bin_log_t`)
+MAX_FIT_POINTS = 2000
+#: the number of log-t bins a large input is reduced to
+FIT_BINS = 1000
+
+
+def bin_log_t(data: CurveData, n_bins: int = FIT_BINS) -> CurveData:
+    """``data`` reduced to at most ``n_bins`` points, one per non-empty bin of equal width in
+    log t. Binomial data: k and N summed (exact when E is constant within a bin); values: the
+    (1/sigma^2-)weighted mean with sigma = 1/sqrt(sum of weights), i.e. least squares on the
+    bin means reproduces least squares on the points up to the variation of E within a bin.
+    t of a bin is the weighted geometric mean of its times. The result carries a warning."""
+    lt = np.log(data.t)
+    edges = np.linspace(lt[0], lt[-1], n_bins + 1)
+    idx = np.clip(np.searchsorted(edges, lt, side="right") - 1, 0, n_bins - 1)
+    keep = np.unique(idx)
+
+    def total(v: np.ndarray) -> np.ndarray:
+        return np.bincount(idx, weights=v, minlength=n_bins)[keep]
+
+    if data.kind == "binomial":
+        n = total(data.n)
+        t = np.exp(total(data.n * lt) / n)
+        out = make_binomial(t, total(data.k), n, name=data.name, time_unit=data.time_unit)
+    else:
+        w = np.ones_like(data.y) if data.sigma is None else 1.0 / data.sigma**2
+        sw = total(w)
+        out = make_gaussian(np.exp(total(w * lt) / sw), total(w * data.y) / sw, 1.0 / np.sqrt(sw),
+                            name=data.name, time_unit=data.time_unit)  # fmt: skip
+    width = (lt[-1] - lt[0]) / np.log(10) / n_bins
+    out.warnings = [*data.warnings, f"{data.name}: {len(data)} points binned into {len(out)} bins of "
+                    f"{width:.3g} decades in t for fitting (more than {MAX_FIT_POINTS} points)"]  # fmt: skip
+    return out

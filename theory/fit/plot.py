@@ -1,5 +1,6 @@
-"""Plot of a :func:`cramkit.theory.fit.analysis.fit_gamma` result: data, every fitted model, and the
-bootstrap band of the primary model (matplotlib, Agg backend, imported lazily)."""
+"""The figure of a ``cram fit-gamma`` analysis (:class:`cramkit.theory.fit.analysis.FitGammaResult`):
+data, every fitted model, and the bootstrap band of the primary model (matplotlib, Agg backend,
+imported lazily)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cramkit.errors import CramError
+from cramkit.io import check_plot_path
 
 
 def plot_fit_gamma(res: dict, path: str | Path) -> None:
-    """Draw the curves of ``res`` to ``path`` (the format follows the suffix: .png, .pdf, .svg)."""
+    """Draw the curves of the analysis dict ``res`` to ``path`` (the one ``--plot`` rule of
+    :func:`cramkit.io.check_plot_path`; the format follows the suffix: .png, .pdf, .svg)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,10 +21,7 @@ def plot_fit_gamma(res: dict, path: str | Path) -> None:
 
     from cramkit.io import save_figure
 
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    if fmt not in ("png", "pdf", "svg"):
-        raise CramError(f"--plot: unsupported format {fmt!r}; use .png, .pdf or .svg")
+    path = check_plot_path(path)
     p = res["plot"]
     t, y = np.asarray(p["t"]), np.asarray(p["y"])
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)

@@ -18,14 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from cramkit.theory.curves import get_model
+from cramkit.theory.fit.core import FitResult, Problem, _inside, fit_model, single_thread_blas
+from cramkit.theory.fit.data import CurveData, pool
+from cramkit.theory.stats import percentile_ci, resample_indices
 from scipy.optimize import brentq, least_squares
 from scipy.stats import chi2 as chi2_dist
 
-from cramkit.theory.curves import get_model
 from cramkit.errors import CramError
-from cramkit.theory.fit.core import FitResult, Problem, _inside, fit_model, single_thread_blas
-from cramkit.theory.fit.data import CurveData, pool
-from cramkit.theory.stats import percentile_ci
+from cramkit.progress import Progress, track
 
 
 @dataclass
@@ -55,23 +56,16 @@ def _refit_samples(fits: list[FitResult | None], names: list[str]) -> dict[str, 
     return {n: np.array([f.params[n].value for f in ok]) for n in names}
 
 
-def _progress(total: int, label: str, quiet: bool):
-    from cramkit.theory.fit.progress import progress_iter
-
-    return progress_iter(range(total), total=total, label=label, quiet=quiet)
-
-
 def bootstrap_runs(model: str, runs: list[CurveData], base: FitResult, *,
                    fixed: dict[str, float] | None = None, n_resamples: int = 2000, seed: int = 0,
-                   grid: np.ndarray | None = None, quiet: bool = True) -> BootstrapResult:
+                   grid: np.ndarray | None = None, progress: Progress | None = None) -> BootstrapResult:
     """Percentile bootstrap over runs: resample runs with replacement, pool, refit."""
     if len(runs) < 2:
         raise CramError("a bootstrap over runs needs at least 2 runs")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(runs), size=(n_resamples, len(runs)))
+    idx = resample_indices(len(runs), n_resamples, seed)
     fits, curves = [], []
     with single_thread_blas():
-        for r in _progress(n_resamples, "bootstrap over runs", quiet):
+        for r in track(range(n_resamples), progress, "bootstrap over runs"):
             data = pool([runs[i] for i in idx[r]])
             fits.append(_safe_refit(model, data, base, fixed))
             if fits[-1] is not None and grid is not None:
@@ -85,7 +79,7 @@ def bootstrap_runs(model: str, runs: list[CurveData], base: FitResult, *,
 def parametric_bootstrap(model: str, data: CurveData, base: FitResult, *,
                          fixed: dict[str, float] | None = None, n_resamples: int = 2000,
                          seed: int = 0, grid: np.ndarray | None = None,
-                         quiet: bool = True) -> BootstrapResult:
+                         progress: Progress | None = None) -> BootstrapResult:
     """Simulate from the fitted curve (binomial counts, or Gaussian noise of the residual size)
     and refit each simulated data set from the original optimum."""
     rng = np.random.default_rng(seed)
@@ -98,7 +92,7 @@ def parametric_bootstrap(model: str, data: CurveData, base: FitResult, *,
         if data.sigma is not None and base.redchi is not None:
             sd = sd * np.sqrt(base.redchi)  # the same scaling the standard errors use
     with single_thread_blas():
-        for _ in _progress(n_resamples, "parametric bootstrap", quiet):
+        for _ in track(range(n_resamples), progress, "parametric bootstrap"):
             if data.kind == "binomial":
                 k = rng.binomial(data.n.astype(np.int64), p).astype(np.float64)
                 sim = CurveData(data.t, k / data.n, k, data.n, None, data.name, data.time_unit)

@@ -5,10 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sympy as sp
+from cramkit.theory.curves import (
+    MODEL_NAMES,
+    Q,
+    T,
+    all_models,
+    get_model,
+    power_law_width,
+    tc_numeric,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cramkit.theory.curves import MODEL_NAMES, Q, T, all_models, get_model, power_law_width, tc_numeric
 from cramkit.errors import CramError
 
 VALUES = {"E0": 0.9, "Einf": 0.1, "tau": 80.0, "gamma": 0.43, "a": 2.0, "beta": 0.6, "t_c": 900.0,

@@ -1,4 +1,4 @@
-"""Property-based tests of SPEC §5: H1 and H3–H11 (H2 is the generator's, tests/test_srcd.py; H12
+"""Property-based tests of docs/theory.md §6: H1 and H3–H11 (H2 is the generator's, tests/sim/test_srcd.py; H12
 belongs to the curve tools).
 
 Each property that could be broken has a companion test that breaks it on purpose — a pool-aware
@@ -13,9 +13,6 @@ from math import comb
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from cramkit.sim.routers import (
     AllRouter,
     HashRouter,
@@ -27,9 +24,18 @@ from cramkit.sim.routers import (
     StrideRouter,
     fit_learned,
 )
-from cramkit.sim.simulate import CRState, distinct_patterns_cum, relabel, run_cr, simulate_static, take
+from cramkit.sim.simulate import (
+    CRState,
+    distinct_patterns_cum,
+    relabel,
+    run_cr,
+    simulate_static,
+    take,
+)
 from cramkit.sim.srcd import SRCDConfig, derive_world, generate, make_world, split_seeds
 from cramkit.theory import bounds as tb
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # ----------------------------------------------------------------------------------------------
 # strategies

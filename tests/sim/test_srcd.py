@@ -1,4 +1,4 @@
-"""The SRCD generator's guarantees (SPEC §3 and property H2 of §5)."""
+"""The SRCD generator's guarantees (docs/srcd.md and property H2 of docs/theory.md §6)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,6 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from cramkit.sim.srcd import (
     SPLITS,
     SRCDConfig,
@@ -19,6 +16,9 @@ from cramkit.sim.srcd import (
     split_seeds,
     token_classes,
 )
+from hypothesis import given
+from hypothesis import strategies as st
+
 from cramkit.errors import CramError
 
 

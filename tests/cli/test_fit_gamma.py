@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from cramkit.cli.main import cli
 
 
@@ -157,3 +156,35 @@ def test_degenerate_data_reports_without_crashing(tmp_path):
 def test_count_model_limits():
     assert _run(["--count-model", "--alpha", "2", "--K", "99999999999"]).exit_code == 2
     assert _run(["--count-model", "--alpha", "2", "--K", "2", "--n-range", "1e300", "1e308"]).exit_code == 2
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--plot", "newdir/"], "not the folder"),
+    (["--plot", "fig.jpg"], "must end in .png, .pdf or .svg"),
+    (["--models", "M1,,M2"], "no empty item"),
+    (["--t-min", "-1"], "t_min must be a positive finite number"),
+    (["--t-min", "nan"], "t_min must be a positive finite number"),
+])
+def test_option_errors_are_one_error_line(tmp_path, args, needle):
+    p = tmp_path / "d.csv"
+    p.write_text("t,E\n1,0.9\n2,0.5\n3,0.3\n4,0.2\n5,0.1\n")
+    r = _run([str(p), "--resamples", "0", "--no-human", *args])
+    assert r.exit_code == 2, r.output
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and needle in errors[0] and "Traceback" not in r.output
+
+
+def test_t_out_of_range_and_huge_counts_exit_2_with_one_line(tmp_path):
+    for name, text, needle in (("t.csv", "t,E\n1,0.9\n10,0.5\n1e308,0.1\n", "outside"),
+                               ("n.csv", "t,k,N\n1,9e18,1e19\n2,8e18,1e19\n3,7e18,1e19\n", "2^53")):
+        p = tmp_path / name
+        p.write_text(text)
+        r = _run([str(p), "--no-human"])
+        assert r.exit_code == 2 and needle in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_list_human_json_and_strict_json_output():
+    r = _run(["--list-human", "--json"])
+    assert r.exit_code == 0
+    names = [h["name"] for h in json.loads(r.output)["human"]]
+    assert "murre-dros-dros" in names and "ebbinghaus-1885" in names

@@ -8,11 +8,11 @@ from fractions import Fraction
 
 import pytest
 import sympy as sp
+from cramkit.theory import bounds as tb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from cramkit.theory import bounds as tb
 from cramkit.errors import CramError
 
 # ----------------------------------------------------------------------------------------------

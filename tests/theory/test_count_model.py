@@ -1,13 +1,11 @@
 """Proposition 3: the exact count-model curve, its alpha > 1 closed form, the alpha = 0 widths,
-and SPEC H12 (c): the fitted gamma of the exact curve is 1 - 1/alpha."""
+and property H12 (c) (docs/results/fit-gamma.md): the fitted gamma of the exact curve is 1 - 1/alpha."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import sympy as sp
-from scipy.special import gammaincc
-
 from cramkit.theory.count_model import (
     ALPHA,
     N_SYM,
@@ -21,9 +19,11 @@ from cramkit.theory.count_model import (
     width_table,
     zipf_weights,
 )
-from cramkit.errors import CramError
 from cramkit.theory.fit.analysis import count_model_data
 from cramkit.theory.fit.core import fit_model
+from scipy.special import gammaincc
+
+from cramkit.errors import CramError
 
 
 def test_poisson_sum_equals_incomplete_gamma():
@@ -87,11 +87,11 @@ def test_h12c_fitted_gamma_of_the_exact_curve(alpha, K):
 
 @pytest.mark.parametrize("K,sharp", [(3, False), (10, True)])
 def test_uniform_recurrence_sharpness_verdict(K, sharp):
-    from cramkit.theory.fit.analysis import fit_gamma
+    from cramkit.theory.fit.analysis import CountModelSpec, FitConfig, run
 
-    res = fit_gamma(count_model={"alpha": 0.0, "K": K, "P": 10**4}, resamples=0,
-                    with_human=False, models=["M1", "M2", "M5", "M6"])
-    tr = res["transition"]
+    res = run(FitConfig(count_model=CountModelSpec(alpha=0.0, K=K, P=10**4), resamples=0,
+                        with_human=False, models=("M1", "M2", "M5", "M6")))
+    tr = res.to_json()["transition"]
     assert tr["sharp"] is sharp
     assert tr["W"] == pytest.approx(uniform_width(K), abs=0.05)
     # t_c sits near N = K P (the step of F_K(N/P))

@@ -1,5 +1,5 @@
 """The fitter: a NIST StRD certified problem, recovery of known parameters for all eight
-models, SPEC H12 (a)-(b), the uncertainty machinery, and the input readers."""
+models, properties H12 (a)-(b) of the curve fitter, the uncertainty machinery, and the input readers."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cramkit.theory.curves import MODEL_NAMES, get_model
-from cramkit.errors import CramError
 from cramkit.theory.fit.core import fit_model
 from cramkit.theory.fit.data import make_binomial, make_gaussian, pool, read_curve
 from cramkit.theory.fit.uncertainty import (
@@ -25,7 +23,9 @@ from cramkit.theory.fit.uncertainty import (
 )
 from cramkit.theory.transition import transition_analysis
 
-DATA = Path(__file__).parent / "data"
+from cramkit.errors import CramError
+
+DATA = Path(__file__).parent.parent / "data"
 
 
 # --- NIST StRD Misra1a: y = b1 (1 - exp(-b2 x)) is M3 with E0 fixed at 0 -------------------

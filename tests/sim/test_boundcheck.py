@@ -1,14 +1,15 @@
-"""sim.bound: the sweep, the criteria and the controls on a small configuration."""
+"""sim.boundcheck: the sweep, the stream, the criteria and the controls on a small configuration."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
+import cramkit.sim.boundcheck.config as bc
 import pytest
-
-import cramkit.sim.bound as sb
-from cramkit.sim.bound import BoundConfig, run_bound
+from cramkit.sim.boundcheck import BoundConfig, run
 from cramkit.sim.routers import PoolKeyRouter
+
 from cramkit.errors import CramError
 
 SMALL = dict(
@@ -25,9 +26,31 @@ SMALL = dict(
 )
 
 
+PROGRESS: list[tuple[str, float, float]] = []
+
+
 @pytest.fixture(scope="module")
 def small_result():
-    return run_bound(BoundConfig(**SMALL))
+    return run(BoundConfig(**SMALL), lambda stage, done, total: PROGRESS.append((stage, done, total)))
+
+
+def test_progress_reports_each_stage_to_its_end(small_result):
+    stages = list(dict.fromkeys(stage for stage, _, _ in PROGRESS))
+    assert stages == ["numba warm-up", "sweep", "control F2", "stream"]
+    for stage in stages:
+        ticks = [(d, t) for s, d, t in PROGRESS if s == stage]
+        assert all(0 <= d <= t for d, t in ticks) and ticks[-1][0] == ticks[-1][1]
+        assert [d for d, _ in ticks] == sorted(d for d, _ in ticks)
+
+
+def test_text_report_and_strict_json(small_result):
+    from cramkit.jsonable import dumps
+
+    text = small_result.report()
+    assert text.splitlines()[-1] == "Result: every criterion holds."
+    for row in small_result.routers:
+        assert row.name in text
+    assert json.loads(dumps(small_result.to_json()))["criteria"] == {k: True for k in small_result.criteria}
 
 
 def test_small_run_passes_every_criterion(small_result):
@@ -71,11 +94,11 @@ class _LyingRouter(PoolKeyRouter):
 
 
 def test_p1_catches_a_pool_aware_router_that_claims_to_be_static(monkeypatch):
-    real = sb.parse_router
+    real = bc.parse_router
     monkeypatch.setattr(
-        sb, "parse_router", lambda name: _LyingRouter() if name == "LIAR" else real(name)
+        bc, "parse_router", lambda name: _LyingRouter() if name == "LIAR" else real(name)
     )
-    res = run_bound(BoundConfig(**{**SMALL, "routers": ("ORACLE-POS", "LIAR"), "Ks": (2,)}))
+    res = run(BoundConfig(**{**SMALL, "routers": ("ORACLE-POS", "LIAR"), "Ks": (2,)}))
     assert not res.criteria["P1"].passed and res.criteria["P2"].passed
     assert any(f.startswith("LIAR") for f in res.criteria["P1"].failures)
     liar = next(r for r in res.routers if r.name == "LIAR")
@@ -84,7 +107,7 @@ def test_p1_catches_a_pool_aware_router_that_claims_to_be_static(monkeypatch):
 
 
 def test_short_stream_fails_p4_and_says_why():
-    res = run_bound(BoundConfig(**{**SMALL, "T": 20, "routers": ("ORACLE-POS",), "Ks": (3,)}))
+    res = run(BoundConfig(**{**SMALL, "T": 20, "routers": ("ORACLE-POS",), "Ks": (3,)}))
     assert not res.criteria["P4"].passed and not res.ok
     assert "T_0" in res.criteria["P4"].failures[0]
 

@@ -6,7 +6,6 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-
 from cramkit.sim.routers import (
     AllRouter,
     HashRouter,
@@ -29,6 +28,7 @@ from cramkit.sim.simulate import (
 )
 from cramkit.sim.srcd import SRCDConfig, generate, make_world, split_seeds
 from cramkit.theory import bounds as tb
+
 from cramkit.errors import CramError
 
 

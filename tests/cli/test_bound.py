@@ -6,7 +6,6 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from cramkit.cli.main import cli
 
 SMALL = ["--freq", "0.1", "--fe", "0.03", "--P", "64", "--n-min", "128", "--n-max", "512",
@@ -56,22 +55,32 @@ def test_failing_criterion_exits_1_and_says_which():
     [
         (["--freq", "0"], "freq must lie in (0, 1)"),
         (["--freq", "1.5"], "freq must lie in (0, 1)"),
-        (["--freq", "abc"], "--freq must be a number"),
+        (["--freq", "abc"], "'abc' is not a valid float"),
+        (["--freq", "nan"], "freq must be a finite number"),
+        (["--alpha", "inf"], "alpha must be a finite number"),
         (["--fe", "-0.1"], "f_e must lie"),
         (["--routers", "ALL,NOPE"], "unknown router 'NOPE'"),
         (["--P", "10"], "m_r <= P"),
-        (["--K", "1,x"], "--K must be a comma-separated list"),
+        (["--K", "1,x"], "expected comma-separated integers"),
+        (["--K", "1,,2"], "no empty item"),
+        (["--K", "0"], "outside [1, 1000000]"),
         (["--n-min", "512", "--n-max", "256"], "n range"),
-        (["--seeds", "1.5"], "--seeds must be an integer"),
-        (["--plot", "."], "--plot needs a file path"),
-        (["--plot", "figure.jpg"], "--plot must end in .png, .pdf or .svg"),
+        (["--seeds", "1.5"], "'1.5' is not a valid integer"),
+        (["--plot", "."], "needs a file path ending in .png, .pdf or .svg, not the folder"),
+        (["--plot", "newdir/"], "not the folder"),
+        (["--plot", "figure.jpg"], "must end in .png, .pdf or .svg"),
+        (["--symbolic", "--freq", "nan"], "f must be a finite number"),
+        (["--symbolic", "--fe", "inf"], "f_e must be a finite number"),
+        (["--symbolic", "--freq", "-inf"], "f must be a finite number"),
+        (["--symbolic", "--freq", "1.5"], "f must be <= 1"),
+        (["--symbolic", "--plot", "s.png"], "has no plot"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(args, words):
+def test_bad_input_exits_2_with_one_error_line(args, words):
     res = _run(args)
-    assert res.exit_code == 2
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error:") and words in lines[0], res.output
+    assert res.exit_code == 2, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and words in errors[0], res.output
     assert "Traceback" not in res.output
 
 
