@@ -105,10 +105,10 @@ def cram_run_dirs(ctx: Context) -> list[Path]:
 
 
 def static_bound_step(ctx: Context) -> dict[str, Any]:
-    """``cram bound``: :func:`cramkit.sim.bound.run_bound` with the scale's BoundConfig."""
-    from cramkit.sim.bound import BoundConfig, run_bound
+    """``cram bound``: :func:`cramkit.sim.boundcheck.run` with the scale's BoundConfig."""
+    from cramkit.sim.boundcheck import BoundConfig, run
 
-    res = run_bound(BoundConfig(**ctx.scale.bound), lambda _msg, frac: ctx.tick(frac, 1.0)).to_json()
+    res = run(BoundConfig(**ctx.scale.bound), lambda _stage, done, total: ctx.tick(done, total)).to_json()
     cr = res["stream"]["cr"]
     k = "CR_2" if "CR_2" in cr else sorted(cr)[0]
     static = {n: r for n, r in res["routers"].items() if r["static"] and r["held"]}
@@ -158,12 +158,13 @@ def accuracy_budget_step(ctx: Context) -> dict[str, Any]:
 
 def attention_fall_step(ctx: Context) -> dict[str, Any]:
     """The cram runs' metrics.jsonl (E_rec, rho_all over training) and ``cram fit-gamma RUNS``'s
-    transition (:func:`cramkit.theory.fit.analysis.fit_gamma`, no bootstrap)."""
-    from cramkit.theory.fit.analysis import fit_gamma
+    transition (:func:`cramkit.theory.fit.analysis.run`, no bootstrap)."""
+    from cramkit.theory.fit.analysis import FitConfig, run
 
     runs = list(_srcd_runs(ctx, ()).values())
     cfg = run_config(ctx.scale)
-    fit = fit_gamma(runs=[r["dir"] for r in runs], models=("M1", "M2", "M5", "M6"), resamples=0, with_human=False)
+    fit = run(FitConfig(runs=tuple(r["dir"] for r in runs), models=("M1", "M2", "M5", "M6"), resamples=0,
+                        with_human=False)).to_json()
     curves = [{"seed": s, "step": [m["step"] for m in r["metrics"]], "E_rec": [m.get("E_rec") for m in r["metrics"]],
                "rho_all": [m.get("rho_all") for m in r["metrics"]]} for s, r in zip(ctx.scale.seeds, runs)]  # fmt: skip
     tr = fit["transition"]
@@ -181,12 +182,13 @@ def attention_fall_step(ctx: Context) -> dict[str, Any]:
 
 def gamma_step(ctx: Context) -> dict[str, Any]:
     """``cram fit-gamma RUNS`` with the bundled human reference:
-    :func:`cramkit.theory.fit.analysis.fit_gamma`."""
-    from cramkit.theory.fit.analysis import fit_gamma
+    :func:`cramkit.theory.fit.analysis.run`."""
+    from cramkit.theory.fit.analysis import FitConfig, run
 
     dirs = [str(p) for p in cram_run_dirs(ctx)]
     ctx.tick(0, 1)
-    res = fit_gamma(runs=dirs, models=ctx.scale.fit["models"], resamples=ctx.scale.fit["resamples"], with_human=True)
+    res = run(FitConfig(runs=tuple(dirs), models=tuple(ctx.scale.fit["models"]), resamples=ctx.scale.fit["resamples"],
+                        with_human=True)).to_json()
     ctx.tick(1, 1)
     m1 = next(f for f in res["fits"] if f["model"] == res["primary_model"])
     g = res["gamma"] or {}

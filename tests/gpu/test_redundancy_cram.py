@@ -13,7 +13,13 @@ from click.testing import CliRunner
 from cramkit.cli.main import cli
 from cramkit.errors import CramError
 from cramkit.gpu import config as C
-from cramkit.gpu.checkpoint import save_checkpoint
+from cramkit.gpu.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    _model_tensors,
+    save_checkpoint,
+    write_checkpoint_file,
+)
 from cramkit.gpu.build import build_model
 from cramkit.gpu.redundancy.cram_adapter import CramTextAdapter, load_cram_text
 from cramkit.gpu.redundancy.engine import run
@@ -101,7 +107,10 @@ def test_cram_checkpoint_with_nan_weights_is_one_line_error(tmp_path, as_json):
     with torch.no_grad():  # one NaN in an MLP matrix (not the attention output projection)
         next(p for n, p in model.named_parameters() if ".mlp." in n and p.dim() == 2)[0, 0] = float("nan")
     path = tmp_path / "nan.safetensors"
-    save_checkpoint(path, model, None, {"arch": "gpt-bytes", "config": cfg.to_dict(), "step": 5})
+    # cram refuses to save non-finite weights, so write the signed file directly (as a foreign
+    # tool or a bit flip before signing would): the load must still refuse it in one line
+    tensors, meta = _model_tensors(model, {"arch": "gpt-bytes", "config": cfg.to_dict(), "step": 5})
+    write_checkpoint_file(path, tensors, {"format": FORMAT, "format_version": FORMAT_VERSION, **meta})
     res = CliRunner().invoke(
         cli,
         ["redundancy", str(path), "--min-pos", "4", "--max-tokens", "2000", "--predictors", "p0,p1", "--no-gate",

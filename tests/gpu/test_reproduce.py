@@ -347,7 +347,7 @@ def test_every_scale_builds_valid_library_configs(name, tmp_path):
     from cramkit.gpu.reproduce.scales import SCALES
     from cramkit.gpu.reproduce.steps import run_config
     from cramkit.gpu.transfer import TransferConfig
-    from cramkit.sim.bound import BoundConfig
+    from cramkit.sim.boundcheck import BoundConfig
 
     scale = SCALES[name]
     for router in ("cram", *scale.baselines):
