@@ -248,11 +248,13 @@ def test_blow_up_inside_the_model_is_reported_as_divergence(tmp_path):
 
 
 def _rewrite_meta(path, edit):
-    from safetensors.torch import save_file
+    """Re-sign ``path`` with edited metadata (an atomic replace: last.safetensors is a hard link to
+    the kept checkpoint, which stays as it was)."""
+    from cramkit.gpu.checkpoint import write_checkpoint_file
 
     tensors, meta = read_checkpoint(path)
     edit(meta)
-    save_file(tensors, str(path), metadata={"cram": json.dumps(meta)})
+    write_checkpoint_file(path, tensors, meta)
 
 
 @pytest.mark.parametrize(
@@ -262,11 +264,30 @@ def _rewrite_meta(path, edit):
         (lambda m: m.pop("config"), "corrupt training metadata"),
         (lambda m: m.update(metrics=5), "corrupt training metadata"),
         (lambda m: m.update(tied={"x": "nope"}), "corrupt metadata"),
-        (lambda m: m["config"]["model"].update(d_model=16), "does not match its own config"),
+        (lambda m: m["config"]["model"].update(d_model=16), "differs from the run .* in model.d_model"),
     ],
 )
 def test_resume_of_a_tampered_checkpoint_is_one_clear_error(tmp_path, edit, fragment):
     train(tiny("train.steps=2", "train.eval_every=2"), tmp_path / "r")
-    _rewrite_meta(tmp_path / "r" / "last.safetensors", edit)
+    last = tmp_path / "r" / "last.safetensors"
+    _rewrite_meta(last, edit)
     with pytest.raises(CramError, match=fragment):
-        train(None, None, resume=tmp_path / "r")
+        train(None, None, resume=last)
+
+
+def test_resume_of_a_checkpoint_whose_config_does_not_fit_its_weights(tmp_path):
+    train(tiny("train.steps=2", "train.eval_every=2"), tmp_path / "r")
+    last = tmp_path / "r" / "last.safetensors"
+    _rewrite_meta(last, lambda m: m["config"]["model"].update(d_model=16))
+    (tmp_path / "r" / "config.toml").unlink()  # nothing else to compare with: the weights refuse it
+    with pytest.raises(CramError, match="does not match its own config"):
+        train(None, None, resume=last)
+
+
+def test_resume_of_a_folder_skips_a_tampered_last_checkpoint(tmp_path, capsys):
+    full = train(tiny("train.steps=4", "train.eval_every=2", "train.ckpt_every=2"), tmp_path / "full")
+    train(tiny("train.steps=4", "train.eval_every=2", "train.ckpt_every=2"), tmp_path / "r", max_steps=3)
+    _rewrite_meta(tmp_path / "r" / "last.safetensors", lambda m: m.update(step="abc"))
+    resumed = train(None, None, resume=tmp_path / "r")  # from the kept step 2, with a warning
+    assert "skipping" in capsys.readouterr().err
+    assert _strip(resumed.metrics) == _strip(full.metrics)
