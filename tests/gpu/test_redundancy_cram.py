@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from cramkit.cli.main import cli
 from cramkit.errors import CramError
 from cramkit.gpu import config as C
-from cramkit.gpu.checkpoint import save_checkpoint
+from cramkit.gpu.checkpoint import read_checkpoint, save_checkpoint, write_checkpoint_file
 from cramkit.gpu.build import build_model
 from cramkit.gpu.redundancy.cram_adapter import CramTextAdapter, load_cram_text
 from cramkit.gpu.redundancy.engine import run
@@ -98,10 +98,14 @@ def test_cram_checkpoint_with_nan_weights_is_one_line_error(tmp_path, as_json):
     cfg = _text_cfg("GG")
     torch.manual_seed(0)
     model = build_model(cfg)
-    with torch.no_grad():  # one NaN in an MLP matrix (not the attention output projection)
-        next(p for n, p in model.named_parameters() if ".mlp." in n and p.dim() == 2)[0, 0] = float("nan")
     path = tmp_path / "nan.safetensors"
     save_checkpoint(path, model, None, {"arch": "gpt-bytes", "config": cfg.to_dict(), "step": 5})
+    # save_checkpoint refuses NaN weights; a signed file holding one is written directly: one NaN
+    # in an MLP matrix (not the attention output projection)
+    tensors, meta = read_checkpoint(path)
+    name = next(k for k, t in tensors.items() if k.startswith("model/") and ".mlp." in k and t.dim() == 2)
+    tensors[name][0, 0] = float("nan")
+    write_checkpoint_file(path, tensors, meta)
     res = CliRunner().invoke(
         cli,
         ["redundancy", str(path), "--min-pos", "4", "--max-tokens", "2000", "--predictors", "p0,p1", "--no-gate",
