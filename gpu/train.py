@@ -407,16 +407,21 @@ def open_resume(resume: str | Path, cfg: C.RunConfig | None, rank: int) -> tuple
     return folder, cfg, state
 
 
+def check_probe_fits(cfg: C.RunConfig) -> None:
+    """Refuse (one line) an SRCD probe set that cannot fit in memory, before the task makes it."""
+    if cfg.task == "srcd":
+        n, k = cfg.srcd.n, cfg.train.eval_sequences
+        check_fits(3 * tensor_bytes(k, n, dtype_bytes=8), f"the probe set (train.eval_sequences={k} sequences of {n} tokens)")
+
+
 def check_memory(cfg: C.RunConfig, task: Task, world_size: int, device: torch.device) -> None:
-    """Refuse (one line) a model, batch or SRCD probe set that cannot fit in memory, before
-    allocating it (a lower-bound estimate: cramkit.memory)."""
+    """Refuse (one line) a model and batch that cannot fit in memory, before allocating them (a
+    lower-bound estimate: cramkit.memory)."""
     batch = max(1, cfg.train.batch_size // world_size)
     scfg = getattr(task, "scfg", None)
     if getattr(task, "name", "") == "srcd" and scfg is not None:
         check_training_fits(cfg.model, task.vocab_size, batch, scfg.n, device, logit_rows=scfg.n_q,
                             logit_width=scfg.v)  # fmt: skip
-        check_fits(3 * tensor_bytes(cfg.train.eval_sequences, scfg.n, dtype_bytes=8),
-                   f"the probe set (train.eval_sequences={cfg.train.eval_sequences} sequences of {scfg.n} tokens)")  # fmt: skip
     else:
         seq_len = int(getattr(task, "seq_len", 0) or getattr(task, "n_targets", 1))
         check_training_fits(cfg.model, task.vocab_size, batch, seq_len, device)
@@ -709,6 +714,7 @@ def _train_segment(cfg: C.RunConfig, task: Task | None, state: RunState, end_ste
             torch.set_num_threads(tcfg.threads)
         device = pick_device(tcfg, rank)
         if task is None:
+            check_probe_fits(cfg)
             task = cfg.build_task(device=device, rank=rank, world_size=world_size)
         check_task(task)
         check_memory(cfg, task, world_size, device)
