@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 from cramkit.cli.options import emit, json_option, plot_option, quiet_option
 
+from cramkit import runs
 from cramkit.progress import progress_bar
 
 
@@ -31,14 +32,19 @@ from cramkit.progress import progress_bar
               help="Folder for metrics.jsonl, config.toml, checkpoints and summary.json "
                    "(default: runs/<preset>-<time>).")
 @click.option("--resume", type=click.Path(), default=None,
-              help="Continue the run saved in this folder (or from this checkpoint file).")
+              help="Continue the run saved in this folder (or from this checkpoint file); --set may "
+                   "change the settings that are safe to change on resume (e.g. train.lr).")
+@click.option("--overwrite", is_flag=True,
+              help="Start a new run in an --out folder that holds one; the old run's files are moved "
+                   "to DIR/replaced-<time>/, never deleted.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Stop after this many steps in total (the schedule still follows train.steps); "
                    "continue later with --resume.")
 @plot_option("Save the attention-utilization and accuracy curves over training (PNG) to this path.")
 @quiet_option("Do not show the progress bar.")
 @json_option("Print the final summary as one JSON object.")
-def train(preset, config_file, overrides, task, data, out_dir, resume, max_steps, plot, quiet, as_json) -> None:
+def train(preset, config_file, overrides, task, data, out_dir, resume, overwrite, max_steps, plot, quiet,
+          as_json) -> None:  # fmt: skip
     """Train a hybrid SSM + attention model whose router learns when to attend.
 
     With no arguments this runs the quick preset on the CPU (a small SRCD task, minutes on two
@@ -46,17 +52,24 @@ def train(preset, config_file, overrides, task, data, out_dir, resume, max_steps
     then --set overrides; unknown keys and wrong types are errors. Each evaluation appends one
     JSON line to metrics.jsonl; checkpoints are safetensors files with JSON metadata; --resume
     continues a stopped run and ends with the same metrics as an uninterrupted one (on a finished
-    run it only reprints the summary, and --plot redraws the curves). Launch with
+    run it only reprints the summary, and --plot redraws the curves); --resume DIR --set
+    train.lr=... continues it with a changed learning rate (other settings: docs/reliability.md).
+    An --out folder belongs to one run: another run there needs --overwrite. Launch with
     torchrun for data-parallel training (rank 0 logs and saves).
     """
     from cramkit.gpu.config import config_task, load_config, preset_task
     from cramkit.gpu.train import TrainSettings, run
 
-    if resume is not None and (preset or config_file or overrides or task or data):
-        raise click.UsageError("--resume takes the configuration from the checkpoint; drop --preset/--config/--set/--task/--data")
-    if resume is not None and out_dir is not None:
-        raise click.UsageError("--resume writes into the run's own folder; drop --out")
+    if resume is not None:
+        given = [name for name, v in (("--preset", preset), ("--config", config_file), ("--task", task),
+                                      ("--data", data), ("--out", out_dir), ("--overwrite", overwrite)) if v]  # fmt: skip
+        if given:
+            raise click.UsageError(f"--resume continues the run with its own configuration and folder; drop "
+                                   f"{', '.join(given)} (--set may change train.lr and the other settings "
+                                   "that are safe to change on resume)")  # fmt: skip
     cfg = None
+    if resume is not None and overrides:
+        cfg = _resume_config(Path(resume), list(overrides))
     if resume is None:
         if task in ("text", "tokens") and not data:
             raise click.UsageError(f"--task {task} needs --data FILE")
@@ -77,8 +90,23 @@ def train(preset, config_file, overrides, task, data, out_dir, resume, max_steps
         if not as_json and not quiet:
             click.echo(f"writing to {out_dir}", err=True)
     with progress_bar(enabled=not quiet) as progress:
-        result = run(TrainSettings(cfg, out_dir, resume, max_steps), progress)
+        result = run(TrainSettings(cfg, out_dir, resume, max_steps, overwrite), progress)
     if result.stopped_early:
         click.echo(f"stopped at step {result.step} (--max-steps); "
                    f"continue with: cram train --resume {result.out_dir}", err=True)
     emit(result, as_json=as_json, plot=plot)
+
+
+def _resume_config(resume: Path, overrides: list[str]):
+    """``--resume DIR --set K=V``: the run's config.toml with the overrides (the library then
+    refuses, by name, any that may not change on resume)."""
+    from cramkit.gpu.config import load_config
+    from cramkit.gpu.runfolder import RunFolder
+    from cramkit.gpu.train import run_dir_of
+
+    if not resume.exists():
+        raise click.UsageError(f"nothing to resume: {resume} does not exist")
+    run_dir = run_dir_of(resume)
+    if RunFolder.saved_config(run_dir) is None:
+        raise click.UsageError(f"--resume --set needs the run's config.toml, and {run_dir} has none")
+    return load_config(run_dir / runs.CONFIG, overrides)

@@ -156,7 +156,7 @@ class TrainConfig(Section):
     seed: int = setting(0, lo=0)
     world_seed: int = setting(0, lo=0)  # SRCD: the seed of the training pool (TOML alias srcd.world_seed)
     eval_every: int = setting(250, lo=1)
-    eval_log_points: int = setting(0, lo=0)  # extra evaluations at this many log-spaced steps
+    eval_log_points: int = setting(0, lo=0, hi=10_000)  # extra evaluations at this many log-spaced steps
     eval_sequences: int = setting(512, lo=1)  # size of the fixed probe set (SRCD, tokens)
     ckpt_every: int = setting(500, lo=1)
     keep_checkpoints: bool = True  # keep every checkpoint (consolidation curves need them)

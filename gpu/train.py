@@ -44,25 +44,35 @@ from cramkit.gpu.checkpoint import (
     load_optimizer,
     read_checkpoint,
     restore_rng,
-    save_checkpoint,
 )
 from cramkit.gpu.model import CramModel
+from cramkit.gpu.runfolder import RunFolder, check_resume_changes
 from cramkit.gpu.tasks import Task, TaskBatch, check_task
 
 from cramkit import runs
 from cramkit.errors import CramError
-from cramkit.io import append_jsonl, atomic_write_json, atomic_write_text, save_figure
+from cramkit.io import atomic_write_json, save_figure
+from cramkit.memory import check_fits, check_training_fits, tensor_bytes
 from cramkit.progress import Progress, report_to
 from cramkit.result import Result
 
 ARCH = "cram-hybrid"  # checkpoint architecture tag (text runs: "gpt-bytes", kept for older readers)
 TEXT_ARCH = "gpt-bytes"
-_DIVERGED_HINT = "(lower train.lr or raise train.grad_clip, then --resume)"
 
 
-def _last_good(out: Path | None) -> str:
-    last = runs.last_checkpoint(out) if out is not None else None
-    return f"; the last good checkpoint is {last}" if last is not None and last.is_file() else ""
+def _divergence_advice(folder: RunFolder | None, tcfg: C.TrainConfig) -> str:
+    """Where a diverged run stands and a command that continues it with half the learning rate
+    (from the last good checkpoint; at step 1, before any checkpoint, a command that starts it
+    again). Without a run folder: what to change."""
+    lr = tcfg.lr / 2
+    if folder is None:
+        return f"; lower train.lr (e.g. --set train.lr={lr!r})"
+    good = folder.last_good_checkpoint()
+    if good is None:
+        cfg_file = folder.path / runs.CONFIG
+        return (f"; no checkpoint was saved yet: start again with a lower learning rate: cram train --config "
+                f"{cfg_file} --out {folder.path} --overwrite --set train.lr={lr!r}")  # fmt: skip
+    return f"; the last good checkpoint is {good}; lower the learning rate: {folder.resume_hint({'train.lr': lr})}"
 
 
 class TrainingDiverged(CramError):
@@ -76,19 +86,24 @@ class TrainingDiverged(CramError):
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """What ``cram train`` runs: a run config (None with ``resume``: the checkpoint's own), the
-    output folder, a run to resume, and a step to stop at."""
+    """What ``cram train`` runs: a run config (with ``resume``: None for the checkpoint's own, or
+    the run's config with changed :data:`cramkit.gpu.runfolder.RESUMABLE_KEYS`), the output
+    folder, a run to resume, a step to stop at, and whether a new run may replace the run in
+    ``out`` (moved aside into ``out/replaced-<time>/``)."""
 
     run: C.RunConfig | None = None
     out: str | Path | None = None
     resume: str | Path | None = None
     max_steps: int | None = None
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.max_steps is not None and self.max_steps < 1:
             raise CramError("--max-steps must be >= 1")
-        if self.resume is not None and self.run is not None:
-            raise CramError("a resumed run takes its configuration from the checkpoint; give no run config")
+        if self.resume is not None and self.out is not None:
+            raise CramError("--resume writes into the run's own folder; give no output folder")
+        if self.resume is not None and self.overwrite:
+            raise CramError("--resume continues the run in the folder and --overwrite replaces it; give one")
 
 
 @dataclass
@@ -121,7 +136,8 @@ class TrainResult(Result):
 
 def run(config: TrainSettings, progress: Progress | None = None) -> TrainResult:
     """Train (or resume) the run ``config`` describes."""
-    return train(config.run, config.out, resume=config.resume, max_steps=config.max_steps, progress=progress)
+    return train(config.run, config.out, resume=config.resume, max_steps=config.max_steps, progress=progress,
+                 overwrite=config.overwrite)
 
 
 def _render(renderable) -> str:
@@ -190,14 +206,25 @@ def lr_at(cfg: C.TrainConfig, step: int) -> float:
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * prog)))
 
 
+def log_eval_steps(cfg: C.TrainConfig) -> set[int]:
+    """The ``eval_log_points`` log-spaced steps in [1, steps] (duplicates merged; O(points), and
+    the config bounds the points)."""
+    k = cfg.eval_log_points
+    if not k:
+        return set()
+    return {max(1, min(cfg.steps, round(cfg.steps ** (i / (k - 1 if k > 1 else 1))))) for i in range(k)}
+
+
+def is_eval_step(cfg: C.TrainConfig, step: int, log_steps: set[int]) -> bool:
+    """Whether the run evaluates after ``step`` (``log_steps`` = :func:`log_eval_steps`)."""
+    return step % cfg.eval_every == 0 or step == cfg.steps or step in log_steps
+
+
 def eval_steps(cfg: C.TrainConfig) -> set[int]:
     """Steps after which the run evaluates: every ``eval_every`` steps, the last step, and
-    ``eval_log_points`` log-spaced steps in [1, steps] (duplicates merged)."""
-    out = set(range(cfg.eval_every, cfg.steps + 1, cfg.eval_every)) | {cfg.steps}
-    k = cfg.eval_log_points
-    if k:
-        out |= {max(1, min(cfg.steps, round(cfg.steps ** (i / (k - 1 if k > 1 else 1))))) for i in range(k)}
-    return out
+    ``eval_log_points`` log-spaced steps in [1, steps] (duplicates merged). The training loop
+    tests steps with :func:`is_eval_step` instead of building this set."""
+    return set(range(cfg.eval_every, cfg.steps + 1, cfg.eval_every)) | {cfg.steps} | log_eval_steps(cfg)
 
 
 def make_optimizer(model: CramModel, tcfg: C.TrainConfig) -> tuple[torch.optim.Optimizer, list]:
@@ -285,7 +312,8 @@ def run_dir_of(checkpoint: Path) -> Path:
 
 
 def read_resume_state(resume: str | Path) -> tuple[C.RunConfig, RunState]:
-    """The config and training state stored in a checkpoint; one line for anything corrupt."""
+    """The config and training state stored in a checkpoint file (a folder: its last.safetensors);
+    one line naming the file for anything corrupt."""
     resume = Path(resume)
     tensors, meta = read_checkpoint(resume)
     if meta.get("arch") not in (ARCH, TEXT_ARCH):
@@ -329,21 +357,74 @@ def init_distributed(tcfg: C.TrainConfig, rank: int, world_size: int) -> bool:
     return True
 
 
-def prepare_run_folder(out: Path, cfg: C.RunConfig, metrics: list[dict[str, Any]]) -> None:
-    """Create the folder, write config.toml, and a metrics log holding exactly ``metrics`` (the
-    evaluations the resumed checkpoint knows about)."""
+def _checkpoint_to_resume(resume: Path, run_dir: Path) -> Path:
+    """The checkpoint a resume starts from: the given file, or the folder's newest checkpoint that
+    verifies (a corrupt last.safetensors is skipped with a warning naming it)."""
+    if not resume.is_dir():
+        return resume
+    good = RunFolder(run_dir, None).last_good_checkpoint()  # an unlocked view: reads only
+    if good is None:
+        if not (runs.last_checkpoint(run_dir).is_file() or runs.kept_checkpoints(run_dir)):
+            raise CramError(f"nothing to resume in {run_dir}: it holds no checkpoint")
+        raise CramError(f"nothing to resume in {run_dir}: no checkpoint in it passes verification")
+    return good
+
+
+def _folder_config_toml(cfg: C.RunConfig | None, run_dir: Path, resume: Path) -> str:
+    """The config a resume opens the folder with: the given one, else the folder's config.toml,
+    else (a folder without one) the checkpoint's own."""
+    if cfg is not None:
+        return cfg.to_toml()
+    saved = RunFolder.saved_config(run_dir)
+    if saved is not None:
+        return saved
+    return read_resume_state(resume)[0].to_toml()
+
+
+def open_resume(resume: str | Path, cfg: C.RunConfig | None, rank: int) -> tuple[RunFolder | None, C.RunConfig, RunState]:
+    """Take over the run folder of ``resume`` (rank 0: locked, its config checked against ``cfg``)
+    and read the checkpoint to continue from; ``cfg`` (None: the folder's config.toml, else the
+    checkpoint's config) may differ from the checkpoint's in
+    :data:`cramkit.gpu.runfolder.RESUMABLE_KEYS` only."""
+    resume = Path(resume)
+    if not resume.exists():
+        raise CramError(f"nothing to resume: {resume} does not exist")
+    run_dir = run_dir_of(resume)
+    folder = None
+    if rank == 0:
+        folder = RunFolder.open(run_dir, _folder_config_toml(cfg, run_dir, resume), resume=True)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CramError(f"cannot create the output folder {out}: {exc.strerror}") from None
-    atomic_write_text(out / runs.CONFIG, cfg.to_toml())
-    atomic_write_text(runs.metrics_path(out), "".join(_jsonl(m) for m in metrics))
+        ck_cfg, state = read_resume_state(_checkpoint_to_resume(resume, run_dir))
+        if cfg is None and (run_dir / runs.CONFIG).is_file():
+            cfg = C.load_config(run_dir / runs.CONFIG)  # the folder's config is the run's (a checkpoint
+            # of another run is then refused by name, like a changed config)
+        cfg = cfg or ck_cfg
+        check_resume_changes(ck_cfg.to_dict(), cfg.to_dict(), str(run_dir))
+    except BaseException:
+        if folder is not None:
+            folder.close()
+        raise
+    return folder, cfg, state
 
 
-def _jsonl(m: dict) -> str:
-    import json
+def check_probe_fits(cfg: C.RunConfig) -> None:
+    """Refuse (one line) an SRCD probe set that cannot fit in memory, before the task makes it."""
+    if cfg.task == "srcd":
+        n, k = cfg.srcd.n, cfg.train.eval_sequences
+        check_fits(3 * tensor_bytes(k, n, dtype_bytes=8), f"the probe set (train.eval_sequences={k} sequences of {n} tokens)")
 
-    return json.dumps(m, allow_nan=False) + "\n"
+
+def check_memory(cfg: C.RunConfig, task: Task, world_size: int, device: torch.device) -> None:
+    """Refuse (one line) a model and batch that cannot fit in memory, before allocating them (a
+    lower-bound estimate: cramkit.memory)."""
+    batch = max(1, cfg.train.batch_size // world_size)
+    scfg = getattr(task, "scfg", None)
+    if getattr(task, "name", "") == "srcd" and scfg is not None:
+        check_training_fits(cfg.model, task.vocab_size, batch, scfg.n, device, logit_rows=scfg.n_q,
+                            logit_width=scfg.v)  # fmt: skip
+    else:
+        seq_len = int(getattr(task, "seq_len", 0) or getattr(task, "n_targets", 1))
+        check_training_fits(cfg.model, task.vocab_size, batch, seq_len, device)
 
 
 def allreduce_grads(params: list[torch.nn.Parameter], world_size: int) -> None:
@@ -372,9 +453,9 @@ def allreduce_grads(params: list[torch.nn.Parameter], world_size: int) -> None:
 class _Trainer:
     """One training segment: model, optimizer, task and the run's bookkeeping."""
 
-    def __init__(self, cfg: C.RunConfig, task: Task, state: RunState, out: Path | None, *, rank: int,
+    def __init__(self, cfg: C.RunConfig, task: Task, state: RunState, folder: RunFolder | None, *, rank: int,
                  world_size: int, device: torch.device, on_eval: Callable | None):  # fmt: skip
-        self.cfg, self.tcfg, self.task, self.state, self.out = cfg, cfg.train, task, state, out
+        self.cfg, self.tcfg, self.task, self.state, self.folder = cfg, cfg.train, task, state, folder
         self.rank, self.ws, self.device, self.on_eval = rank, world_size, device, on_eval
         self.is_main = rank == 0
         torch.manual_seed(self.tcfg.seed)
@@ -404,6 +485,9 @@ class _Trainer:
         except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise CramError(f"checkpoint {st.path} does not match its own config ({first})") from None
+        for g in self.opt.param_groups:  # train.weight_decay may change on resume
+            if g.get("name") == "decay":
+                g["weight_decay"] = self.tcfg.weight_decay
         restore_rng(st.tensors)
 
     def broadcast(self) -> None:
@@ -415,20 +499,18 @@ class _Trainer:
 
     # --- records ------------------------------------------------------------------------------
     def checkpoint(self, step: int, wall: float) -> None:
-        if self.out is None or not self.is_main:
+        if self.folder is None:
             return
         meta = self.meta_base | {"step": step, "metrics": self.metrics, "wall_s": wall, "cum_lr": self.cum_lr,
                                  "pending": {"loss": self.acc_loss, "attn_frac": self.acc_frac, "n": self.n_acc}}  # fmt: skip
-        save_checkpoint(runs.last_checkpoint(self.out), self.model, self.opt, meta)
-        if self.tcfg.keep_checkpoints:
-            save_checkpoint(self.out / runs.CHECKPOINTS / runs.step_checkpoint_name(step), self.model, self.opt, meta)
+        self.folder.save_checkpoint(step, self.model, self.opt, meta, keep=self.tcfg.keep_checkpoints)
 
     def record(self, step: int, wall: float, train_stats: dict[str, Any]) -> dict[str, Any]:
         m = {"step": step, **self.task.evaluate(self.model, step=step), **train_stats,
              "lr": lr_at(self.tcfg, max(step - 1, 0)), "cum_lr": self.cum_lr, "wall_s": wall}  # fmt: skip
         self.metrics.append(m)
-        if self.out is not None and self.is_main:
-            append_jsonl(runs.metrics_path(self.out), m)
+        if self.folder is not None:
+            self.folder.append_metrics(m)
         if self.on_eval is not None and self.is_main:
             self.on_eval(m)
         return m
@@ -473,7 +555,7 @@ class _Trainer:
         loss = fout.loss
         if has_targets and not torch.isfinite(loss).all():
             raise TrainingDiverged(f"training stopped: the loss became {float(loss.detach())} at step {step + 1}"
-                                   f"{_last_good(self.out)} {_DIVERGED_HINT}")  # fmt: skip
+                                   f"{_divergence_advice(self.folder, self.tcfg)}")  # fmt: skip
         self.opt.zero_grad(set_to_none=True)
         if has_targets:
             loss.backward()
@@ -504,24 +586,28 @@ class _Trainer:
         if st.start_step == 0 and not self.metrics:
             self.model.eval()
             self.record(0, 0.0, {"loss": None, "train_attn_frac": None})
-        evals = eval_steps(self.tcfg)
+        log_steps = log_eval_steps(self.tcfg)
         tick = progress if self.is_main else report_to(None)
         tick("train", st.start_step, end_step)
         stepped = False
-        step = st.start_step
+        step = done = st.start_step
         try:
             for step in range(st.start_step, end_step):
                 _, fout = self.step(step)
                 stepped = True
-                s1 = step + 1
+                s1 = done = step + 1
                 wall = st.wall0 + time.perf_counter() - t_start
-                if s1 in evals:
+                if is_eval_step(self.tcfg, s1, log_steps):
                     self.record(s1, wall, self.train_stats(fout))
                     self.acc_loss = self.acc_frac = 0.0
                     self.n_acc = 0
                 tick("train", s1, end_step)
                 if s1 % self.tcfg.ckpt_every == 0 or s1 == end_step:
                     self.checkpoint(s1, wall)
+        except KeyboardInterrupt:
+            if self.folder is None:
+                raise
+            raise self.folder.interrupted(done) from None
         except CramError as exc:
             # Once this process has taken an optimizer step, an op's input check failing inside the
             # model (training or evaluation forward) means the weights blew up before a loss existed.
@@ -529,7 +615,7 @@ class _Trainer:
                 raise
             raise TrainingDiverged(
                 f"training stopped: non-finite values inside the model after step {step + 1} ({exc})"
-                f"{_last_good(self.out)} {_DIVERGED_HINT}"
+                f"{_divergence_advice(self.folder, self.tcfg)}"
             ) from None
 
 
@@ -550,51 +636,102 @@ def train(
     max_steps: int | None = None,
     progress: Progress | None = None,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train (or resume) a run; returns the metrics of every evaluation and a summary.
 
     ``task``: any object with the task protocol (docs/tasks.md); default: the run config's own
-    (``cfg.build_task()``). ``max_steps`` stops after that many optimizer steps in total (the
-    schedule still follows ``train.steps``), saving a checkpoint there, so the run can be
-    continued with ``resume`` (pass the same ``task`` again for a task of your own).
-    ``progress(stage, done, total)`` hears about every step; ``on_eval(record)`` about every
-    evaluation.
+    (``cfg.build_task()``). ``out_dir`` is owned by this run while it trains (docs/reliability.md):
+    a folder that holds another run is refused unless ``overwrite`` (the old run is moved into
+    ``out_dir/replaced-<time>/``). ``resume`` (a run folder or a checkpoint file) continues a run
+    in its own folder; ``cfg`` is then None (the checkpoint's config) or the run's config with
+    changed :data:`cramkit.gpu.runfolder.RESUMABLE_KEYS`. ``max_steps`` stops after that many
+    optimizer steps in total (the schedule still follows ``train.steps``), saving a checkpoint
+    there, so the run can be continued with ``resume`` (pass the same ``task`` again for a task of
+    your own). ``progress(stage, done, total)`` hears about every step; ``on_eval(record)`` about
+    every evaluation.
     """
     if isinstance(progress, bool):  # older callers passed a flag
         progress = None
     if max_steps is not None and max_steps < 1:
         raise CramError("--max-steps must be >= 1")
-    state = RunState()
-    if resume is not None:
-        cfg, state = read_resume_state(resume)
-        out_dir = run_dir_of(Path(resume))
-    cfg = cfg or C.load_config()
-    tcfg = cfg.train
     rank, world_size = dist_info()
+    state = RunState()
+    folder: RunFolder | None = None
+    try:
+        if resume is not None:
+            folder, cfg, state = open_resume(resume, cfg, rank)
+            out_dir = run_dir_of(Path(resume))
+        cfg = cfg or C.load_config()
+        end_step = _end_step(cfg.train, max_steps, state.start_step)
+        out = Path(out_dir) if out_dir is not None else None
+        trainer = _train_segment(cfg, task, state, end_step, rank=rank, world_size=world_size, progress=progress,
+                                 on_eval=on_eval, open_folder=lambda: _own_folder(folder, out, cfg, state, overwrite))  # fmt: skip
+        folder = trainer.folder
+        stopped_early = end_step < cfg.train.steps
+        summary = summarize_run(trainer.metrics)
+        if folder is not None and not stopped_early:
+            atomic_write_json(folder.path / runs.SUMMARY, summary)
+    finally:
+        if folder is not None:
+            folder.close()
+    return TrainResult(out, trainer.metrics, summary, stopped_early, end_step, cfg)
+
+
+def _end_step(tcfg: C.TrainConfig, max_steps: int | None, start_step: int) -> int:
+    """The step this segment stops at; a stop behind the run's step is refused."""
+    if max_steps is not None and max_steps < start_step:
+        raise CramError(f"the run is already at step {start_step}; --max-steps {max_steps} is behind it "
+                        f"(give a larger --max-steps, or none to finish the run)")  # fmt: skip
+    if tcfg.steps < start_step:
+        raise CramError(f"the run is already at step {start_step}; train.steps = {tcfg.steps} is behind it")
+    return tcfg.steps if max_steps is None else min(tcfg.steps, max_steps)
+
+
+def _own_folder(folder: RunFolder | None, out: Path | None, cfg: C.RunConfig, state: RunState,
+                overwrite: bool) -> RunFolder | None:  # fmt: skip
+    """Rank 0's run folder, ready for the loop: a new run takes ``out`` over (refused when it holds
+    another run, unless ``overwrite``); a resumed one (``folder``, already held) gets the metrics
+    log of its checkpoint."""
+    if folder is not None:
+        folder.begin_resume(state.metrics, state.start_step)
+        return folder
+    if out is None:
+        return None
+    return RunFolder.open(out, cfg.to_toml(), overwrite=overwrite)
+
+
+def _train_segment(cfg: C.RunConfig, task: Task | None, state: RunState, end_step: int, *, rank: int,
+                   world_size: int, progress: Progress | None, on_eval: Callable | None,
+                   open_folder: Callable[[], RunFolder | None]) -> _Trainer:  # fmt: skip
+    """Build the task and model, restore ``state``, open the run folder (rank 0) and train to
+    ``end_step``; returns the trainer (its metrics and folder)."""
+    tcfg = cfg.train
     owns_group = init_distributed(tcfg, rank, world_size)
+    trainer = None
     try:
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
         device = pick_device(tcfg, rank)
         if task is None:
+            check_probe_fits(cfg)
             task = cfg.build_task(device=device, rank=rank, world_size=world_size)
         check_task(task)
-        trainer = _Trainer(cfg, task, state, Path(out_dir) if out_dir is not None else None, rank=rank,
-                           world_size=world_size, device=device, on_eval=on_eval)  # fmt: skip
+        check_memory(cfg, task, world_size, device)
+        trainer = _Trainer(cfg, task, state, None, rank=rank, world_size=world_size, device=device,
+                           on_eval=on_eval)  # fmt: skip
         trainer.restore()
         trainer.broadcast()
-        out = trainer.out
-        if out is not None and trainer.is_main:
-            prepare_run_folder(out, cfg, trainer.metrics)
-        end_step = tcfg.steps if max_steps is None else min(tcfg.steps, max_steps)
+        if trainer.is_main:
+            trainer.folder = open_folder()
         trainer.loop(end_step, report_to(progress))
+    except BaseException:
+        if trainer is not None and trainer.folder is not None:
+            trainer.folder.close()  # the lock goes with the failure (closing twice is harmless)
+        raise
     finally:
         if owns_group:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    stopped_early = end_step < tcfg.steps
-    summary = summarize_run(trainer.metrics)
-    if out is not None and trainer.is_main and not stopped_early:
-        atomic_write_json(out / runs.SUMMARY, summary)
-    return TrainResult(out, trainer.metrics, summary, stopped_early, end_step, cfg)
+    return trainer

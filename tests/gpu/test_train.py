@@ -248,11 +248,13 @@ def test_blow_up_inside_the_model_is_reported_as_divergence(tmp_path):
 
 
 def _rewrite_meta(path, edit):
-    from safetensors.torch import save_file
+    """Re-sign ``path`` with edited metadata (an atomic replace: last.safetensors is a hard link to
+    the kept checkpoint, which stays as it was)."""
+    from cramkit.gpu.checkpoint import write_checkpoint_file
 
     tensors, meta = read_checkpoint(path)
     edit(meta)
-    save_file(tensors, str(path), metadata={"cram": json.dumps(meta)})
+    write_checkpoint_file(path, tensors, meta)
 
 
 @pytest.mark.parametrize(
@@ -262,11 +264,75 @@ def _rewrite_meta(path, edit):
         (lambda m: m.pop("config"), "corrupt training metadata"),
         (lambda m: m.update(metrics=5), "corrupt training metadata"),
         (lambda m: m.update(tied={"x": "nope"}), "corrupt metadata"),
-        (lambda m: m["config"]["model"].update(d_model=16), "does not match its own config"),
+        (lambda m: m["config"]["model"].update(d_model=16), "differs from the run .* in model.d_model"),
     ],
 )
 def test_resume_of_a_tampered_checkpoint_is_one_clear_error(tmp_path, edit, fragment):
     train(tiny("train.steps=2", "train.eval_every=2"), tmp_path / "r")
-    _rewrite_meta(tmp_path / "r" / "last.safetensors", edit)
+    last = tmp_path / "r" / "last.safetensors"
+    _rewrite_meta(last, edit)
     with pytest.raises(CramError, match=fragment):
-        train(None, None, resume=tmp_path / "r")
+        train(None, None, resume=last)
+
+
+def test_resume_of_a_checkpoint_whose_config_does_not_fit_its_weights(tmp_path):
+    train(tiny("train.steps=2", "train.eval_every=2"), tmp_path / "r")
+    last = tmp_path / "r" / "last.safetensors"
+    _rewrite_meta(last, lambda m: m["config"]["model"].update(d_model=16))
+    (tmp_path / "r" / "config.toml").unlink()  # nothing else to compare with: the weights refuse it
+    with pytest.raises(CramError, match="does not match its own config"):
+        train(None, None, resume=last)
+
+
+def test_resume_of_a_folder_skips_a_tampered_last_checkpoint(tmp_path, capsys):
+    full = train(tiny("train.steps=4", "train.eval_every=2", "train.ckpt_every=2"), tmp_path / "full")
+    train(tiny("train.steps=4", "train.eval_every=2", "train.ckpt_every=2"), tmp_path / "r", max_steps=3)
+    _rewrite_meta(tmp_path / "r" / "last.safetensors", lambda m: m.update(step="abc"))
+    resumed = train(None, None, resume=tmp_path / "r")  # from the kept step 2, with a warning
+    assert "skipping" in capsys.readouterr().err
+    assert _strip(resumed.metrics) == _strip(full.metrics)
+
+
+# --- reliability leftovers (issue #12) ---------------------------------------------------------
+
+
+def test_resume_with_max_steps_behind_the_run_is_refused(tmp_path):
+    cfg = tiny("train.steps=6", "train.eval_every=2", "train.ckpt_every=2")
+    train(cfg, tmp_path / "r", max_steps=4)
+    with pytest.raises(CramError, match="already at step 4; --max-steps 2 is behind it"):
+        train(None, None, resume=tmp_path / "r", max_steps=2)
+    assert train(None, None, resume=tmp_path / "r", max_steps=4).step == 4  # at the step: nothing to do
+
+
+def test_absurd_eval_log_points_are_refused_and_eval_steps_are_tested_one_by_one():
+    from cramkit.gpu.train import eval_steps, is_eval_step, log_eval_steps
+
+    with pytest.raises(CramError, match="eval_log_points must be in"):
+        C.load_config(None, ["train.eval_log_points=1000000000000"])
+    t = C.TrainConfig(steps=1000, eval_every=250, eval_log_points=4)
+    logs = log_eval_steps(t)
+    assert {s for s in range(1, 1001) if is_eval_step(t, s, logs)} == eval_steps(t)
+    huge = C.TrainConfig(steps=10**15, eval_every=1, eval_log_points=10_000)
+    assert is_eval_step(huge, 7, log_eval_steps(huge))  # no set of 10^15 steps is built
+
+
+@pytest.mark.parametrize("override, fragment", [("model.d_model=1048576", "training this model"),
+                                                ("train.eval_sequences=1000000000000", "the probe set")])
+def test_sizes_that_cannot_fit_are_refused_before_allocating(tmp_path, override, fragment):
+    with pytest.raises(CramError, match=f"{fragment}.*needs at least"):
+        train(tiny("train.steps=2", override), tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # refused before the run folder was taken
+
+
+def test_resume_of_a_checkpoint_with_nan_weights_names_the_file(tmp_path):
+    from cramkit.gpu.checkpoint import write_checkpoint_file
+
+    train(tiny("train.steps=2", "train.eval_every=2"), tmp_path / "r")
+    last = tmp_path / "r" / "last.safetensors"
+    tensors, meta = read_checkpoint(last)
+    name = next(k for k, t in tensors.items() if k.startswith("model/") and t.is_floating_point())
+    tensors[name].view(-1)[0] = float("nan")
+    write_checkpoint_file(last, tensors, meta)  # signed: only the NaN is wrong
+    with pytest.raises(CramError, match=f"{last}: tensor {name} holds NaN") as err:
+        train(None, None, resume=last)
+    assert not isinstance(err.value, TrainingDiverged)

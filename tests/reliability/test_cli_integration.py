@@ -1,5 +1,4 @@
-"""The reliability promises through the `cram` command line (docs/reliability.md). Those that
-need `cram train` to use gpu/runfolder.py are marked xfail until that wiring lands."""
+"""The reliability promises through the `cram` command line (docs/reliability.md)."""
 
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_h
         "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16", "train.batch_size=8",
         "train.eval_sequences=32", "train.warmup_steps=2", "train.threads=1", "train.eval_log_points=0",
         "train.steps=6", "train.eval_every=3", "train.ckpt_every=2"]  # fmt: skip
-NEEDS_WIRING = pytest.mark.xfail(reason="needs train.py integration (RunFolder)", strict=False)
 
 
 def _sets(*extra: str) -> list[str]:
@@ -69,7 +67,6 @@ def test_resume_of_a_corrupt_last_checkpoint_is_one_line(finished, tmp_path):
     assert "checksum mismatch" in _one_line_error(r) and "diverge" not in r.output
 
 
-@NEEDS_WIRING
 def test_a_new_run_in_a_folder_with_a_run_is_refused(finished, tmp_path):
     import shutil
 
@@ -81,7 +78,6 @@ def test_a_new_run_in_a_folder_with_a_run_is_refused(finished, tmp_path):
     assert (out / runs.METRICS).read_text() == before
 
 
-@NEEDS_WIRING
 def test_overwrite_moves_the_old_run_aside(finished, tmp_path):
     import shutil
 
@@ -94,7 +90,6 @@ def test_overwrite_moves_the_old_run_aside(finished, tmp_path):
     assert len(moved) == 1 and (moved[0] / runs.METRICS).read_text() == before
 
 
-@NEEDS_WIRING
 def test_resume_with_set_allows_lr_and_refuses_model_keys(tmp_path):
     out = tmp_path / "r"
     assert _train(*_sets(), "--out", str(out), "--max-steps", "2").exit_code == 0
@@ -106,7 +101,6 @@ def test_resume_with_set_allows_lr_and_refuses_model_keys(tmp_path):
     assert any(e.get("event") == "resume" and "train.lr" in e["changed"] for e in events)
 
 
-@NEEDS_WIRING
 def test_the_divergence_hint_is_a_command_that_works(tmp_path):
     out = tmp_path / "r"
     r = _train(*_sets("train.lr=1e12", "train.grad_clip=0", "train.ckpt_every=1"), "--out", str(out))
@@ -123,7 +117,6 @@ def _cram(*args: str) -> list[str]:
 
 
 @pytest.mark.slow
-@NEEDS_WIRING
 def test_two_concurrent_runs_into_one_folder_one_is_refused(tmp_path):
     out = tmp_path / "r"
     args = ["train", *_sets("train.steps=40"), "--out", str(out), "--quiet"]
@@ -138,7 +131,6 @@ def test_two_concurrent_runs_into_one_folder_one_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-@NEEDS_WIRING
 def test_ctrl_c_prints_how_to_resume(tmp_path):
     out = tmp_path / "r"
     proc = subprocess.Popen(_cram("train", *_sets("train.steps=400"), "--out", str(out), "--quiet"),

@@ -155,10 +155,9 @@ def test_cli_kill_then_resume_is_bit_identical_sweep(tmp_path, reference, trial)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="needs train.py integration (saving through RunFolder)", strict=False)
 def test_cli_kill_leaves_no_temp_and_every_kept_checkpoint(tmp_path, reference):
     """After kill + resume the folder holds what an uninterrupted run holds: every kept checkpoint
-    (bit-identical) and no stale temp file. Needs train.py to save through RunFolder."""
+    (bit-identical) and no stale temp file."""
     out = tmp_path / "r"
     assert _kill_train(out, 0.05)
     assert _kill_when_saving(["train", "--resume", str(out), "--quiet"], out, 0.3)  # killed while resuming
