@@ -113,7 +113,20 @@ def _cram_model(cfg: ModelBenchConfig, router: str, pattern: str):
     mcfg = dataclasses.replace(base.model, pattern=pattern, d_model=d, ssm_head_dim=d // heads,
                                memory_hidden=2 * d, router_hidden=max(1, d // 2))  # fmt: skip
     rcfg = dataclasses.replace(base.router, name=router, budget=0.0, explore=0.0)
-    return CramModel(mcfg, rcfg, VOCAB)
+    return CramModel(mcfg, rcfg, VOCAB, budget=0.0)
+
+
+def check_forced_route(model) -> None:
+    """The cram model must attend exactly where the forced route says (router ``random`` with
+    budget 0, route passed as ``explore``); refuse to time anything else."""
+    gen = torch.Generator().manual_seed(0)
+    dev = next(model.parameters()).device
+    tokens = torch.randint(0, VOCAB, (2, 32), generator=gen).to(dev)
+    route = routed_mask(2, 32, 0.25, gen).to(dev)
+    with torch.no_grad():
+        traces = model(tokens, explore=route).traces
+    if not traces or any(not torch.equal(t.route, route) for t in traces):
+        raise CramError("the cram model did not follow the forced route; the benchmark cannot force rho")
 
 
 def build_models(cfg: ModelBenchConfig, device: str) -> dict[str, torch.nn.Module]:
@@ -133,6 +146,8 @@ def build_models(cfg: ModelBenchConfig, device: str) -> dict[str, torch.nn.Modul
     for name in cfg.models:
         torch.manual_seed(cfg.seed)
         models[name] = makers[name]().to(device)
+    if "cram" in models:
+        check_forced_route(models["cram"])
     return models
 
 
