@@ -194,7 +194,12 @@ def _prefill_case(name, model, tokens, route) -> tuple[Callable | None, Callable
     bsz, t_len = tokens.shape
     if has_step_api(model):
         kw = {} if route is None else {"route": route}
-        return (lambda: model.init_state(bsz, t_len)), (lambda state: model.prefill(tokens, state, **kw)), "prefill API"
+
+        def prefill(state):
+            with torch.no_grad():
+                model.prefill(tokens, state, **kw)
+
+        return (lambda: model.init_state(bsz, t_len)), prefill, "prefill API"
 
     def fwd(_):
         with torch.no_grad():
@@ -209,7 +214,8 @@ def _decode_case(model, tokens, route, t_len, steps) -> tuple[Callable, Callable
     def setup():
         state = model.init_state(bsz, t_len + steps)
         kw = {} if route is None else {"route": route[:, : t_len - 1]}
-        model.prefill(tokens[:, : t_len - 1], state, **kw)
+        with torch.no_grad():
+            model.prefill(tokens[:, : t_len - 1], state, **kw)
         return state
 
     def decode(state):
