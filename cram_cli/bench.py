@@ -7,8 +7,8 @@ import json
 import sys
 
 import click
-
 from cramkit.cli.options import CommaList, emit, output_options
+
 from cramkit.io import save_figure
 from cramkit.progress import progress_bar
 
@@ -40,6 +40,7 @@ def _rho_list(ctx, param, value):
     if value is None:
         return None
     from cramkit.gpu.bench import parse_rho
+
     from cramkit.errors import CramError
 
     try:
