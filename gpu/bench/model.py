@@ -24,7 +24,9 @@ before the case; on the CPU the rise of the process's peak resident set (``VmHWM
 ``/proc/self/clear_refs`` before each case) above its resident set before the case, with glibc's
 mmap threshold fixed at 64 KiB so that freed buffers leave the resident set; ``None`` where the
 kernel offers no reset. Decode counts the inference state (held across the steps) plus the steps'
-working memory, not the untimed prefill. Measured in one extra untimed run per case.
+working memory, not the untimed prefill. Measured in one extra untimed run per case, after all
+cases are timed (the fixed mmap threshold slows allocation-heavy models by up to 2x, so it is
+never in force while timing).
 """
 
 from __future__ import annotations
@@ -398,6 +400,22 @@ def _row(cfg, mode, model, rho, t_len, ms, case: Case | None, note=None, peak=No
     }
 
 
+def _set_modes(models: dict, mode: str) -> None:
+    for model in models.values():
+        model.train(mode == "train")
+
+
+def _measure_memory(timed: list[tuple[Case, dict]], models: dict, device: str, tick) -> None:
+    """Fill ``peak_mb`` of every timed row, after all timing: the malloc setting that the CPU
+    method needs slows small allocations, so it must not be in force while cases are timed."""
+    if device == "cpu":
+        _fix_malloc()
+    for i, (case, row) in enumerate(timed, 1):
+        _set_modes(models, case.mode)
+        row["peak_mb"] = peak_mb(case, device)
+        tick("peak memory", i, len(timed))
+
+
 def run(config: ModelBenchConfig, progress: Progress | None = None) -> ModelBenchResult:
     """Run the model benchmark; see the module docstring."""
     tick = report_to(progress)
@@ -405,28 +423,28 @@ def run(config: ModelBenchConfig, progress: Progress | None = None) -> ModelBenc
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     check_sizes(config, device)
-    if device == "cpu" and config.memory:
-        _fix_malloc()
     mem_method = memory_method(device) if config.memory else None
     models = build_models(config, device)
     gen = torch.Generator().manual_seed(config.seed)
     rows: list[dict] = []
+    timed: list[tuple[Case, dict]] = []
     warm: set[str] = set()
     total = len(config.modes) * len(config.t_values)
     done = 0
     tick("bench model", 0, total)
     for mode in config.modes:
-        for model in models.values():
-            model.train(mode == "train")
+        _set_modes(models, mode)
         for t_len in sorted(config.t_values):
             cases, skipped = make_cases(config, models, mode, t_len, device, gen)
             ms = time_cases(cases, config.repeats, device, warm) if cases else {}
             for case in cases:
-                peak = peak_mb(case, device) if mem_method else None
-                rows.append(_row(config, mode, case.model, case.rho, t_len, ms[case.label], case, peak=peak))
+                rows.append(_row(config, mode, case.model, case.rho, t_len, ms[case.label], case))
+                timed.append((case, rows[-1]))
             rows += skipped
             done += 1
             tick(f"{mode} T={t_len}", done, total)
+    if mem_method:
+        _measure_memory(timed, models, device, tick)
     info = machine_info(device)
     info["memory_method"] = mem_method
     return ModelBenchResult(machine=info, config=dataclasses.asdict(config) | {"device": device}, cases=rows)
