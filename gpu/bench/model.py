@@ -22,7 +22,8 @@ positions per row, so every repeat and every mode sees the same route.
 Peak memory (``peak_mb``): on CUDA ``torch.cuda.max_memory_allocated`` above the memory allocated
 before the case; on the CPU the rise of the process's peak resident set (``VmHWM``, reset through
 ``/proc/self/clear_refs`` before each case) above its resident set before the case, with glibc's
-mmap threshold fixed at 64 KiB so that freed buffers leave the resident set; ``None`` where the
+mmap threshold fixed at 64 KiB and the heap trimmed (``malloc_trim``) before each case, so that
+freed buffers leave the resident set; ``None`` where the
 kernel offers no reset. Decode counts the inference state (held across the steps) plus the steps'
 working memory, not the untimed prefill. Measured in one extra untimed run per case, after all
 cases are timed (the fixed mmap threshold slows allocation-heavy models by up to 2x, so it is
@@ -296,6 +297,15 @@ def _fix_malloc() -> None:
         libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
 
 
+def _trim_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``), so that a case's own
+    allocations raise the resident set instead of reusing pages the timed runs left behind."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _rss_kib(field: str) -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -332,8 +342,10 @@ def peak_mb(case: Case, device: str) -> float | None:
         del state
         return max(0, peak - base) / 2**20
     try:
+        _trim_heap()
         base = _rss_kib("VmRSS")
         state = case.setup() if case.setup is not None else None
+        _trim_heap()  # what the untimed setup (a prefill) freed is not the case's memory
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
         case.timed(state)
