@@ -1,4 +1,5 @@
-"""``cram bench``: benchmarks of the fused kernels (``cram bench kernels``)."""
+"""``cram bench``: benchmarks of the fused kernels (``cram bench kernels``) and of whole models
+(``cram bench model``)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import json
 import sys
 
 import click
+from cramkit.cli.options import CommaList, emit, output_options
 
 from cramkit.io import save_figure
+from cramkit.progress import progress_bar
 
 _RHO_HELP = "Routed fractions to measure, comma-separated decimals or fractions (default 1/64,1/16,1/4,1)."
 
@@ -37,6 +40,7 @@ def _rho_list(ctx, param, value):
     if value is None:
         return None
     from cramkit.gpu.bench import parse_rho
+
     from cramkit.errors import CramError
 
     try:
@@ -114,9 +118,9 @@ def _plot(result: dict, path: str) -> None:
     save_figure(fig, path)
 
 
-@click.group(short_help="Benchmark the fused kernels.")
+@click.group(short_help="Benchmark the fused kernels and whole models.")
 def bench() -> None:
-    """Benchmarks of cram's fused operators. Timings are medians of interleaved repeats."""
+    """Benchmarks of cram's fused operators and models. Timings are medians of interleaved repeats."""
 
 
 @bench.command("kernels", short_help="Time routed attention and the SSM scan against baselines.")
@@ -187,3 +191,50 @@ def kernels(t_values, rhos, repeats, ops, batch, heads, head_dim, d_state, model
         click.echo(json.dumps(result, allow_nan=False))
     else:
         _print_table(result)
+
+
+def _rho_tuple(ctx, param, value):
+    items = _rho_list(ctx, param, value)
+    return None if items is None else tuple(items)
+
+
+@bench.command("model", short_help="Per-token time of training, prefill and decode for whole models.")
+@click.option("--t", "t_values", type=CommaList(int, lo=16, hi=2**20, what="integers"), default="512,1024,2048,4096,8192,16384",
+              show_default=True, metavar="LIST", help="Context lengths, comma-separated.")
+@click.option("--rho", "rhos", callback=_rho_tuple, default="1,1/4,1/16,1/64", show_default=True, metavar="LIST",
+              help="Forced routed fractions of the cram model, decimals or fractions.")
+@click.option("--models", type=CommaList(str, what="model names"), default="cram,dense,none,ssm,transformer",
+              show_default=True, help="Models to compare, comma-separated.")
+@click.option("--modes", type=CommaList(str, what="mode names"), default="train,prefill,decode", show_default=True,
+              help="What to time: train (forward+backward), prefill, decode.")
+@click.option("--repeats", type=click.IntRange(1, 1000), default=3, show_default=True,
+              help="Timed repeats per case (interleaved across models); the median is reported.")
+@click.option("--batch", type=click.IntRange(1, 4096), default=1, show_default=True, help="Sequences per batch.")
+@click.option("--decode-steps", type=click.IntRange(1, 4096), default=16, show_default=True,
+              help="Timed decode steps after the untimed prefill of T-1 tokens.")
+@click.option("--d-model", type=click.IntRange(8, 8192), default=64, show_default=True,
+              help="Model width (the quick preset's widths scale with it).")
+@click.option("--pattern", default="SA", show_default=True, help="Block pattern of the hybrids (S and A).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to run: auto picks CUDA when it is available.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads for torch (default: torch's own choice).")
+@click.option("--memory/--no-memory", default=True, show_default=True, help="Measure peak memory (one extra run per case).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of weights, tokens and routes.")
+@output_options(plot_help="Write per-token time against T (one line per model, one panel per mode) to this image.")
+def model(t_values, rhos, models, modes, repeats, batch, decode_steps, d_model, pattern, device, threads, memory,
+          seed, as_json, plot, quiet) -> None:
+    """Time whole models per token: training steps, prefill and decode, at several context lengths.
+
+    cram at each forced routed fraction, the dense hybrid, the no-attention floor, a pure-SSM
+    stack and a plain causal-SDPA transformer of the same width and depth run side by side in
+    one process, interleaved repeat by repeat. Prints per-token tables, speed-ups over the dense
+    hybrid, peak memory, the crossover context length and the issue #9 targets.
+    """
+    from cramkit.gpu.bench.model import ModelBenchConfig, run
+
+    cfg = ModelBenchConfig(t_values=t_values, rhos=rhos, models=models, modes=modes, repeats=repeats, batch=batch,
+                           decode_steps=decode_steps, d_model=d_model, pattern=pattern,
+                           device=None if device == "auto" else device, threads=threads, memory=memory, seed=seed)  # fmt: skip
+    with progress_bar(enabled=not quiet and not as_json) as progress:
+        result = _guarded(run, config=cfg, progress=progress)
+    emit(result, as_json=as_json, plot=plot)

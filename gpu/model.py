@@ -50,7 +50,7 @@ from cramkit.gpu.inference import (
     check_route,
 )
 from cramkit.gpu.ops.routed_attention import routed_attention
-from cramkit.gpu.ops.ssm_scan import ssm_scan
+from cramkit.gpu.ops.ssm_scan import ssm_scan, ssm_step
 from cramkit.gpu.routers import Router, RouteRequest, check_budget, make_router
 
 from cramkit.errors import CramError
@@ -146,16 +146,6 @@ class Mixer(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # S: selective-scan mixer
 # ----------------------------------------------------------------------------------------------
-
-
-def ssm_step(
-    state: torch.Tensor, x: torch.Tensor, log_a: torch.Tensor, b: torch.Tensor, c: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of the scan of :func:`cramkit.gpu.ops.ssm_scan.ssm_scan`:
-    ``S = exp(log_a) S + b x^T``, ``y = c^T S``. Shapes: state (B, H, N, P), x (B, H, P),
-    log_a (B, H), b and c (B, H, N). Returns (y (B, H, P), new state)."""
-    state = torch.exp(log_a)[..., None, None] * state + b[..., :, None] * x[..., None, :]
-    return torch.einsum("bhn,bhnp->bhp", c, state), state
 
 
 class SSMMixer(Mixer):

@@ -16,7 +16,7 @@ def ssm_scan(
     c: torch.Tensor,
     *,
     initial_state: torch.Tensor | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selective scan ``S_t = exp(log_a_t) S_{t-1} + b_t x_t^T``, ``y_t = c_t^T S_t``.
 
@@ -25,7 +25,10 @@ def ssm_scan(
         log_a: ``[B, T, H]`` per-step log decay, every entry ``<= 0``.
         b, c: ``[B, T, H, N]`` input and output projections of the state.
         initial_state: ``[B, H, N, P]`` state before step 0 (zeros when None).
-        chunk_size: time steps per chunk of the chunked algorithm (a positive int).
+        chunk_size: time steps per chunk (a positive int): the chunk length of the CPU algorithm
+            and the checkpoint spacing of the Triton kernels. None (the default) lets the path
+            choose: :func:`cramkit.gpu.ops.ssm_scan.cpu.auto_chunk_size` on the CPU, 64 on CUDA.
+            The result does not depend on it beyond float rounding.
 
     Returns ``(y [B, T, H, P], final_state [B, H, N, P])``, both in the dtype of ``x``.
     CUDA tensors run the fused Triton kernels; float64 on CUDA and every other device run the
@@ -55,14 +58,14 @@ def ssm_scan(
         raise CramError(
             f"initial_state must have shape [B, H, N, P] = {[bsz, h, n, p]}, got {list(initial_state.shape)}"
         )
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise CramError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if log_a.numel() and bool((log_a > 0).any() | torch.isnan(log_a).any()):
         raise CramError("log_a must be <= 0 everywhere (a log decay) and not NaN")
     if x.is_cuda and x.dtype != torch.float64:
         from .triton import ssm_scan_triton
 
-        return ssm_scan_triton(x, log_a, b, c, initial_state=initial_state, chunk_size=chunk_size)
+        return ssm_scan_triton(x, log_a, b, c, initial_state=initial_state, chunk_size=chunk_size or 64)
     from .cpu import ssm_scan_chunked
 
     return ssm_scan_chunked(x, log_a, b, c, initial_state=initial_state, chunk_size=chunk_size)

@@ -41,3 +41,17 @@ def ssm_scan_reference(
         ys.append(torch.einsum("bhn,bhnp->bhp", cd[:, t], state))
     y = torch.stack(ys, dim=1) if ys else xd.new_zeros(bsz, 0, h, p)
     return y.to(x.dtype), state.to(x.dtype)
+
+
+def ssm_step_reference(
+    state: torch.Tensor, x: torch.Tensor, log_a: torch.Tensor, b: torch.Tensor, c: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of the scan in float64: ``S' = exp(log_a) S + b x^T``, ``y = c^T S'``.
+
+    Shapes: state ``[B, H, N, P]``, x ``[B, H, P]``, log_a ``[B, H]``, b and c ``[B, H, N]``.
+    Returns ``(y [B, H, P], new_state [B, H, N, P])`` in the dtypes of ``x`` and ``state``.
+    """
+    sd, xd, ad, bd, cd = state.double(), x.double(), log_a.double(), b.double(), c.double()
+    new = torch.exp(ad)[:, :, None, None] * sd + bd[:, :, :, None] * xd[:, :, None, :]
+    y = torch.einsum("bhn,bhnp->bhp", cd, new)
+    return y.to(x.dtype), new.to(state.dtype)

@@ -21,18 +21,15 @@ shared machine slows both sides alike.
 
 from __future__ import annotations
 
-import datetime as _dt
-import os
-import platform
-import statistics
-import time
 from collections.abc import Callable, Sequence
-from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 
 from cramkit.errors import CramError
+
+from .common import interleaved as _interleaved
+from .common import machine_info, parse_rho, resolve_device, routed_mask  # noqa: F401  (parse_rho: public here too)
 
 OPS = ("routed_attention", "ssm_scan", "model_step")
 CASE_KEYS = (
@@ -45,48 +42,6 @@ DEFAULT_RHOS = (1 / 64, 1 / 16, 1 / 4, 1.0)
 def default_t_values(device: str) -> tuple[int, ...]:
     """Sequence lengths measured by default: short enough for a quick CPU run."""
     return (4096, 16384) if device == "cuda" else (1024, 4096)
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn: Callable[[], None], device: str) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return (time.perf_counter() - start) * 1e3
-
-
-def _interleaved(
-    fns: dict[str, Callable[[], None]], repeats: int, device: str, *, once: Sequence[str] = ()
-) -> dict[str, float]:
-    """Median milliseconds of each function, timed in turn repeat by repeat.
-
-    The candidate gets one untimed warm-up call (Triton autotunes there), and on a GPU every
-    function does. Functions named in ``once`` (slow references) are timed in the first repeat only.
-    """
-    for name, fn in fns.items():
-        if name == "candidate" or device == "cuda":
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for r in range(repeats):
-        for name, fn in fns.items():
-            if r == 0 or name not in once:
-                times[name].append(_timed(fn, device))
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def routed_mask(batch: int, t_len: int, rho: float, generator: torch.Generator) -> torch.Tensor:
-    """Exactly ``max(1, round(rho * T))`` routed positions per row, chosen at random."""
-    count = max(1, min(t_len, round(rho * t_len)))
-    keys = torch.rand(batch, t_len, generator=generator)
-    idx = keys.topk(count, dim=1).indices
-    mask = torch.zeros(batch, t_len, dtype=torch.bool)
-    mask.scatter_(1, idx, True)
-    return mask
 
 
 def _fwd_bwd(fn: Callable[[], torch.Tensor], grad: torch.Tensor, leaves: Sequence[torch.Tensor]):
@@ -158,6 +113,10 @@ def _ssm_case(t_len, repeats, device, dtype, batch, heads, head_dim, state, chun
         "reference": _fwd_bwd(lambda: ssm_scan_reference(*leaves)[0], g, leaves),
     }
     ms = _interleaved(fns, repeats, device, once=("reference",))
+    if chunk is None:
+        from cramkit.gpu.ops.ssm_scan.cpu import auto_chunk_size
+
+        chunk = auto_chunk_size(t_len)
     return {
         "op": "ssm_scan", "device": device, "dtype": str(dtype).replace("torch.", ""), "T": t_len,
         "rho": None, "batch": batch, "heads": heads, "head_dim": head_dim,
@@ -204,45 +163,6 @@ def _model_cases(t_len, rhos, repeats, device, batch, gen) -> list[dict]:
     ]
 
 
-def machine_info(device: str) -> dict:
-    """Where the numbers came from."""
-    info = {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": device,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        # Spinning OpenMP workers make many-small-op paths crawl on an oversubscribed machine;
-        # record the policy so a reader can tell the runs apart.
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-    }
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-        try:
-            import triton
-
-            info["triton"] = triton.__version__
-        except ImportError:  # pragma: no cover
-            info["triton"] = None
-    return info
-
-
-def parse_rho(text: str) -> float:
-    """A routed fraction written as a decimal or a fraction (``0.25``, ``1/64``), in (0, 1]."""
-    try:
-        value = float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise CramError(f"rho must be a number or a fraction like 1/16, got {text!r}") from None
-    if not 0 < value <= 1:
-        raise CramError(f"rho must lie in (0, 1], got {text!r}")
-    return value
-
-
 def bench_kernels(
     *,
     t_values: Sequence[int] | None = None,
@@ -254,7 +174,7 @@ def bench_kernels(
     heads: int = 4,
     head_dim: int = 64,
     d_state: int = 16,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
     model_t: int = 2048,
     model_batch: int = 2,
     threads: int | None = None,
@@ -262,18 +182,14 @@ def bench_kernels(
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Run the benchmark; see the module docstring. ``progress(label)`` is called per case."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise CramError(f"device must be cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise CramError("device cuda was requested but no CUDA device is available")
+    device = resolve_device(device)
     unknown = sorted(set(ops) - set(OPS))
     if unknown or not ops:
         raise CramError(f"unknown op(s) {unknown}; choose from {list(OPS)}")
     if repeats < 1:
         raise CramError(f"repeats must be >= 1, got {repeats}")
     for name, value in (("batch", batch), ("heads", heads), ("head_dim", head_dim), ("d_state", d_state),
-                        ("chunk_size", chunk_size), ("model_t", model_t), ("model_batch", model_batch)):
+                        ("chunk_size", 1 if chunk_size is None else chunk_size), ("model_t", model_t), ("model_batch", model_batch)):
         if value < 1:
             raise CramError(f"{name} must be >= 1, got {value}")
     t_values = tuple(t_values) if t_values else default_t_values(device)
