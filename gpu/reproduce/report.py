@@ -185,7 +185,10 @@ def _compute(m: dict) -> tuple[str, V.Verdict, dict]:
     model_speedup = s["speedup"] if s else None
     if bm and isinstance(bm, dict) and bm.get("speedup") is not None:
         model_speedup = bm["speedup"]
-        parts.append(f"cram bench model: {_f(model_speedup, 2)}×")
+        parts.append(f"cram bench model at T = {bm['T']}, ρ = {bm['rho']:.4f}, per token: training {_f(bm['speedup'], 2)}×, "
+                     f"prefill {_f(bm.get('prefill_speedup'), 2)}×, decode {_f(bm.get('decode_speedup'), 2)}× the dense "
+                     f"hybrid; training {_f(bm.get('over_floor'), 2)}× the no-attention floor's time and "
+                     f"{_f(bm.get('vs_transformer'), 2)}× faster than a transformer")  # fmt: skip
     else:
         parts.append(m["bench_model_reason"] or "cram bench model: no speedup reported")
     v = V.compute_verdict(k["speedup"] if k else None, model_speedup)

@@ -296,13 +296,21 @@ def redundancy_step(ctx: Context) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 
 
-def _bench_model() -> Callable[..., dict] | None:
-    """The library call of ``cram bench model``, when this version has it."""
-    try:
-        from cramkit.gpu import bench
-    except ImportError:  # pragma: no cover
-        return None
-    return getattr(bench, "bench_model", None)
+def bench_model_summary(rows: list[dict], t_len: int, rho: float) -> dict[str, Any]:
+    """Per-token speedups of routed cram (forced ``rho``) at context ``t_len`` from ``cram bench
+    model`` rows: against the dense hybrid in each mode, and the training step against the
+    no-attention floor and the transformer."""
+    us = {(r["mode"], r["model"], r["rho"]): r["us_per_token"] for r in rows if r["T"] == t_len}
+
+    def ratio(mode: str, base: str, base_rho=None) -> float | None:
+        a, b = us.get((mode, "cram", rho)), us.get((mode, base, base_rho))
+        return b / a if a and b else None
+
+    floor = us.get(("train", "none", None))
+    cram_train = us.get(("train", "cram", rho))
+    return {"T": t_len, "rho": rho, "speedup": ratio("train", "dense"), "prefill_speedup": ratio("prefill", "dense"),
+            "decode_speedup": ratio("decode", "dense"), "vs_transformer": ratio("train", "transformer"),
+            "over_floor": cram_train / floor if cram_train and floor else None}  # fmt: skip
 
 
 def compute_step(ctx: Context) -> dict[str, Any]:
@@ -332,11 +340,15 @@ def compute_step(ctx: Context) -> dict[str, Any]:
            "model_step": {k: model[k] for k in pick} if model else None,
            "machine": res["machine"], "bench_model": None,
            "bench_model_reason": "not measured: needs cram bench model"}  # fmt: skip
-    fn = _bench_model()
-    if fn is not None:
+    if ctx.scale.bench_model:
+        from cramkit.gpu.bench.model import ModelBenchConfig, run as bench_model_run
+
         try:
-            out["bench_model"], out["bench_model_reason"] = fn(), None
-        except (TypeError, CramError) as exc:
+            bcfg = ModelBenchConfig(**ctx.scale.bench_model)
+            rows = bench_model_run(bcfg, lambda _stage, d, t: ctx.tick(d, t)).to_json()["cases"]
+            out["bench_model"] = bench_model_summary(rows, max(bcfg.t_values), min(bcfg.rhos))
+            out["bench_model_reason"] = None
+        except CramError as exc:
             out["bench_model_reason"] = f"not measured: cram bench model could not run ({exc})"
     return out
 
@@ -376,5 +388,5 @@ STEPS: Mapping[str, Step] = {
     "gamma": Step("gamma", _settings(*_TRAIN, "fit"), gamma_step),
     "transfer": Step("transfer", _settings(*_TRAIN, "transfer"), transfer_step),
     "redundancy": Step("redundancy", _scale_and_gpt2, redundancy_step),
-    "compute": Step("compute", _settings("bench"), compute_step),
+    "compute": Step("compute", _settings("bench", "bench_model"), compute_step),
 }
