@@ -144,3 +144,13 @@ def test_kjv_text_with_the_real_program(tmp_path):
     out = kjv_text(tmp_path / "kjv.txt")
     data = out.read_bytes()
     assert len(data) > 4_000_000 and data.startswith(b"\nGenesis 1\n") and data.rstrip().endswith(b"Amen.")
+
+
+def test_lm_preset_builds_a_cram_text_model():
+    from cramkit.gpu.build import build_model
+    from cramkit.gpu.config import load_config
+
+    cfg = load_config(preset="lm", overrides=[f'text.data="{CORPUS}"'])
+    assert cfg.task == "text" and cfg.router.name == "cram" and "A" in cfg.model.pattern
+    model = build_model(cfg)
+    assert model.cram_layers and model.n_q == cfg.text.seq_len
