@@ -70,8 +70,11 @@ def markdown(rows: list[dict]) -> str:
            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in sorted(rows, key=lambda r: r["bpb"]):
         budget = r["budget"] if r["router"] in ("stride", "random", "learned-static") else None
-        out.append(f"| {Path(r['run']).name} | {r['pattern']} | {r['router']}"
-                   f"{' (tau ' + str(r['tau']) + ')' if r['router'] == 'cram' else ''} | {_f(budget)} | {r['params']} "
+        if "A" not in r["pattern"]:
+            router = f"- (window {r['window']})" if "W" in r["pattern"] else "-"
+        else:
+            router = r["router"] + (f" (tau {r['tau']})" if r["router"] == "cram" else "")
+        out.append(f"| {Path(r['run']).name} | {r['pattern']} | {router} | {_f(budget)} | {r['params']} "
                    f"| {r['bpb']:.3f} | {_f(r['rho_all'])} | {r['pair_frac']:.3f} | {r['wall_s']:.0f} |")  # fmt: skip
     for r in rows:
         if r["rho_all"] is None:
