@@ -101,13 +101,16 @@ def figure(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
-    for r in rows:
+    colors = plt.get_cmap("tab20").colors
+    for i, r in enumerate(rows):
+        c = colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20]
         pts = [m for m in r["curve"] if m["step"] > 0]
         name = Path(r["run"]).name
-        ax3.plot([m["step"] for m in pts], [m["bpb"] for m in pts], "-", label=name)
+        ax3.plot([m["step"] for m in pts], [m["bpb"] for m in pts], "-", color=c, label=name)
         if r["rho_all"] is not None and r["router"] in ("cram", "learned-static"):
-            ax1.plot([m["step"] for m in pts], [m["rho_all"] for m in pts], "-o", ms=3, label=f"{name} rho_all")
-            ax1.plot([m["step"] for m in pts], [m["train_attn_frac"] for m in pts], ":", label=f"{name} train_attn_frac")
+            ax1.plot([m["step"] for m in pts], [m["rho_all"] for m in pts], "-o", ms=3, color=c, label=f"{name} rho_all")
+            ax1.plot([m["step"] for m in pts], [m["train_attn_frac"] for m in pts], ":", color=c,
+                     label=f"{name} train_attn_frac")
         if r["router"] == "cram" and r["rho_all"] is not None and r is rows[0]:
             for cls in pts[0]["rho_by_class"]:
                 ax2.plot([m["step"] for m in pts], [m["rho_by_class"][cls] for m in pts], "-o", ms=3, label=cls)
