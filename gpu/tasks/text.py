@@ -34,8 +34,10 @@ WORD_POS = ("0", "1", "2", "3", "4", "5+")
 
 def load_text(path: str | Path, val_frac: float, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Bytes of a text file split into (train, validation) int64 tensors (validation = the tail)."""
+    if not str(path):
+        raise CramError("the text task needs a data file: give --data FILE (or text.data)")
     path = Path(path)
-    if not str(path) or not path.is_file():
+    if not path.is_file():
         raise CramError(f"text data file {str(path)!r} does not exist (give --data FILE)")
     try:
         raw = path.read_bytes()

@@ -154,3 +154,10 @@ def test_lm_preset_builds_a_cram_text_model():
     assert cfg.task == "text" and cfg.router.name == "cram" and "A" in cfg.model.pattern
     model = build_model(cfg)
     assert model.cram_layers and model.n_q == cfg.text.seq_len
+
+
+def test_text_task_without_data_is_one_line(tmp_path):
+    with pytest.raises(CramError, match="needs a data file: give --data FILE"):
+        TextTask("")
+    with pytest.raises(CramError, match="does not exist"):
+        TextTask(tmp_path / "missing.txt")
