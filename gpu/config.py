@@ -102,7 +102,8 @@ class Section:
 @dataclass(frozen=True)
 class ModelConfig(Section):
     """Architecture. ``pattern`` lists the layers: ``S`` = SSM block, ``A`` = CRAM retrieval block,
-    ``G`` = plain dense causal attention block."""
+    ``G`` = plain dense causal attention block, ``W`` = sliding-window causal attention block
+    (each position attends itself and the ``window - 1`` positions before it)."""
 
     pattern: str = "SA"
     d_model: int = setting(128, lo=1)
@@ -117,10 +118,11 @@ class ModelConfig(Section):
     max_len: int = setting(0, lo=0)  # > 0 adds learned absolute position embeddings
     tie_embeddings: bool = True
     chunk_size: int = setting(64, lo=1)
+    window: int = setting(64, lo=1)  # W layers: positions each query sees (itself included)
 
     def _relations(self, name: str) -> None:
-        if not self.pattern or set(self.pattern) - set("SAG"):
-            raise CramError(f"{name}.pattern must be a non-empty string of S, A and G, got {self.pattern!r}")
+        if not self.pattern or set(self.pattern) - set("SAGW"):
+            raise CramError(f"{name}.pattern must be a non-empty string of S, A, G and W, got {self.pattern!r}")
         if self.d_model % self.n_heads:
             raise CramError(f"{name}.d_model ({self.d_model}) must be divisible by {name}.n_heads ({self.n_heads})")
 

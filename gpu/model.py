@@ -3,7 +3,8 @@
 A model is embedding -> blocks -> final norm -> head. Each letter of ``ModelConfig.pattern`` names
 the *mixer* of one block (:data:`MIXERS`): ``S`` a Mamba-2-style selective-scan mixer (scalar decay
 per head, short causal depthwise conv, chunked scan :func:`cramkit.gpu.ops.ssm_scan.ssm_scan`), ``A``
-a CRAM retrieval layer, ``G`` plain dense causal attention (GPT-2 style). A :class:`Block` is handed
+a CRAM retrieval layer, ``G`` plain dense causal attention (GPT-2 style), ``W`` sliding-window
+causal attention (each position sees the last ``model.window`` positions). A :class:`Block` is handed
 its mixer (mamba's ``Block(mixer, mlp)``) and adds the residuals; it never looks at the letter.
 
 CRAM retrieval layer at position t with normalised hidden state h_t:
@@ -279,6 +280,50 @@ class DenseAttention(Mixer):
 
 
 # ----------------------------------------------------------------------------------------------
+# W: sliding-window causal attention
+# ----------------------------------------------------------------------------------------------
+
+
+def window_mask(n_queries: int, n_keys: int, window: int, start: int = 0, device=None) -> torch.Tensor:
+    """(n_queries, n_keys) bool: query row i (absolute position ``start + i``) sees key j iff
+    ``start + i - window < j <= start + i`` -- itself and the ``window - 1`` positions before it."""
+    q = torch.arange(start, start + n_queries, device=device)[:, None]
+    k = torch.arange(n_keys, device=device)[None, :]
+    return (k <= q) & (k > q - window)
+
+
+class WindowAttention(DenseAttention):
+    """Sliding-window causal attention for ``W`` layers: the ``G`` layer with each position
+    attending only the last ``model.window`` positions (itself included). With ``window >= T``
+    it is exactly dense causal attention. Causal SDPA with a band mask: O(T^2) work, meant as a
+    quality baseline on short contexts, not a fast kernel."""
+
+    def __init__(self, cfg: ModelConfig, rcfg: RouterConfig | None = None):
+        super().__init__(cfg, rcfg)
+        self.window = int(cfg.window)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bsz, t_len, d = x.shape
+        q, k, v = self.qkv(x).view(bsz, t_len, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)  # (B, H, T, D)
+        if self.window >= t_len:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(t_len, t_len, self.window, device=x.device))
+        return self.proj(y.transpose(1, 2).reshape(bsz, t_len, d))
+
+    def decode(self, x, st: KVState, dctx):
+        bsz, t_len, d = x.shape
+        pos = dctx.pos
+        q, k, v = self.qkv(x).view(bsz, t_len, 3, self.h, d // self.h).unbind(2)  # (B, T, H, D)
+        st.k[:, :, pos : pos + t_len], st.v[:, :, pos : pos + t_len] = k.transpose(1, 2), v.transpose(1, 2)
+        lo = max(0, pos - self.window + 1)  # no row of this chunk sees a key before lo
+        keys, vals = st.k[:, :, lo : pos + t_len], st.v[:, :, lo : pos + t_len]
+        mask = window_mask(t_len, pos + t_len, self.window, start=pos, device=x.device)[:, lo:]
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), keys, vals, attn_mask=mask)  # (B, H, T, D)
+        return self.proj(y.transpose(1, 2).reshape(bsz, t_len, d))
+
+
+# ----------------------------------------------------------------------------------------------
 # the CRAM layer's own losses
 # ----------------------------------------------------------------------------------------------
 
@@ -502,7 +547,7 @@ def _detach(x: torch.Tensor | None) -> torch.Tensor | None:
 # blocks and the model
 # ----------------------------------------------------------------------------------------------
 
-MIXERS: dict[str, type[Mixer]] = {"S": SSMMixer, "A": CramAttention, "G": DenseAttention}
+MIXERS: dict[str, type[Mixer]] = {"S": SSMMixer, "A": CramAttention, "G": DenseAttention, "W": WindowAttention}
 
 
 class Block(nn.Module):
@@ -529,7 +574,7 @@ class Block(nn.Module):
 
 
 def make_block(letter: str, cfg: ModelConfig, rcfg: RouterConfig) -> Block:
-    """The block of one pattern letter (S, A or G; see :data:`MIXERS`)."""
+    """The block of one pattern letter (S, A, G or W; see :data:`MIXERS`)."""
     if letter not in MIXERS:
         raise CramError(f"model.pattern letters must be among {''.join(MIXERS)}, got {letter!r}")
     return Block(cfg.d_model, MIXERS[letter](cfg, rcfg), MLP(cfg.d_model, cfg.mlp_mult * cfg.d_model), kind=letter)

@@ -537,7 +537,7 @@ class _Trainer:
         if out.traces:
             frac = sum(float(tr.route.float().mean()) for tr in out.traces) / len(out.traces)
         else:
-            frac = 1.0 if "G" in self.cfg.model.pattern else 0.0
+            frac = 1.0 if set("GW") & set(self.cfg.model.pattern) else 0.0  # dense or windowed attention
         return out, frac, tb
 
     def step(self, step: int) -> tuple[float | None, Any]:

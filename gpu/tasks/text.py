@@ -3,7 +3,11 @@
 Training batches are random windows of the file's first (1 - val_frac) bytes, drawn with the
 step's generator; evaluation is the mean task loss (and bits per byte) on ``eval_batches`` fixed
 windows of the validation tail. With CRAM (``A``) layers the evaluation also reports the routed
-fraction of positions (``rho_all``).
+fraction of positions (``rho_all``; every position is a target, so it is also ``rho_q``, the key
+``cram fit-gamma`` reads), the raw counts ``attended`` / ``positions``, and ``rho_by_class``: the
+routed fraction by the class of the byte at the routed position (:data:`BYTE_CLASSES`).
+:func:`attention_by_class` gives the full breakdown (by byte class, by the class of the byte
+being predicted, by position in the word, with bits per byte of each), docs/results/language.md.
 """
 
 from __future__ import annotations
@@ -14,17 +18,26 @@ from typing import Any
 
 import numpy as np
 import torch
-from cramkit.gpu.tasks.base import BaseTask, TaskBatch, attention_use
+import torch.nn.functional as F
+from cramkit.gpu.tasks.base import BaseTask, TaskBatch
 
 from cramkit.errors import CramError
 
 VOCAB = 256
+#: byte classes of the attention breakdown: ASCII letters, the space, the newline, ASCII digits,
+#: and everything else (punctuation, other whitespace, bytes >= 128)
+BYTE_CLASSES = ("letter", "space", "newline", "digit", "punct")
+#: buckets of the position in a word: 0 = the byte is not a letter, k = the k-th letter of its
+#: word (the last bucket collects the k >= len(WORD_POS) - 1)
+WORD_POS = ("0", "1", "2", "3", "4", "5+")
 
 
 def load_text(path: str | Path, val_frac: float, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Bytes of a text file split into (train, validation) int64 tensors (validation = the tail)."""
+    if not str(path):
+        raise CramError("the text task needs a data file: give --data FILE (or text.data)")
     path = Path(path)
-    if not str(path) or not path.is_file():
+    if not path.is_file():
         raise CramError(f"text data file {str(path)!r} does not exist (give --data FILE)")
     try:
         raw = path.read_bytes()
@@ -78,26 +91,125 @@ class TextTask(BaseTask):
         x, y = text_batch(self.train_data, self.seq_len, batch_size // world_size, generator)
         return TaskBatch(x.to(self.device), y.to(self.device))
 
+    def eval_windows(self):
+        """The fixed validation windows of every evaluation: ``eval_batches`` pairs (tokens, targets)."""
+        gen = torch.Generator().manual_seed(4242)
+        for _ in range(self.eval_batches):
+            yield text_batch(self.val_data, self.seq_len, self.eval_batch_size, gen)
+
     @torch.no_grad()
     def evaluate(self, model, *, step: int = 0) -> dict[str, Any]:
-        was = model.training
-        model.eval()
-        gen = torch.Generator().manual_seed(4242)
-        router_gen = torch.Generator().manual_seed(12345)  # random routers draw from this one
-        tot, rho = 0.0, []
-        for _ in range(self.eval_batches):
-            x, y = text_batch(self.val_data, self.seq_len, self.eval_batch_size, gen)
-            out = model(x.to(self.device), y.to(self.device), generator=router_gen)
-            tot += float(out.parts.get("task", out.loss))
-            r = attention_use(out.traces)
-            if r is not None:
-                rho.append(r)
-        model.train(was)
-        val = tot / self.eval_batches
+        ev = eval_positions(model, self.eval_windows(), self.device)
+        val = float(ev["loss"].mean())
         m: dict[str, Any] = {"val_loss": val, "bpb": val / math.log(2)}
-        if rho:
-            m["rho_all"] = sum(rho) / len(rho)
+        if ev["route"] is not None:
+            route = ev["route"]
+            m["rho_all"] = float(route.mean())
+            m["rho_q"] = m["rho_all"]  # every position is a target (query): the key fit-gamma reads
+            m["attended"], m["positions"] = float(route.sum()), int(route.numel())
+            cls = byte_class(ev["tokens"])
+            m["rho_by_class"] = {name: _mean_or_none(route[cls == i]) for i, name in enumerate(BYTE_CLASSES)}
         return m
 
     def progress_info(self, m: dict[str, Any]) -> str:
         return f"val {m['val_loss']:.3f}  bpb {m['bpb']:.3f}"
+
+
+# ----------------------------------------------------------------------------------------------
+# where attention goes
+# ----------------------------------------------------------------------------------------------
+
+
+def byte_class(tokens: torch.Tensor) -> torch.Tensor:
+    """Index into :data:`BYTE_CLASSES` of every byte of ``tokens`` (any shape, int)."""
+    t = tokens.long()
+    letter = ((t >= 65) & (t <= 90)) | ((t >= 97) & (t <= 122))
+    out = torch.full_like(t, BYTE_CLASSES.index("punct"))
+    out[letter] = BYTE_CLASSES.index("letter")
+    out[t == 32] = BYTE_CLASSES.index("space")
+    out[t == 10] = BYTE_CLASSES.index("newline")
+    out[(t >= 48) & (t <= 57)] = BYTE_CLASSES.index("digit")
+    return out
+
+
+def word_position(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, T) bucket index into :data:`WORD_POS`: 0 where the byte is not a letter, else the
+    number of letters of its word up to and including it (capped at the last bucket). A window
+    that starts inside a word counts from the window's first byte."""
+    letter = byte_class(tokens) == BYTE_CLASSES.index("letter")
+    run = torch.zeros_like(tokens, dtype=torch.long)
+    prev = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+    for t in range(tokens.shape[1]):
+        prev = torch.where(letter[:, t], prev + 1, torch.zeros_like(prev))
+        run[:, t] = prev
+    return run.clamp_max(len(WORD_POS) - 1)
+
+
+def _mean_or_none(x: torch.Tensor) -> float | None:
+    return float(x.float().mean()) if x.numel() else None
+
+
+@torch.no_grad()
+def eval_positions(model, windows, device: Any = "cpu") -> dict[str, torch.Tensor | None]:
+    """Run ``model`` (in eval mode, restored after) over ``windows`` (pairs of (B, T) tokens and
+    targets, every position a target) and return per position: ``tokens``, ``targets``, ``loss``
+    (nats) and ``route`` (the routed fraction over the CRAM layers, in [0, 1]; None without CRAM
+    layers), each (N, T). Random routers draw from a fixed generator (seed 12345)."""
+    was = model.training
+    model.eval()
+    router_gen = torch.Generator().manual_seed(12345)
+    toks, tgts, losses, routes = [], [], [], []
+    try:
+        for x, y in windows:
+            x, y = x.to(device), y.to(device)
+            out = model(x, y, generator=router_gen)
+            # logits rows are the target positions in row-major order: every position here
+            losses.append(F.cross_entropy(out.logits.float(), y.reshape(-1), reduction="none").view(y.shape).cpu())
+            toks.append(x.cpu())
+            tgts.append(y.cpu())
+            if out.traces:
+                routes.append((sum(tr.route.float() for tr in out.traces) / len(out.traces)).cpu())
+    finally:
+        model.train(was)
+    return {"tokens": torch.cat(toks), "targets": torch.cat(tgts), "loss": torch.cat(losses),
+            "route": torch.cat(routes) if routes else None}  # fmt: skip
+
+
+def breakdown(route: torch.Tensor | None, loss: torch.Tensor, groups: torch.Tensor,
+              names: tuple[str, ...]) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per group: ``{group, n, share, rho, attn_share, bpb}`` -- the positions in the
+    group, their share of all positions, the routed fraction among them (None without a route),
+    the group's share of all routed positions, and their bits per byte."""
+    total = groups.numel()
+    routed = float(route.sum()) if route is not None else 0.0
+    rows = []
+    for i, name in enumerate(names):
+        sel = groups == i
+        n = int(sel.sum())
+        r = route[sel] if route is not None else None
+        rows.append({
+            "group": name, "n": n, "share": n / total if total else None,
+            "rho": _mean_or_none(r) if r is not None else None,
+            "attn_share": float(r.sum()) / routed if (r is not None and routed > 0) else None,
+            "bpb": float(loss[sel].mean()) / math.log(2) if n else None,
+        })  # fmt: skip
+    return rows
+
+
+@torch.no_grad()
+def attention_by_class(model, task: TextTask) -> dict[str, Any]:
+    """Where a text model attends on ``task``'s evaluation windows (the ones ``evaluate`` scores).
+
+    Returns ``rho_all``, ``bpb`` and three tables (see :func:`breakdown`): ``by_class`` (class of
+    the byte at the routed position, i.e. the last byte the model has read), ``by_next_class``
+    (class of the byte it predicts there) and ``by_word_pos`` (:func:`word_position` of the byte
+    at the position)."""
+    ev = eval_positions(model, task.eval_windows(), task.device)
+    route, loss, x, y = ev["route"], ev["loss"], ev["tokens"], ev["targets"]
+    return {
+        "rho_all": float(route.mean()) if route is not None else None,
+        "bpb": float(loss.mean()) / math.log(2),
+        "by_class": breakdown(route, loss, byte_class(x), BYTE_CLASSES),
+        "by_next_class": breakdown(route, loss, byte_class(y), BYTE_CLASSES),
+        "by_word_pos": breakdown(route, loss, word_position(x), WORD_POS),
+    }
