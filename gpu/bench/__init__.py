@@ -3,9 +3,11 @@ training step, prefill and decode per token). Both time their cases side by side
 repeat by repeat, in one process (:mod:`.common`)."""
 
 from .common import machine_info, parse_rho, routed_mask
-from .kernels import CASE_KEYS, DEFAULT_RHOS, OPS, bench_kernels, count_cases, default_t_values
+from .kernels import (
+    CASE_KEYS, DEFAULT_RHOS, OPS, KernelBenchConfig, KernelBenchResult, bench_kernels, default_t_values,
+)
 
 __all__ = [
-    "CASE_KEYS", "DEFAULT_RHOS", "OPS", "bench_kernels", "count_cases", "default_t_values",
+    "CASE_KEYS", "DEFAULT_RHOS", "OPS", "KernelBenchConfig", "KernelBenchResult", "bench_kernels", "default_t_values",
     "machine_info", "parse_rho", "routed_mask",
 ]

@@ -15,21 +15,25 @@ shared machine slows both sides alike.
   ``quick`` preset with the ``random`` router forced to route a fraction ``rho`` of positions;
   the baseline is the same model with every position routed (``rho = 1``).
 
-:func:`bench_kernels` returns ``{"machine": {...}, "cases": [...]}`` with one dict per case
-(keys in :data:`CASE_KEYS`).
+:func:`run` takes a :class:`KernelBenchConfig` and returns a :class:`KernelBenchResult`, whose
+``to_json()`` is ``{"machine": {...}, "cases": [...]}`` with one dict per case (keys in
+:data:`CASE_KEYS`); :func:`bench_kernels` is the same call with keywords, returning that dict.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from cramkit.errors import CramError
+from cramkit.progress import Progress, report_to
 
 from .common import interleaved as _interleaved
 from .common import machine_info, parse_rho, resolve_device, routed_mask  # noqa: F401  (parse_rho: public here too)
+from .kernels_result import KernelBenchResult
 
 OPS = ("routed_attention", "ssm_scan", "model_step")
 CASE_KEYS = (
@@ -37,11 +41,59 @@ CASE_KEYS = (
     "ms", "baseline", "baseline_ms", "speedup", "flop_limit",
 )
 DEFAULT_RHOS = (1 / 64, 1 / 16, 1 / 4, 1.0)
+MAX_T = 1 << 20
 
 
 def default_t_values(device: str) -> tuple[int, ...]:
     """Sequence lengths measured by default: short enough for a quick CPU run."""
     return (4096, 16384) if device == "cuda" else (1024, 4096)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class KernelBenchConfig:
+    """Settings of :func:`run` (validated on construction; see the module docstring)."""
+
+    t_values: tuple[int, ...] | None = None  # None: default_t_values(device)
+    rhos: tuple[float, ...] = DEFAULT_RHOS
+    ops: tuple[str, ...] = OPS
+    repeats: int = 3
+    device: str | None = None  # None or "auto": cuda when available
+    batch: int = 1
+    heads: int = 4
+    head_dim: int = 64
+    d_state: int = 16
+    chunk_size: int | None = None  # None: the scan's own choice for each T
+    model_t: int = 2048
+    model_batch: int = 2
+    threads: int | None = None  # None: torch's own choice
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "t_values", tuple(self.t_values) if self.t_values else None)
+        for name in ("rhos", "ops"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        unknown = sorted(set(self.ops) - set(OPS))
+        if unknown or not self.ops:
+            raise CramError(f"unknown op(s) {unknown}; choose from {list(OPS)}")
+        if not _is_int(self.repeats) or self.repeats < 1:
+            raise CramError(f"repeats must be >= 1, got {self.repeats!r}")
+        for name in ("batch", "heads", "head_dim", "d_state", "chunk_size", "model_t", "model_batch"):
+            value = getattr(self, name)
+            if (value is not None or name != "chunk_size") and (not _is_int(value) or value < 1):
+                raise CramError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.t_values is not None and any(not _is_int(t) or not 2 <= t <= MAX_T for t in self.t_values):
+            raise CramError(f"every T must be an integer in [2, 2^20], got {list(self.t_values)}")
+        if not self.rhos or any(not 0 < r <= 1 for r in self.rhos):
+            raise CramError(f"every rho must lie in (0, 1], got {list(self.rhos)}")
+        if self.threads is not None and (not _is_int(self.threads) or not 1 <= self.threads <= 1024):
+            raise CramError(f"threads must be an integer in [1, 1024], got {self.threads!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise CramError(f"seed must be an integer >= 0, got {self.seed!r}")
+        resolve_device(self.device)
 
 
 def _fwd_bwd(fn: Callable[[], torch.Tensor], grad: torch.Tensor, leaves: Sequence[torch.Tensor]):
@@ -163,6 +215,40 @@ def _model_cases(t_len, rhos, repeats, device, batch, gen) -> list[dict]:
     ]
 
 
+def _plan(config: KernelBenchConfig, device: str) -> list[tuple[str, Callable[[], list[dict]]]]:
+    """The cases in the order they run: (progress label, a call that measures them)."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    gen = torch.Generator().manual_seed(config.seed)
+    c = config
+    t_values = c.t_values or default_t_values(device)
+    plan: list[tuple[str, Callable[[], list[dict]]]] = []
+    if "routed_attention" in c.ops:
+        plan += [(f"routed_attention T={t}", lambda t=t: _attention_cases(
+            t, c.rhos, c.repeats, device, dtype, c.batch, c.heads, c.head_dim, gen)) for t in t_values]  # fmt: skip
+    if "ssm_scan" in c.ops:
+        plan += [(f"ssm_scan T={t}", lambda t=t: [_ssm_case(
+            t, c.repeats, device, dtype, c.batch, c.heads, c.head_dim, c.d_state, c.chunk_size, gen)]) for t in t_values]  # fmt: skip
+    if "model_step" in c.ops:
+        plan.append((f"model_step T={c.model_t}", lambda: _model_cases(c.model_t, c.rhos, c.repeats, device, c.model_batch, gen)))
+    return plan
+
+
+def run(config: KernelBenchConfig, progress: Progress | None = None) -> KernelBenchResult:
+    """Run the kernel benchmark; see the module docstring. ``progress(label, done, total)`` is
+    called before and after each case, ``label`` naming it (``"ssm_scan T=4096"``)."""
+    tick = report_to(progress)
+    device = resolve_device(config.device)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    plan = _plan(config, device)
+    cases: list[dict] = []
+    for done, (label, measure) in enumerate(plan):
+        tick(label, done, len(plan))
+        cases += measure()
+        tick(label, done + 1, len(plan))
+    return KernelBenchResult(machine=machine_info(device), cases=cases)
+
+
 def bench_kernels(
     *,
     t_values: Sequence[int] | None = None,
@@ -179,48 +265,12 @@ def bench_kernels(
     model_batch: int = 2,
     threads: int | None = None,
     seed: int = 0,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict:
-    """Run the benchmark; see the module docstring. ``progress(label)`` is called per case."""
-    device = resolve_device(device)
-    unknown = sorted(set(ops) - set(OPS))
-    if unknown or not ops:
-        raise CramError(f"unknown op(s) {unknown}; choose from {list(OPS)}")
-    if repeats < 1:
-        raise CramError(f"repeats must be >= 1, got {repeats}")
-    for name, value in (("batch", batch), ("heads", heads), ("head_dim", head_dim), ("d_state", d_state),
-                        ("chunk_size", 1 if chunk_size is None else chunk_size), ("model_t", model_t), ("model_batch", model_batch)):
-        if value < 1:
-            raise CramError(f"{name} must be >= 1, got {value}")
-    t_values = tuple(t_values) if t_values else default_t_values(device)
-    if any(t < 2 for t in t_values):
-        raise CramError(f"every T must be >= 2, got {list(t_values)}")
-    if not rhos or any(not 0 < r <= 1 for r in rhos):
-        raise CramError(f"every rho must lie in (0, 1], got {list(rhos)}")
-    if threads is not None:
-        if threads < 1:
-            raise CramError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    gen = torch.Generator().manual_seed(seed)
-    cases: list[dict] = []
-    if "routed_attention" in ops:
-        for t_len in t_values:
-            if progress:
-                progress(f"routed_attention T={t_len}")
-            cases += _attention_cases(t_len, rhos, repeats, device, dtype, batch, heads, head_dim, gen)
-    if "ssm_scan" in ops:
-        for t_len in t_values:
-            if progress:
-                progress(f"ssm_scan T={t_len}")
-            cases.append(_ssm_case(t_len, repeats, device, dtype, batch, heads, head_dim, d_state, chunk_size, gen))
-    if "model_step" in ops:
-        if progress:
-            progress(f"model_step T={model_t}")
-        cases += _model_cases(model_t, rhos, repeats, device, model_batch, gen)
-    return {"machine": machine_info(device), "cases": cases}
+    """:func:`run` with keywords (the :class:`KernelBenchConfig` fields; ``ops`` without
+    ``model_step`` by default), returning ``run(...).to_json()``."""
+    config = KernelBenchConfig(t_values=t_values, rhos=rhos, repeats=repeats, device=device, ops=ops, batch=batch,
+                               heads=heads, head_dim=head_dim, d_state=d_state, chunk_size=chunk_size,
+                               model_t=model_t, model_batch=model_batch, threads=threads, seed=seed)  # fmt: skip
+    return run(config, progress).to_json()
 
-
-def count_cases(ops: Sequence[str], t_values: Sequence[int], rhos: Sequence[float]) -> int:
-    """How many ``progress`` calls :func:`bench_kernels` makes (for a progress bar)."""
-    return len(t_values) * (("routed_attention" in ops) + ("ssm_scan" in ops)) + ("model_step" in ops)

@@ -316,20 +316,12 @@ def bench_model_summary(rows: list[dict], t_len: int, rho: float) -> dict[str, A
 def compute_step(ctx: Context) -> dict[str, Any]:
     """``cram bench kernels``: :func:`cramkit.gpu.bench.bench_kernels`; and ``cram bench model``
     when present."""
-    from cramkit.gpu.bench import bench_kernels, count_cases, default_t_values
+    from cramkit.gpu.bench import bench_kernels
 
     from cramkit.errors import CramError
 
     kw = dict(ctx.scale.bench)
-    kw.setdefault("t_values", None)
-    done = []
-    n = count_cases(kw["ops"], kw["t_values"] or default_t_values(kw.get("device") or "cpu"), kw.get("rhos") or (1,) * 4)
-
-    def progress(_label: str) -> None:
-        done.append(1)
-        ctx.tick(len(done) - 1, n)
-
-    res = bench_kernels(**kw, progress=progress)
+    res = bench_kernels(**kw, progress=lambda _stage, d, t: ctx.tick(d, t))
     cases = res["cases"]
     att = [c for c in cases if c["op"] == "routed_attention" and c["baseline"] == "sdpa_dense"]
     steps = [c for c in cases if c["op"] == "model_step" and c["rho"] < 1]

@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 from cramkit.cli.main import cli
 from cramkit.gpu.bench import CASE_KEYS, bench_kernels, parse_rho, routed_mask
+from cramkit.gpu.bench.kernels import KernelBenchConfig, KernelBenchResult, run
 
 from cramkit.errors import CramError
 
@@ -59,6 +60,44 @@ def test_bad_library_arguments_raise():
         bench_kernels(ops=["ssm_scan"], **{**TINY, "repeats": 0})
 
 
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"ops": ()}, "unknown op"),
+        ({"t_values": (1,)}, "every T"),
+        ({"t_values": (2**20 + 1,)}, "every T"),
+        ({"rhos": (0.0,)}, "every rho"),
+        ({"rhos": ()}, "every rho"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"heads": True}, "heads"),
+        ({"threads": 2000}, "threads"),
+        ({"seed": -1}, "seed"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_config_refuses_bad_settings_in_one_line(fields, message):
+    with pytest.raises(CramError, match=message) as info:
+        KernelBenchConfig(**fields)
+    assert "\n" not in str(info.value)
+
+
+def test_run_reports_progress_per_case_and_its_result_owns_the_views(tmp_path):
+    seen = []
+    cfg = KernelBenchConfig(**{**TINY, "t_values": (16, 24), "rhos": [1.0]}, ops=["ssm_scan", "model_step"])
+    assert cfg.rhos == (1.0,) and cfg.ops == ("ssm_scan", "model_step")  # lists become tuples (frozen, hashable)
+    result = run(cfg, lambda stage, done, total: seen.append((stage, done, total)))
+    assert isinstance(result, KernelBenchResult)
+    labels = ["ssm_scan T=16", "ssm_scan T=24", "model_step T=16"]
+    assert seen == [x for i, lab in enumerate(labels) for x in ((lab, i, 3), (lab, i + 1, 3))]
+    data = result.to_json()
+    assert set(data) == {"machine", "cases"} and [c["op"] for c in data["cases"]] == ["ssm_scan", "ssm_scan", "model_step"]
+    text = result.report(width=160)
+    assert "kernels on cpu" in text and "cpu-chunked-8" in text and "model_rho_1" in text and "1.00x" in text
+    assert len(text.splitlines()) == 4 + 3 + 1  # title, top rule, header, rule; 3 rows; bottom rule
+    result.plot(tmp_path / "k.png")
+    assert (tmp_path / "k.png").stat().st_size > 0
+
+
 def test_cli_json_and_plot(tmp_path):
     plot = tmp_path / "speedup.png"
     res = CliRunner().invoke(
@@ -84,8 +123,11 @@ def test_cli_table_output():
     [
         (["--rho", "2"], "rho must lie in"),
         (["--rho", "x"], "rho must be a number"),
-        (["--t", "1"], "in [2, 2^20]"),
-        (["--t", "99999999999999999999"], "in [2, 2^20]"),
+        (["--t", "1"], "outside [2, 1048576]"),
+        (["--t", "99999999999999999999"], "outside [2, 1048576]"),
+        (["--t", "256,,512"], "no empty item"),
+        (["--rho", "1/4,,1"], "no empty item"),
+        (["--plot", "somedir/"], "not the folder"),
         (["--threads", "99999"], "1<=x<=1024"),
         (["--model-t", "3"], "16<=x"),
         (["--seed", "-1"], "x>=0"),
@@ -99,3 +141,11 @@ def test_cli_bad_options_fail_with_one_line(args, message):
     assert res.exit_code == 2
     assert message in res.output
     assert "Traceback" not in res.output
+    assert len([line for line in res.output.splitlines() if line.startswith("Error")]) == 1
+
+
+@pytest.mark.parametrize("args", [["--rho", "1/4,,1"], ["--rho", "2"], ["--rho", "x"]])
+def test_model_rho_uses_the_same_rho_list(args):
+    res = CliRunner().invoke(cli, ["bench", "model", *args])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "rho" in res.output
