@@ -356,6 +356,19 @@ COLUMNS = ("router", "step", "acc_r", "acc_e", "acc", "rho_q", "rho_all", "phi",
 TOKEN_COLUMNS = ("router", "step", "acc", "rho_target", "rho_all", "val_loss", "n_targets")
 
 
+#: the most probe sequences one evaluation takes: the per-query records grow with the count and
+#: the time linearly (about 1 s per 1,000 quick-preset sequences on one CPU core), so a count
+#: far beyond this is a typo or days of work, refused up front rather than run
+MAX_EVAL_SEQUENCES = 1 << 20
+
+
+def check_sequence_count(sequences: int) -> None:
+    """Refuse an evaluation set larger than :data:`MAX_EVAL_SEQUENCES` (one line)."""
+    if sequences > MAX_EVAL_SEQUENCES:
+        raise CramError(f"at most {MAX_EVAL_SEQUENCES} evaluation sequences, got {sequences} "
+                        "(evaluation time and memory grow linearly with the count)")
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     """What ``cram eval`` evaluates: checkpoints (files or run folders) on an SRCD split, or on a
@@ -371,6 +384,7 @@ class EvalSettings:
             raise CramError("give at least one checkpoint")
         if self.sequences < 1:
             raise CramError("the number of evaluation sequences must be >= 1")
+        check_sequence_count(self.sequences)
         if self.data is None:
             parse_split(self.split)
 

@@ -29,6 +29,8 @@ Use (the train loop; rank 0 only under torchrun)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import contextlib
 import errno
 import json
@@ -133,12 +135,14 @@ class RunFolder:
 
     @classmethod
     def open(cls, out: str | os.PathLike, config_toml: str, *, resume: bool = False,
-             overwrite: bool = False) -> RunFolder:
+             overwrite: bool = False, complete: Callable[[dict], dict] | None = None) -> RunFolder:
         """Create or take over ``out`` for a run with config ``config_toml`` (the full TOML text).
 
         A new run (neither flag) needs a folder without run files; ``resume`` needs one with a
         checkpoint and a config that differs at most in :data:`RESUMABLE_KEYS`; ``overwrite`` moves
-        an earlier run aside. Raises one CramError line for every refusal.
+        an earlier run aside. ``complete`` fills a saved config's missing keys with their defaults
+        before the comparison (a run saved before a setting existed ran at its default). Raises
+        one CramError line for every refusal.
         """
         if resume and overwrite:
             raise CramError("--resume continues the run in the folder and --overwrite replaces it; give one")
@@ -152,7 +156,7 @@ class RunFolder:
         try:
             folder._clean_temps()
             if resume:
-                folder._open_resume(new_cfg, config_toml)
+                folder._open_resume(new_cfg, config_toml, complete)
             else:
                 folder._open_new(config_toml, overwrite)
         except BaseException:
@@ -185,7 +189,8 @@ class RunFolder:
         if self.replaced is not None:
             self.append_event({"event": "overwrite", "moved_to": self.replaced.name})
 
-    def _open_resume(self, new_cfg: dict[str, Any], config_toml: str) -> None:
+    def _open_resume(self, new_cfg: dict[str, Any], config_toml: str,
+                     complete: Callable[[dict], dict] | None = None) -> None:
         if not (runs.last_checkpoint(self.path).is_file() or runs.kept_checkpoints(self.path)):
             raise CramError(f"nothing to resume in {self.path}: it holds no checkpoint; start the run with "
                             f"`cram train --out {self.path}`")  # fmt: skip
@@ -193,7 +198,10 @@ class RunFolder:
         if cfg_file.is_file():
             with os_errors(f"reading {cfg_file}"):
                 old_text = cfg_file.read_text(encoding="utf-8", errors="replace")
-            self.changes = check_resume_changes(_parse_toml(old_text, str(cfg_file)), new_cfg, str(self.path))
+            old_cfg = _parse_toml(old_text, str(cfg_file))
+            if complete is not None:
+                old_cfg, new_cfg = complete(old_cfg), complete(new_cfg)
+            self.changes = check_resume_changes(old_cfg, new_cfg, str(self.path))
         if self.changes or not cfg_file.is_file():
             self.write_config(config_toml)
 

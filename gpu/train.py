@@ -392,7 +392,8 @@ def open_resume(resume: str | Path, cfg: C.RunConfig | None, rank: int) -> tuple
     run_dir = run_dir_of(resume)
     folder = None
     if rank == 0:
-        folder = RunFolder.open(run_dir, _folder_config_toml(cfg, run_dir, resume), resume=True)
+        folder = RunFolder.open(run_dir, _folder_config_toml(cfg, run_dir, resume), resume=True,
+                                complete=lambda saved: C.from_dict(saved).to_dict())
     try:
         ck_cfg, state = read_resume_state(_checkpoint_to_resume(resume, run_dir))
         if cfg is None and (run_dir / runs.CONFIG).is_file():

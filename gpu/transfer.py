@@ -67,6 +67,9 @@ class TransferConfig:
             raise CramError("overlaps must not repeat")
         if self.sequences < 2:
             raise CramError("sequences must be at least 2")
+        from cramkit.gpu.eval import check_sequence_count
+
+        check_sequence_count(self.sequences)
         if self.chunk < 1:
             raise CramError("chunk must be at least 1")
         if self.bootstrap < 0:

@@ -101,6 +101,21 @@ def test_resume_with_set_allows_lr_and_refuses_model_keys(tmp_path):
     assert any(e.get("event") == "resume" and "train.lr" in e["changed"] for e in events)
 
 
+def test_resume_of_a_run_saved_before_a_setting_existed(tmp_path):
+    """A run folder written before a config key was added (its config.toml lacks the key) ran
+    at the key's default: resuming it is not a config change."""
+    out = tmp_path / "r"
+    assert _train(*_sets(), "--out", str(out), "--max-steps", "2").exit_code == 0
+    cfg = out / runs.CONFIG
+    lines = cfg.read_text().splitlines()
+    assert any(ln.startswith("window") for ln in lines)
+    cfg.write_text("\n".join(ln for ln in lines if not ln.startswith("window")) + "\n")
+    r = _train("--resume", str(out), "--max-steps", "4")
+    assert r.exit_code == 0, r.output
+    line = _one_line_error(_train("--resume", str(out), "--set", "model.window=8"))
+    assert "model.window" in line
+
+
 def test_the_divergence_hint_is_a_command_that_works(tmp_path):
     out = tmp_path / "r"
     r = _train(*_sets("train.lr=1e12", "train.grad_clip=0", "train.ckpt_every=1"), "--out", str(out))
