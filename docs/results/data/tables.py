@@ -49,14 +49,14 @@ def model_tables(data: dict, modes: tuple[str, ...] = ("train", "prefill", "deco
         head = "| model | " + " | ".join(f"T={t}" for t in ts) + " |"
         sep = "|---" * (len(ts) + 1) + "|"
 
-        def cell(model, rho, t):
+        def cell(model, rho, t, rows=rows):
             return next((c for c in rows if c["model"] == model and c["rho"] == rho and c["T"] == t), None)
 
         dense = {t: (cell("dense", None, t) or {}).get("us_per_token") for t in ts}
         for title, fmt in (
             ("µs per token", lambda c, t: "-" if c is None or c["us_per_token"] is None else num(c["us_per_token"])),
             ("speed-up over dense (dense µs / model µs)",
-             lambda c, t: "-" if c is None or c["us_per_token"] is None or dense[t] is None
+             lambda c, t, dense=dense: "-" if c is None or c["us_per_token"] is None or dense[t] is None
              else f"{dense[t] / c['us_per_token']:.2f}×"),
             ("peak MB", lambda c, t: "-" if c is None or c["peak_mb"] is None else f"{c['peak_mb']:.1f}"),
         ):
