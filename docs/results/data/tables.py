@@ -1,0 +1,119 @@
+"""Markdown tables for docs/results/{model-speed,kernels}.md from `cram bench ... --json` outputs.
+
+Usage (from the repository root, any Python 3, no dependencies):
+
+    python3 docs/results/data/tables.py model docs/results/data/model-speed-cuda.json
+    python3 docs/results/data/tables.py kernels docs/results/data/kernels-cuda.json
+
+Every number in the printed tables is read from the JSON file; nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from fractions import Fraction
+
+ORDER = ("cram", "dense", "none", "ssm", "transformer")
+
+
+def rho_text(rho: float | None) -> str:
+    if rho is None:
+        return "-"
+    f = Fraction(rho).limit_denominator(4096)
+    return str(f.numerator) if f.denominator == 1 else f"{f.numerator}/{f.denominator}"
+
+
+def num(v: float) -> str:
+    """Two decimals below 10, one decimal from 10 on."""
+    return f"{v:.2f}" if v < 10 else (f"{v:.1f}")
+
+
+def label(model: str, rho: float | None) -> str:
+    return model if rho is None else f"{model} ρ={rho_text(rho)}"
+
+
+def _row_key(c: dict) -> tuple:
+    return (ORDER.index(c["model"]), -(c["rho"] or 0))
+
+
+def model_tables(data: dict, modes: tuple[str, ...] = ("train", "prefill", "decode")) -> str:
+    cases = data["cases"]
+    out = []
+    for mode in modes:
+        rows = [c for c in cases if c["mode"] == mode]
+        if not rows:
+            continue
+        ts = sorted({c["T"] for c in rows})
+        keys = sorted({(_row_key(c), c["model"], c["rho"]) for c in rows})
+        head = "| model | " + " | ".join(f"T={t}" for t in ts) + " |"
+        sep = "|---" * (len(ts) + 1) + "|"
+
+        def cell(model, rho, t, rows=rows):
+            return next((c for c in rows if c["model"] == model and c["rho"] == rho and c["T"] == t), None)
+
+        dense = {t: (cell("dense", None, t) or {}).get("us_per_token") for t in ts}
+        for title, fmt in (
+            ("µs per token", lambda c, t: "-" if c is None or c["us_per_token"] is None else num(c["us_per_token"])),
+            ("speed-up over dense (dense µs / model µs)",
+             lambda c, t, dense=dense: "-" if c is None or c["us_per_token"] is None or dense[t] is None
+             else f"{dense[t] / c['us_per_token']:.2f}×"),
+            ("peak MB", lambda c, t: "-" if c is None or c["peak_mb"] is None else f"{c['peak_mb']:.1f}"),
+        ):
+            out += [f"**{mode}: {title}**", "", head, sep]
+            for _, model, rho in keys:
+                out.append(f"| {label(model, rho)} | " + " | ".join(fmt(cell(model, rho, t), t) for t in ts) + " |")
+            out.append("")
+    targets = data.get("targets") or []
+    if targets:
+        out += ["**issue #9 targets, as computed by the benchmark from this run**", "",
+                "| target | ratio | bound | met? |", "|---|---|---|---|"]
+        for t in targets:
+            ratio = "not measured" if t["ratio"] is None else f"{t['ratio']:.2f}×"
+            met = "not measured" if t["met"] is None else ("**met**" if t["met"] else "**missed**")
+            bound = ("≥ " if t["kind"] == "min" else "≤ ") + f"{t['bound']:g}×"
+            out.append(f"| {t['target']} | {ratio} | {bound} | {met} |")
+        out.append("")
+    cross = data.get("crossover") or []
+    if cross:
+        out += ["**crossover (smallest measured T from which routed cram is the fastest model with attention)**", "",
+                "| mode | crossover T | routed cram fastest at T |", "|---|---|---|"]
+        for c in cross:
+            wins = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in c["wins"].items()) or "-"
+            out.append(f"| {c['mode']} | {c['T'] if c['T'] is not None else 'none'} | {wins} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def kernel_table(data: dict) -> str:
+    out = ["| op | T | ρ | dtype | algorithm | ms | baseline | baseline ms | speed-up | FLOP limit |",
+           "|----|---|---|-------|-----------|----|----------|-------------|----------|------------|"]
+    for c in data["cases"]:
+        flop = "-" if c.get("flop_limit") is None else f"{c['flop_limit']:.1f}"
+        out.append(f"| {c['op']} | {c['T']} | {rho_text(c['rho'])} | {c.get('dtype', '-')} | {c['algorithm']} | "
+                   f"{c['ms']:.2f} | {c['baseline']} | {c['baseline_ms']:.2f} | {c['speedup']:.2f}× | {flop} |")
+    return "\n".join(out) + "\n"
+
+
+def machine_line(data: dict) -> str:
+    m = data["machine"]
+    keys = ("date", "device", "gpu", "platform", "cpu_count", "torch_threads", "python", "torch", "triton",
+            "load_average_1min", "omp_wait_policy")
+    return "machine: " + ", ".join(f"{k} {m[k]}" for k in keys if m.get(k) is not None)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[0] not in ("model", "kernels"):
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    for path in argv[1:]:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        print(f"<!-- generated by docs/results/data/tables.py {argv[0]} {path} -->")
+        print(machine_line(data) + "\n")
+        print(model_tables(data) if argv[0] == "model" else kernel_table(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,52 @@
+"""The benchmark tables in docs/results are generated from the JSON kept next to them: each page
+must contain, verbatim, what docs/results/data/tables.py prints for each of its JSON files (so a
+number edited by hand, or a JSON replaced without regenerating the page, fails here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "docs" / "results" / "data"
+
+# page -> (kind, JSON files whose tables it holds)
+PAGES = {
+    "model-speed.md": ("model", ["model-speed-cpu", "model-speed-cpu-decode", "model-speed-cpu-decode-64steps",
+                                 "model-speed-cpu-targets",
+                                 "model-speed-cuda", "model-speed-cuda-long"]),
+    "kernels.md": ("kernels", ["kernels-cuda", "kernels-cuda-long"]),
+}
+
+
+def _tables():
+    spec = importlib.util.spec_from_file_location("results_tables", DATA / "tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _render(mod, kind: str, name: str) -> str:
+    data = json.loads((DATA / f"{name}.json").read_text(encoding="utf-8"))
+    body = mod.model_tables(data) if kind == "model" else mod.kernel_table(data)
+    return "\n".join([mod.machine_line(data), "", body.strip()])
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_page_tables_match_their_json(page):
+    mod = _tables()
+    text = (ROOT / "docs" / "results" / page).read_text(encoding="utf-8")
+    kind, names = PAGES[page]
+    for name in names:
+        assert _render(mod, kind, name) in text, f"{page}: tables of data/{name}.json differ; regenerate them"
+
+
+def test_tables_catch_an_edited_number():
+    mod = _tables()
+    data = json.loads((DATA / "model-speed-cuda.json").read_text(encoding="utf-8"))
+    before = mod.model_tables(data)
+    data["cases"][0]["us_per_token"] *= 2
+    assert mod.model_tables(data) != before
