@@ -195,6 +195,20 @@ def _compute(m: dict) -> tuple[str, V.Verdict, dict]:
     return "; ".join(parts), v, {"speedup_min": V.SPEEDUP_MIN}
 
 
+#: the hand-run measurement pages of the repository (their own commands, machines and dates),
+#: listed under the generated table; no figure is copied from them
+DETAIL_PAGES = (
+    ("bound.md", "the static bound and CR_K with every router and control"),
+    ("srcd.md", "every router on SRCD at matched budgets, seeds, FRESH, utilization curves, the m_e = 1 control"),
+    ("fit-gamma.md", "consolidation-curve fits, the human reference data, the count model"),
+    ("transfer.md", "transfer and the CONFLICT control"),
+    ("redundancy.md", "attention redundancy: planted-head control, a small text model over training"),
+    ("language.md", "CRAM byte-level language models on the King James Bible against dense, SSM-only, window and static routers"),
+    ("kernels.md", "routed attention and the SSM scan against dense SDPA and the references, CPU and H200"),
+    ("model-speed.md", "per-token time of training, prefill and decode for whole models, CPU and H200"),
+)
+
+
 ASSESSORS = {
     "static-bound": _static_bound,
     "accuracy-budget": _accuracy_budget,
@@ -284,6 +298,8 @@ class ReproduceResult(Result):
         lines += ["", "Commands each step's library calls stand for:", ""]
         for o in self.outcomes:
             lines.append(f"- {o.claim.id}: " + ", ".join(f"`{c}`" for c in o.claim.commands))
+        lines += ["", "## The pages with the details", ""]
+        lines += [f"- `docs/results/{page}`: {what}" for page, what in DETAIL_PAGES]
         return "\n".join(lines) + "\n"
 
     def report(self) -> str:
