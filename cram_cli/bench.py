@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import click
-from cramkit.cli.options import CommaList, emit, output_options
 
+from cramkit.cli.options import CommaList, emit, output_options
 from cramkit.errors import CramError
 from cramkit.progress import progress_bar
 

@@ -7,8 +7,8 @@ Options, then one library call: :func:`cramkit.sim.boundcheck.run` (or, with ``-
 from __future__ import annotations
 
 import click
-from cramkit.cli.options import CommaList, emit, output_options
 
+from cramkit.cli.options import CommaList, emit, output_options
 from cramkit.progress import progress_bar
 
 _ROUTERS_HELP = "ALL, STRIDE_<s>, RAND_<p>, ORACLE-POS, LEARNED-STATIC, SKIP-ALL+M"

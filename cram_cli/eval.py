@@ -4,8 +4,8 @@ accuracy-vs-attention table."""
 from __future__ import annotations
 
 import click
-from cramkit.cli.options import emit, json_option, plot_option
 
+from cramkit.cli.options import emit, json_option, plot_option
 from cramkit.progress import progress_bar
 
 

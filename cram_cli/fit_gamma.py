@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 
 import click
-from cramkit.cli.options import CommaList, emit, output_options
-from cramkit.theory.curves import MODEL_NAMES
 
+from cramkit.cli.options import CommaList, emit, output_options
 from cramkit.progress import progress_bar
 from cramkit.runs import TIME_FIELDS
+from cramkit.theory.curves import MODEL_NAMES
 
 
 def _fixed(ctx, param, value) -> dict[str, float]:

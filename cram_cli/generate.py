@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+
 from cramkit.cli.options import emit, json_option
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import click
-from cramkit.cli.options import CommaList, emit, json_option, quiet_option
 
+from cramkit.cli.options import CommaList, emit, json_option, quiet_option
 from cramkit.progress import progress_bar
 
 

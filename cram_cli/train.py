@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import click
-from cramkit.cli.options import emit, json_option, plot_option, quiet_option
 
 from cramkit import runs
+from cramkit.cli.options import emit, json_option, plot_option, quiet_option
 from cramkit.progress import progress_bar
 
 

@@ -15,10 +15,10 @@ import math
 from typing import Any
 
 import torch
-from cramkit.gpu.config import ModelConfig, RouterConfig, RunConfig
-from cramkit.gpu.model import CramModel
 
 from cramkit.errors import CramError
+from cramkit.gpu.config import ModelConfig, RouterConfig, RunConfig
+from cramkit.gpu.model import CramModel
 
 #: checkpoint metadata keys that describe the model's task-given sizes
 VOCAB_KEY, BUDGET_KEY, N_Q_KEY = "vocab_size", "budget", "n_q"

@@ -37,14 +37,12 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 import tomli_w
-from cramkit.sim.srcd import SRCDConfig
 
 from cramkit.errors import CramError
+from cramkit.gpu.routers import ROUTER_NAMES
+from cramkit.sim.srcd import SRCDConfig
 
 PRESET_DIR = Path(__file__).with_name("presets")
-
-from cramkit.gpu.routers import ROUTER_NAMES
-
 ROUTERS = ROUTER_NAMES  # the one router registry: cramkit.gpu.routers
 TASKS = ("srcd", "text", "tokens")
 DEVICES = ("auto", "cpu", "cuda")

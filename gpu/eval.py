@@ -26,18 +26,18 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from cramkit import runs as R
+from cramkit.errors import CramError
 from cramkit.gpu import config as C
 from cramkit.gpu.build import BUDGET_KEY, N_Q_KEY, VOCAB_KEY, build_run_model, check_vocab_matches
 from cramkit.gpu.checkpoint import load_model_state, read_checkpoint
 from cramkit.gpu.model import CramModel, attention_flops
 from cramkit.gpu.tasks.srcd import CONFLICT_SEED, FRESH_SEED, TRANSFER_SEED, to_tensors
-from cramkit.sim.srcd import SRCDConfig, World, derive_world, generate, make_world, split_seeds
-
-from cramkit import runs as R
-from cramkit.errors import CramError
 from cramkit.io import save_figure
 from cramkit.progress import Progress, track
 from cramkit.result import Result
+from cramkit.sim.srcd import SRCDConfig, World, derive_world, generate, make_world, split_seeds
 
 ARCH = "cram-hybrid"
 TEXT_ARCH = "gpt-bytes"
@@ -407,8 +407,9 @@ class EvalReport(Result):
         return self.result
 
     def report(self) -> str:
-        from cramkit.gpu.train import _render
         from rich.table import Table
+
+        from cramkit.gpu.train import _render
 
         res = self.result
         tokens = "data" in res

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from cramkit.errors import CramError
 from cramkit.gpu.config import ModelConfig, RouterConfig
 from cramkit.gpu.inference import (
     CramState,
@@ -53,8 +55,6 @@ from cramkit.gpu.inference import (
 from cramkit.gpu.ops.routed_attention import routed_attention
 from cramkit.gpu.ops.ssm_scan import ssm_scan, ssm_step
 from cramkit.gpu.routers import Router, RouteRequest, check_budget, make_router
-
-from cramkit.errors import CramError
 
 
 class RMSNorm(nn.Module):

@@ -29,8 +29,6 @@ Use (the train loop; rank 0 only under torchrun)::
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import contextlib
 import errno
 import json
@@ -38,6 +36,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 

@@ -36,6 +36,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from cramkit import runs
+from cramkit.errors import CramError
 from cramkit.gpu import config as C
 from cramkit.gpu.build import check_vocab_matches, model_for_task, model_meta
 from cramkit.gpu.checkpoint import (
@@ -48,9 +51,6 @@ from cramkit.gpu.checkpoint import (
 from cramkit.gpu.model import CramModel
 from cramkit.gpu.runfolder import RunFolder, check_resume_changes
 from cramkit.gpu.tasks import Task, TaskBatch, check_task
-
-from cramkit import runs
-from cramkit.errors import CramError
 from cramkit.io import atomic_write_json, save_figure
 from cramkit.memory import check_fits, check_training_fits, tensor_bytes
 from cramkit.progress import Progress, report_to

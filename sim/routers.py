@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import numba
 import numpy as np
-from cramkit.sim.srcd import Batch, SRCDConfig, World, generate, split_seeds
 
 from cramkit.errors import CramError
+from cramkit.sim.srcd import Batch, SRCDConfig, World, generate, split_seeds
 
 # ----------------------------------------------------------------------------------------------
 # numba kernels

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import numba
 import numpy as np
-from cramkit.sim.srcd import Batch, SRCDConfig, World
 
 from cramkit.errors import CramError
+from cramkit.sim.srcd import Batch, SRCDConfig, World
 
 COUNT_FIELDS = ("A", "A_q", "A_rec", "A_epi", "Pi_A", "correct_rec", "correct_epi", "C_skip")
 

@@ -20,10 +20,10 @@ from functools import cache
 from importlib import resources
 
 import numpy as np
-from cramkit.theory.fit.data import CurveData, make_gaussian
 
 from cramkit.errors import CramError
 from cramkit.result import Result
+from cramkit.theory.fit.data import CurveData, make_gaussian
 
 ANALOGY_NOTE = ("Human exponents measure savings on relearning against the retention delay; "
                 "gamma measures attention use against training exposure. Comparing them is an "

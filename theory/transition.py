@@ -19,9 +19,9 @@ logistic model that beats the power laws M1/M2 by more than 10 AIC units.
 from __future__ import annotations
 
 import numpy as np
-from cramkit.theory.fit.data import CurveData
 
 from cramkit.errors import CramError
+from cramkit.theory.fit.data import CurveData
 
 SHARP_W = 0.5
 DECISIVE_DAIC = 10.0

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import torch
+
 from cramkit.gpu.eval import load_checkpoint
 from cramkit.gpu.tasks.text import TextTask, attention_by_class, eval_positions
 

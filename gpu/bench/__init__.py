@@ -4,7 +4,13 @@ repeat by repeat, in one process (:mod:`.common`)."""
 
 from .common import machine_info, parse_rho, routed_mask
 from .kernels import (
-    CASE_KEYS, DEFAULT_RHOS, OPS, KernelBenchConfig, KernelBenchResult, bench_kernels, default_t_values,
+    CASE_KEYS,
+    DEFAULT_RHOS,
+    OPS,
+    KernelBenchConfig,
+    KernelBenchResult,
+    bench_kernels,
+    default_t_values,
 )
 
 __all__ = [

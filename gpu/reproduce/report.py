@@ -15,7 +15,6 @@ from typing import Any
 
 from cramkit.gpu.reproduce import verdicts as V
 from cramkit.gpu.reproduce.claims import CLAIMS, Claim
-
 from cramkit.result import Result
 
 

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cramkit.errors import CramError
 from cramkit.gpu.reproduce.claims import CLAIM_IDS, claim
 from cramkit.gpu.reproduce.report import ReproduceResult, assess
 from cramkit.gpu.reproduce.scales import SCALES, Scale, get_scale
 from cramkit.gpu.reproduce.steps import GPT2_ENV, STEPS, Context, Step
-
-from cramkit.errors import CramError
 from cramkit.io import atomic_write_json, atomic_write_text
 from cramkit.jsonable import dumps, to_jsonable
 from cramkit.progress import Progress, report_to

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cramkit.gpu.reproduce.scales import Scale
-
 from cramkit import runs as R
+from cramkit.gpu.reproduce.scales import Scale
 from cramkit.io import atomic_write_text
 
 GPT2_ENV = "CRAM_GPT2_DIR"
@@ -244,9 +243,8 @@ def _redundancy_config(ctx: Context):
 
 def _gpt2(ctx: Context) -> dict[str, Any]:
     """``cram redundancy GPT2_DIR`` when a local GPT-2 folder was given, else why not."""
-    from cramkit.gpu.redundancy import measure_path
-
     from cramkit.errors import CramError
+    from cramkit.gpu.redundancy import measure_path
 
     if not ctx.gpt2:
         return {"measured": False, "reason": f"no local GPT-2: give --gpt2 DIR or set {GPT2_ENV} (weights are never downloaded)"}
@@ -316,9 +314,8 @@ def bench_model_summary(rows: list[dict], t_len: int, rho: float) -> dict[str, A
 def compute_step(ctx: Context) -> dict[str, Any]:
     """``cram bench kernels``: :func:`cramkit.gpu.bench.bench_kernels`; and ``cram bench model``
     when present."""
-    from cramkit.gpu.bench import bench_kernels
-
     from cramkit.errors import CramError
+    from cramkit.gpu.bench import bench_kernels
 
     kw = dict(ctx.scale.bench)
     res = bench_kernels(**kw, progress=lambda _stage, d, t: ctx.tick(d, t))
@@ -333,7 +330,8 @@ def compute_step(ctx: Context) -> dict[str, Any]:
            "machine": res["machine"], "bench_model": None,
            "bench_model_reason": "not measured: needs cram bench model"}  # fmt: skip
     if ctx.scale.bench_model:
-        from cramkit.gpu.bench.model import ModelBenchConfig, run as bench_model_run
+        from cramkit.gpu.bench.model import ModelBenchConfig
+        from cramkit.gpu.bench.model import run as bench_model_run
 
         try:
             bcfg = ModelBenchConfig(**ctx.scale.bench_model)

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from cramkit.errors import CramError
 from cramkit.gpu.tasks.base import BaseTask, TaskBatch
 from cramkit.sim.srcd import (
     Batch,
@@ -24,8 +26,6 @@ from cramkit.sim.srcd import (
     make_world,
     split_seeds,
 )
-
-from cramkit.errors import CramError
 
 # world seeds of the derived evaluation pools, relative to the training world's seed
 FRESH_SEED, TRANSFER_SEED, CONFLICT_SEED, ROUTER_POOL_SEED = 1, 2, 3, 7

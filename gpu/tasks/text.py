@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cramkit.gpu.tasks.base import BaseTask, TaskBatch
 
 from cramkit.errors import CramError
+from cramkit.gpu.tasks.base import BaseTask, TaskBatch
 
 VOCAB = 256
 #: byte classes of the attention breakdown: ASCII letters, the space, the newline, ASCII digits,

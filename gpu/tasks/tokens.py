@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from cramkit.gpu.tasks.base import BaseTask, TaskBatch, check_token_range
 
 from cramkit.errors import CramError
+from cramkit.gpu.tasks.base import BaseTask, TaskBatch, check_token_range
 
 FIELDS = ("tokens", "targets", "query_mask", "labels", "split")
 SUFFIXES = (".npz", ".safetensors")

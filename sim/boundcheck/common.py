@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+
 from cramkit.sim.routers import LearnedRouter, OraclePosRouter, Router, fit_learned, parse_router
 from cramkit.sim.simulate import Counts, run_cr, simulate_static
 from cramkit.sim.srcd import Batch, SRCDConfig, generate, make_world, split_seeds

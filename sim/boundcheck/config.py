@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from cramkit.sim.routers import DEFAULT_STATIC, CRRouter, Router, parse_router
-from cramkit.sim.srcd import SRCDConfig
 
 from cramkit.errors import CramError
+from cramkit.sim.routers import DEFAULT_STATIC, CRRouter, Router, parse_router
+from cramkit.sim.srcd import SRCDConfig
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
+
+from cramkit.progress import Progress, report_to
 from cramkit.sim.boundcheck.common import Timer, fit_static, sweep_batch
 from cramkit.sim.boundcheck.config import BoundConfig
 from cramkit.sim.boundcheck.result import Control, Criterion
@@ -26,8 +28,6 @@ from cramkit.sim.routers import LearnedRouter, SkipAllRouter, fit_learned
 from cramkit.sim.simulate import Counts
 from cramkit.sim.srcd import SRCDConfig, make_world
 from cramkit.theory import bounds
-
-from cramkit.progress import Progress, report_to
 
 LEAKS = (("key_range", "F3k"), ("position", "F3p"))
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 
+from cramkit.progress import Progress, report_to
 from cramkit.sim.boundcheck import controls as ctl
 from cramkit.sim.boundcheck.common import Timer, warm_up
 from cramkit.sim.boundcheck.config import BoundConfig
 from cramkit.sim.boundcheck.result import BoundResult
 from cramkit.sim.boundcheck.stream import analyse_stream, run_stream
 from cramkit.sim.boundcheck.sweep import analyse_sweep, run_sweep
-
-from cramkit.progress import Progress, report_to
 
 
 def run(config: BoundConfig, progress: Progress | None = None) -> BoundResult:

@@ -8,10 +8,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cramkit.sim.boundcheck.config import BoundConfig
-
 from cramkit.jsonable import to_jsonable
 from cramkit.result import Result
+from cramkit.sim.boundcheck.config import BoundConfig
 
 
 @dataclass

@@ -15,6 +15,8 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
+
+from cramkit.progress import Progress, report_to
 from cramkit.sim.boundcheck.common import Timer, log_grid, log_slope
 from cramkit.sim.boundcheck.config import BoundConfig
 from cramkit.sim.boundcheck.result import Criterion
@@ -22,8 +24,6 @@ from cramkit.sim.simulate import distinct_patterns_cum, max_episodic_multiplicit
 from cramkit.sim.srcd import Batch, SRCDConfig, generate, make_world, split_seeds
 from cramkit.theory import bounds
 from cramkit.theory.stats import ols_slopes, percentile_ci, resample_indices
-
-from cramkit.progress import Progress, report_to
 
 COUNT_FIELDS = ("A_rec", "A_epi", "correct_rec", "correct_epi")
 BATCH_FIELDS = ("tokens", "query_pos", "query_key", "query_target", "query_recurring", "query_rank",

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+
+from cramkit.progress import Progress, report_to
 from cramkit.sim.boundcheck.common import Timer, fit_static, sweep_batch
 from cramkit.sim.boundcheck.config import BoundConfig
 from cramkit.sim.boundcheck.controls import ControlCounts
@@ -31,8 +33,6 @@ from cramkit.sim.simulate import Counts
 from cramkit.sim.srcd import make_world
 from cramkit.theory import bounds
 from cramkit.theory.stats import ols_line, seed_bootstrap_slope
-
-from cramkit.progress import Progress, report_to
 
 #: per-sequence quantities kept for every router, n and seed
 FIELDS = ("A_rec", "A_epi", "A_q", "A", "correct_rec", "correct_epi", "phi", "C_skip", "Pi_A")

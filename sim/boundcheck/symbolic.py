@@ -16,13 +16,13 @@ from fractions import Fraction
 from typing import Any
 
 import sympy as sp
-from cramkit.sim.srcd import SRCDConfig
-from cramkit.theory import bounds, count_model
-from cramkit.theory.bounds import Theorem
 
 from cramkit.errors import CramError
 from cramkit.progress import Progress
 from cramkit.result import Result
+from cramkit.sim.srcd import SRCDConfig
+from cramkit.theory import bounds, count_model
+from cramkit.theory.bounds import Theorem
 
 # the configuration the numbers are evaluated at, besides the command's own settings: SRCD's
 # default key and value vocabularies, and eps = 0

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+
 from cramkit.cli.main import cli
 
 SMALL = ["--freq", "0.1", "--fe", "0.03", "--P", "64", "--n-min", "128", "--n-max", "512",

@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+
 from cramkit.cli.main import cli
+from cramkit.errors import CramError
 from cramkit.gpu.config import ModelConfig, RouterConfig
 from cramkit.gpu.inference import GenerateConfig, generate_text
 from cramkit.gpu.model import CramModel
-
-from cramkit.errors import CramError
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from cramkit.cli.main import cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gpu"))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cramkit.gpu.baselines import TransformerLM
 
 from cramkit.errors import CramError
+from cramkit.gpu.baselines import TransformerLM
 
 
 def test_prefill_in_pieces_then_steps_equal_the_forward():

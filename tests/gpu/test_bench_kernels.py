@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+
 from cramkit.cli.main import cli
+from cramkit.errors import CramError
 from cramkit.gpu.bench import CASE_KEYS, bench_kernels, parse_rho, routed_mask
 from cramkit.gpu.bench.kernels import KernelBenchConfig, KernelBenchResult, run
-
-from cramkit.errors import CramError
 
 TINY = dict(t_values=[24], rhos=[0.25, 1.0], repeats=1, batch=2, heads=2, head_dim=8, d_state=4, chunk_size=8,
             model_t=16, model_batch=2, device="cpu")

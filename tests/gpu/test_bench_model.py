@@ -8,7 +8,9 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+
 from cramkit.cli.main import cli
+from cramkit.errors import CramError
 from cramkit.gpu.bench.model import (
     CASE_KEYS,
     MODELS,
@@ -20,8 +22,6 @@ from cramkit.gpu.bench.model import (
     run,
 )
 from cramkit.gpu.bench.model_result import ModelBenchResult
-
-from cramkit.errors import CramError
 from cramkit.jsonable import dumps
 
 TINY = dict(t_values=(16,), rhos=(1.0, 0.25), repeats=1, decode_steps=2, d_model=16, threads=1, device="cpu")

@@ -8,7 +8,9 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from cramkit.cli.main import cli
+from cramkit.errors import CramError
 from cramkit.gpu import config as C
 from cramkit.gpu.eval import (
     evaluate,
@@ -19,8 +21,6 @@ from cramkit.gpu.eval import (
     split_data,
 )
 from cramkit.gpu.train import train
-
-from cramkit.errors import CramError
 
 TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
         "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16", "train.batch_size=8",

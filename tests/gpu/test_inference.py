@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cramkit.gpu.config import ModelConfig, RouterConfig
-from cramkit.gpu.model import CramModel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cramkit.errors import CramError
+from cramkit.gpu.config import ModelConfig, RouterConfig
+from cramkit.gpu.model import CramModel
 
 VOCAB = 40
 

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+
 from cramkit.cli.main import cli
+from cramkit.errors import CramError
 from cramkit.gpu.build import model_for_task
 from cramkit.gpu.config import ModelConfig, RouterConfig
 from cramkit.gpu.tasks.corpora import KJV_RANGE, kjv_text
@@ -26,8 +28,6 @@ from cramkit.gpu.tasks.text import (
     byte_class,
     word_position,
 )
-
-from cramkit.errors import CramError
 
 CORPUS = Path(__file__).resolve().parents[2] / "gpu" / "redundancy" / "default_corpus.txt"
 SMALL = ModelConfig(pattern="SA", d_model=32, n_heads=2, ssm_heads=2, ssm_head_dim=16, d_state=8,

@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
-from cramkit.gpu.config import ModelConfig, RouterConfig, load_config
-from cramkit.gpu.model import MIXERS, CramModel, DenseAttention, WindowAttention, window_mask
 
 from cramkit.errors import CramError
+from cramkit.gpu.config import ModelConfig, RouterConfig, load_config
+from cramkit.gpu.model import MIXERS, CramModel, DenseAttention, WindowAttention, window_mask
 
 D, H = 16, 2
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cramkit.gpu.config import load_config
-from cramkit.gpu.tasks.srcd import to_tensors, train_world
+
 from cramkit.gpu.build import build_model
+from cramkit.gpu.config import load_config
 from cramkit.gpu.model import CramAttention, attention_flops
+from cramkit.gpu.tasks.srcd import to_tensors, train_world
 from cramkit.sim.srcd import generate, split_seeds
 
 TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
@@ -171,10 +172,9 @@ def test_registry_is_the_config_vocabulary_and_links_the_simulator():
 
 
 def test_unknown_router_is_a_clear_error():
+    from cramkit.errors import CramError
     from cramkit.gpu.config import ModelConfig, RouterConfig
     from cramkit.gpu.model import CramModel
-
-    from cramkit.errors import CramError
 
     with pytest.raises(CramError, match="router.name"):
         CramModel(ModelConfig(), RouterConfig(name="cramm"), 16)

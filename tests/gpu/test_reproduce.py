@@ -10,11 +10,11 @@ import re
 from pathlib import Path
 
 import pytest
+
+from cramkit.errors import CramError
 from cramkit.gpu.reproduce import ReproduceConfig, run
 from cramkit.gpu.reproduce.claims import CLAIM_IDS
 from cramkit.gpu.reproduce.steps import STEPS, Step
-
-from cramkit.errors import CramError
 
 # ------------------------------------------------------------------------------------------------
 # synthetic measured dicts, shaped like the adapters' output
@@ -321,6 +321,7 @@ def test_the_real_steps_at_the_tiny_scale_end_to_end_with_the_png(tmp_path, monk
     """Every real adapter once (about a minute on 2 cores): cram train, eval, fit-gamma, transfer,
     bound, bench and redundancy at toy sizes; then a rerun is all cache."""
     from click.testing import CliRunner
+
     from cramkit.cli.main import cli
 
     monkeypatch.delenv("CRAM_GPT2_DIR", raising=False)

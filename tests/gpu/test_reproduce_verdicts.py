@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from cramkit.gpu.reproduce import verdicts as V
 from cramkit.gpu.reproduce.verdicts import BY_CONSTRUCTION, FAILS, HOLDS, NOT_MEASURED
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from cramkit.gpu.build import build_model
 from cramkit.gpu.config import load_config
 from cramkit.gpu.tasks.srcd import to_tensors, train_world
-from cramkit.gpu.build import build_model
 from cramkit.sim.srcd import generate, split_seeds
 
 _spec = importlib.util.spec_from_file_location("formulation_v0", Path(__file__).with_name("formulation_v0.py"))

@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
+
+from cramkit.errors import CramError
 from cramkit.gpu.build import build_model, load_weights
 from cramkit.gpu.checkpoint import read_checkpoint
 from cramkit.gpu.config import ModelConfig, RouterConfig, SRCDConfig, load_config
 from cramkit.gpu.tasks import Task, TaskBatch, check_token_range
 from cramkit.gpu.train import train
-
-from cramkit.errors import CramError
 
 SMALL = ModelConfig(pattern="SA", d_model=32, n_heads=2, ssm_heads=2, ssm_head_dim=16, d_state=8,
                     memory_hidden=32, router_hidden=16)  # fmt: skip
@@ -170,7 +170,6 @@ def test_train_and_eval_follow_the_command_contract(tmp_path):
     from cramkit.gpu.eval import run as run_eval
     from cramkit.gpu.train import TrainResult, TrainSettings
     from cramkit.gpu.train import run as run_train
-
     from cramkit.result import Result
 
     ticks = []

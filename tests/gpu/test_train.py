@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 from click.testing import CliRunner
+
 from cramkit.cli.main import cli
+from cramkit.errors import CramError
 from cramkit.gpu import config as C
 from cramkit.gpu.checkpoint import read_checkpoint
 from cramkit.gpu.train import TrainingDiverged, lr_at, train
-
-from cramkit.errors import CramError
 
 TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
         "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16", "train.batch_size=8",

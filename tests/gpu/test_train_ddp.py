@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+
 from cramkit.gpu import config as C
 from cramkit.gpu.checkpoint import read_checkpoint
 from cramkit.gpu.train import train

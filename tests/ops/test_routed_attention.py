@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from op_testing import TOL, rel_err
 
+from cramkit.errors import CramError
 from cramkit.gpu.ops.routed_attention import routed_attention
 from cramkit.gpu.ops.routed_attention.cpu import (
     routed_attention_blocked,
@@ -21,7 +22,6 @@ from cramkit.gpu.ops.routed_attention.cpu import (
 )
 from cramkit.gpu.ops.routed_attention.interface import route_to_mask
 from cramkit.gpu.ops.routed_attention.reference import routed_attention_reference
-from cramkit.errors import CramError
 
 B, T, H, D = 2, 63, 2, 40
 

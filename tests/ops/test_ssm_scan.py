@@ -12,10 +12,10 @@ import pytest
 import torch
 from op_testing import TOL, rel_err
 
+from cramkit.errors import CramError
 from cramkit.gpu.ops.ssm_scan import ssm_scan
 from cramkit.gpu.ops.ssm_scan.cpu import ssm_scan_chunked
 from cramkit.gpu.ops.ssm_scan.reference import ssm_scan_reference
-from cramkit.errors import CramError
 
 # (B, T, H, P, N, chunk_size, with initial state): awkward sizes, chunks that do not divide T,
 # a chunk longer than T, single-step chunks, P split over two kernel blocks (P=70).

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cramkit.gpu.ops.ssm_scan import ssm_scan, ssm_step
-from cramkit.gpu.ops.ssm_scan.cpu import auto_chunk_size, ssm_scan_chunked
-from cramkit.gpu.ops.ssm_scan.reference import ssm_scan_reference, ssm_step_reference
 from op_testing import TOL, rel_err
 
 from cramkit.errors import CramError
+from cramkit.gpu.ops.ssm_scan import ssm_scan, ssm_step
+from cramkit.gpu.ops.ssm_scan.cpu import auto_chunk_size, ssm_scan_chunked
+from cramkit.gpu.ops.ssm_scan.reference import ssm_scan_reference, ssm_step_reference
 
 
 def _step_inputs(bsz=2, h=3, n=5, p=7, dtype=torch.float32, seed=0):

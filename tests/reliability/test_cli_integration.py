@@ -10,9 +10,9 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from cramkit.cli.main import cli
 
 from cramkit import runs
+from cramkit.cli.main import cli
 
 TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
         "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16", "train.batch_size=8",

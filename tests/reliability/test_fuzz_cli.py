@@ -13,9 +13,10 @@ from contextlib import contextmanager
 import click
 import pytest
 from click.testing import CliRunner
-from cramkit.cli.main import COMMANDS, cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from cramkit.cli.main import COMMANDS, cli
 
 HOSTILE = ["nan", "-1", "1e308", "abc", "", ",", "1,,2", "/nonexistent/dir/x", "-inf", "99999999999999999999"]
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+
+from cramkit import runs
 from cramkit.cli.main import cli
 from cramkit.gpu.checkpoint import read_checkpoint
 from cramkit.gpu.runfolder import RunFolder
-
-from cramkit import runs
 
 CFG = 'task = "srcd"\n'
 

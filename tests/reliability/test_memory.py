@@ -25,6 +25,7 @@ def test_training_estimate_is_a_lower_bound_of_what_a_step_holds(pattern):
     """State = weights + gradients + AdamW moments exactly; activations + logits at most what
     autograd saves for the backward pass (measured with saved_tensors_hooks)."""
     import torch
+
     from cramkit.gpu import config as C
     from cramkit.gpu.model import CramModel
 

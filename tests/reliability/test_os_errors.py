@@ -117,6 +117,7 @@ def test_cram_errors_pass_through_unchanged():
 def test_cli_maps_a_stray_oserror_memoryerror_and_interrupt_to_one_line(monkeypatch):
     import click
     from click.testing import CliRunner
+
     from cramkit.cli import main
     from cramkit.gpu.runfolder import RunInterrupted
 

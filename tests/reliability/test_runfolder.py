@@ -10,6 +10,9 @@ import textwrap
 
 import pytest
 import torch
+
+from cramkit import runs
+from cramkit.errors import CramError
 from cramkit.gpu.checkpoint import read_checkpoint
 from cramkit.gpu.runfolder import (
     RESUMABLE_KEYS,
@@ -18,9 +21,6 @@ from cramkit.gpu.runfolder import (
     check_resume_changes,
     diff_configs,
 )
-
-from cramkit import runs
-from cramkit.errors import CramError
 
 CFG = 'task = "srcd"\n\n[train]\nlr = 0.003\nsteps = 100\nseed = 0\n\n[model]\nd_model = 32\n'
 
@@ -185,6 +185,7 @@ def test_last_good_checkpoint_skips_a_corrupt_one(tmp_path, capsys):
 
 def test_resume_hint_is_followable(tmp_path):
     from click.testing import CliRunner
+
     from cramkit.cli.main import cli
 
     out = tmp_path / "r"

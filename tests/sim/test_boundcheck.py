@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import cramkit.sim.boundcheck.config as bc
 import pytest
+
+import cramkit.sim.boundcheck.config as bc
+from cramkit.errors import CramError
 from cramkit.sim.boundcheck import BoundConfig, run
 from cramkit.sim.routers import PoolKeyRouter
-
-from cramkit.errors import CramError
 
 SMALL = dict(
     freq=0.1,

@@ -6,6 +6,8 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+
+from cramkit.errors import CramError
 from cramkit.sim.routers import (
     AllRouter,
     HashRouter,
@@ -28,8 +30,6 @@ from cramkit.sim.simulate import (
 )
 from cramkit.sim.srcd import SRCDConfig, generate, make_world, split_seeds
 from cramkit.theory import bounds as tb
-
-from cramkit.errors import CramError
 
 
 def _setup(n=256, m_r=10, m_e=5, P=32, d=None, B=16, seed=0, **kw):

@@ -6,6 +6,10 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cramkit.errors import CramError
 from cramkit.sim.srcd import (
     SPLITS,
     SRCDConfig,
@@ -16,10 +20,6 @@ from cramkit.sim.srcd import (
     split_seeds,
     token_classes,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-
-from cramkit.errors import CramError
 
 
 @st.composite

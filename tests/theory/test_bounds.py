@@ -8,12 +8,12 @@ from fractions import Fraction
 
 import pytest
 import sympy as sp
-from cramkit.theory import bounds as tb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
 from cramkit.errors import CramError
+from cramkit.theory import bounds as tb
 
 # ----------------------------------------------------------------------------------------------
 # Lemma 2: kappa_0

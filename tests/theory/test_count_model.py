@@ -6,6 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sympy as sp
+from scipy.special import gammaincc
+
+from cramkit.errors import CramError
 from cramkit.theory.count_model import (
     ALPHA,
     N_SYM,
@@ -21,9 +24,6 @@ from cramkit.theory.count_model import (
 )
 from cramkit.theory.fit.analysis import count_model_data
 from cramkit.theory.fit.core import fit_model
-from scipy.special import gammaincc
-
-from cramkit.errors import CramError
 
 
 def test_poisson_sum_equals_incomplete_gamma():

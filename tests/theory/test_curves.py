@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sympy as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cramkit.errors import CramError
 from cramkit.theory.curves import (
     MODEL_NAMES,
     Q,
@@ -14,10 +18,6 @@ from cramkit.theory.curves import (
     power_law_width,
     tc_numeric,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from cramkit.errors import CramError
 
 VALUES = {"E0": 0.9, "Einf": 0.1, "tau": 80.0, "gamma": 0.43, "a": 2.0, "beta": 0.6, "t_c": 900.0,
           "w": 250.0, "h": 2.5, "t_x": 2e4, "log10_t_b": 2.5, "E_b": 0.5, "s1": -0.1, "s2": -0.3}

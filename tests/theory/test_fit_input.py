@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+
+from cramkit.errors import CramError
 from cramkit.theory.fit.analysis import FitConfig, run
 from cramkit.theory.fit.data import (
     MAX_FIT_POINTS,
@@ -16,8 +18,6 @@ from cramkit.theory.fit.data import (
     read_curve,
 )
 from cramkit.theory.transition import changepoint_tc, windowed_slope_tc
-
-from cramkit.errors import CramError
 
 
 def _fit(path, **kw):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from cramkit.errors import CramError
 from cramkit.theory.curves import MODEL_NAMES, get_model
 from cramkit.theory.fit.core import fit_model
 from cramkit.theory.fit.data import make_binomial, make_gaussian, pool, read_curve
@@ -22,8 +24,6 @@ from cramkit.theory.fit.uncertainty import (
     t_min_sensitivity,
 )
 from cramkit.theory.transition import transition_analysis
-
-from cramkit.errors import CramError
 
 DATA = Path(__file__).parent.parent / "data"
 

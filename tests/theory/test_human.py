@@ -4,6 +4,8 @@ reproduce Murre & Dros (2015)."""
 from __future__ import annotations
 
 import pytest
+
+from cramkit.errors import CramError
 from cramkit.theory.human import (
     ANALOGY_NOTE,
     fit_power,
@@ -13,8 +15,6 @@ from cramkit.theory.human import (
     human_reference,
     load_human,
 )
-
-from cramkit.errors import CramError
 
 
 @pytest.mark.parametrize("name,a", [("murre-dros-ebbinghaus", 0.130), ("murre-dros-mack", 0.093),

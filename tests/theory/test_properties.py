@@ -13,6 +13,9 @@ from math import comb
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from cramkit.sim.routers import (
     AllRouter,
     HashRouter,
@@ -34,8 +37,6 @@ from cramkit.sim.simulate import (
 )
 from cramkit.sim.srcd import SRCDConfig, derive_world, generate, make_world, split_seeds
 from cramkit.theory import bounds as tb
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 # ----------------------------------------------------------------------------------------------
 # strategies

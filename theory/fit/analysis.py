@@ -26,6 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from cramkit.errors import CramError
+from cramkit.jsonable import to_jsonable
+from cramkit.progress import Progress, report_to
+from cramkit.result import Result
 from cramkit.theory.curves import MODEL_NAMES, get_model, tc_numeric
 from cramkit.theory.fit.core import FitResult, fit_model, single_thread_blas
 from cramkit.theory.fit.data import (
@@ -46,11 +51,6 @@ from cramkit.theory.fit.uncertainty import (
     profile_ci,
     t_min_sensitivity,
 )
-
-from cramkit.errors import CramError
-from cramkit.jsonable import to_jsonable
-from cramkit.progress import Progress, report_to
-from cramkit.result import Result
 
 Z95 = 1.959963984540054
 N_MAX_COUNT_MODEL = 1e15  # the largest N of a count-model grid

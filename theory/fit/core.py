@@ -21,12 +21,12 @@ import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
-from cramkit.theory.curves import CurveModel, get_model
-from cramkit.theory.fit.data import CurveData
 from scipy.optimize import least_squares, minimize
 from scipy.special import gammaln
 
 from cramkit.errors import CramError
+from cramkit.theory.curves import CurveModel, get_model
+from cramkit.theory.fit.data import CurveData
 
 EPS = 1e-12
 MIN_STARTS = 20

@@ -18,15 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from cramkit.theory.curves import get_model
-from cramkit.theory.fit.core import FitResult, Problem, _inside, fit_model, single_thread_blas
-from cramkit.theory.fit.data import CurveData, pool
-from cramkit.theory.stats import percentile_ci, resample_indices
 from scipy.optimize import brentq, least_squares
 from scipy.stats import chi2 as chi2_dist
 
 from cramkit.errors import CramError
 from cramkit.progress import Progress, track
+from cramkit.theory.curves import get_model
+from cramkit.theory.fit.core import FitResult, Problem, _inside, fit_model, single_thread_blas
+from cramkit.theory.fit.data import CurveData, pool
+from cramkit.theory.stats import percentile_ci, resample_indices
 
 
 @dataclass

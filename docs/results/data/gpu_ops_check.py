@@ -1,6 +1,11 @@
 """GPU check: the CUDA (Triton) paths of the ops against their float64 references."""
-import sys, time, math, json
+import json
+import math
+import sys
+import time
+
 import torch
+
 from cramkit.gpu.ops.routed_attention import routed_attention
 from cramkit.gpu.ops.routed_attention.reference import routed_attention_reference
 from cramkit.gpu.ops.ssm_scan import ssm_scan

@@ -1,5 +1,8 @@
 """Calibration: wall time of one tiny torch op (64 floats) on this machine, 1 thread, no grad."""
-import time, torch
+import time
+
+import torch
+
 torch.set_num_threads(1)
 a = torch.randn(1, 1, 64); b = torch.randn(1, 1, 64); w = torch.randn(64, 64)
 res = {}

@@ -1,9 +1,13 @@
 """Profile the cram model's decode step (T=16384 context, rho=1/64 vs dense), CPU, 1 thread.
 Wall time per step vs time spent inside aten ops (torch.profiler), and op counts per step."""
-import time, torch
-from torch.profiler import profile, ProfilerActivity
-from cramkit.gpu.bench.model import ModelBenchConfig, build_models, VOCAB
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
 from cramkit.gpu.bench.common import routed_mask
+from cramkit.gpu.bench.model import VOCAB, ModelBenchConfig, build_models
+
 torch.set_num_threads(1)
 T, STEPS = 16384, 64
 cfg = ModelBenchConfig(t_values=(T,), models=("cram", "dense"), decode_steps=STEPS)
