@@ -280,6 +280,50 @@ def summarize(res: EvalResult, scfg: SRCDConfig, tot: dict, n_seq: int, n_layers
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in m.items()}
 
 
+#: sequences timed by :func:`time_routed_path` (a subset of the probe set keeps eval short)
+TIMED_SEQUENCES = 256
+
+
+@torch.no_grad()
+def time_routed_path(model: CramModel, scfg: SRCDConfig, world: World, seeds: np.ndarray, *,
+                     repeats: int = 3, batch_size: int = 128, router_seed: int = 12345) -> dict[str, Any]:
+    """Wall time of the model's own routed forward pass (router in eval mode, no oracle pass)
+    against the same model with every position routed, on the same sequences, interleaved repeat
+    by repeat in one process; milliseconds per sequence (medians). This is what the analytic
+    ``phi`` predicts: ``speedup_measured`` = dense time / routed time."""
+    import time
+
+    was_training = model.training
+    model.eval()
+    seeds = seeds[:TIMED_SEQUENCES]
+    batches = [to_tensors(scfg, generate(scfg, world, seeds[i : i + batch_size]), next(model.parameters()).device)
+               for i in range(0, len(seeds), batch_size)]  # fmt: skip
+
+    def routed() -> None:
+        gen = torch.Generator().manual_seed(router_seed)
+        for tb in batches:
+            model(tb.tokens, tb.targets, query_mask=tb.query_mask, generator=gen)
+
+    def dense() -> None:
+        for tb in batches:
+            model(tb.tokens, tb.targets, query_mask=tb.query_mask, route=torch.ones_like(tb.tokens, dtype=torch.bool))
+
+    times: dict[str, list[float]] = {"routed": [], "dense": []}
+    try:
+        routed(), dense()  # warm-up
+        for _ in range(repeats):
+            for name, fn in (("routed", routed), ("dense", dense)):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    finally:
+        model.train(was_training)
+    ms = {k: 1e3 * float(np.median(v)) / len(seeds) for k, v in times.items()}
+    return {"ms_per_seq_routed": ms["routed"], "ms_per_seq_dense": ms["dense"],
+            "speedup_measured": ms["dense"] / ms["routed"] if ms["routed"] > 0 else None,
+            "timed_sequences": int(len(seeds)), "timed_threads": torch.get_num_threads()}  # fmt: skip
+
+
 def evaluate_checkpoint(path: str | Path, split: str = "iid", *, sequences: int = 1024) -> dict[str, Any]:
     """Load a checkpoint and evaluate it on a split; a flat dict of metrics with provenance."""
     ck = load_checkpoint(path)
@@ -291,7 +335,8 @@ def evaluate_checkpoint(path: str | Path, split: str = "iid", *, sequences: int 
     scfg, world, seeds = split_data(ck.cfg, split, sequences)
     res = evaluate(ck.model, scfg, world, seeds)
     out = {"checkpoint": str(ck.path), "router": ck.cfg.router.name, "step": ck.meta.get("step"),
-           "split": split, "s_eff": world.s_eff if world.kind != "base" else None, **res.metrics}  # fmt: skip
+           "split": split, "s_eff": world.s_eff if world.kind != "base" else None, **res.metrics,
+           **time_routed_path(ck.model, scfg, world, seeds)}  # fmt: skip
     return out
 
 
@@ -352,7 +397,7 @@ def evaluate_checkpoints(paths: list[str | Path], split: str = "iid", *, sequenc
 # the command contract: run(EvalSettings, progress) -> EvalReport
 # ----------------------------------------------------------------------------------------------
 
-COLUMNS = ("router", "step", "acc_r", "acc_e", "acc", "rho_q", "rho_all", "phi", "phi_model")
+COLUMNS = ("router", "step", "acc_r", "acc_e", "acc", "rho_q", "rho_all", "phi", "phi_model", "speedup_measured")
 TOKEN_COLUMNS = ("router", "step", "acc", "rho_target", "rho_all", "val_loss", "n_targets")
 
 

@@ -168,3 +168,12 @@ def test_eval_refuses_text_checkpoints(tmp_path):
     train(cfg, tmp_path / "r")
     r = CliRunner().invoke(cli, ["eval", str(tmp_path / "r")])
     assert r.exit_code != 0 and "text" in r.output
+
+
+def test_eval_times_the_routed_path_beside_phi(runs):
+    """cram eval times the model's own routed pass against the same model routed everywhere."""
+    row = evaluate_checkpoints([runs["cram"]], "iid", sequences=40)["rows"][0]
+    assert row["timed_sequences"] == 40
+    assert row["ms_per_seq_routed"] > 0 and row["ms_per_seq_dense"] > 0
+    assert row["speedup_measured"] == pytest.approx(row["ms_per_seq_dense"] / row["ms_per_seq_routed"])
+    assert row["phi"] is not None
