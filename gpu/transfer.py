@@ -40,7 +40,7 @@ from cramkit.errors import CramError
 from cramkit.jsonable import to_jsonable
 from cramkit.progress import Progress, report_to
 from cramkit.result import Result
-from cramkit.theory.stats import percentile_ci
+from cramkit.theory.stats import bootstrap_ratio, percentile_ci
 
 
 @dataclass(frozen=True)
@@ -126,10 +126,7 @@ def _boot(num: np.ndarray, den: np.ndarray, n_res: int, seed: int):
     point = float(num.sum() / tot) if tot > 0 else None
     if n_res == 0 or len(num) < 2 or point is None:
         return point, None
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(num), size=(n_res, len(num)))
-    d = den[idx].sum(1)
-    vals = num[idx].sum(1) / np.where(d > 0, d, np.nan)
+    vals = bootstrap_ratio(num, den, n_resamples=n_res, seed=seed)
     vals = vals[np.isfinite(vals)]
     return point, (list(percentile_ci(vals)) if vals.size else None)
 
