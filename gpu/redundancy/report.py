@@ -117,7 +117,7 @@ def _per_layer(r: dict, taus: list[str]) -> list[str]:
     pp = r["config"]["patch_predictor"]
     out = ["", f"per layer ({LABELS.get(pp, pp)}):"]
     out.append(
-        f"  {'layer':>5}"
+        f"  {'layer':>5}{'kind':>5}"
         + "".join(f"{'pi(' + t + ')':>11}" for t in taus)
         + f"{'R2':>8}{'dNLL alone':>12}"
     )
@@ -125,7 +125,7 @@ def _per_layer(r: dict, taus: list[str]) -> list[str]:
         v = lay["predictors"][pp]
         alone = lay.get("patch_alone")
         out.append(
-            f"  {lay['layer']:>5}"
+            f"  {lay['layer']:>5}{lay.get('kind', 'G'):>5}"
             + "".join(f"{v['pi'][t]:>11.3f}" for t in taus)
             + f"{_f(v['r2']):>8}"
             + f"{(_f(alone['dnll'], 4) if alone else '-'):>12}"
