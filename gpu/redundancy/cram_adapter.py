@@ -122,6 +122,10 @@ class CramTextAdapter(LMAdapter):
                            self.model.n_targets(B, T, device=x.device), generator=gen)  # fmt: skip
         return mixer.decide(x, req)[0]
 
+    def semantic_memory(self, layer, x):
+        """The CRAM layer's semantic memory ``M(x)`` at every position, ``(B, T, d)``."""
+        return self._mixer(layer).memory(x)
+
     def block_output(self, layer, x, o):
         if self.kinds[layer] != "A":
             return o

@@ -41,6 +41,7 @@ from cramkit.gpu.redundancy.passes import (
     moments_pass,
 )
 from cramkit.gpu.redundancy.results import RedundancyResult
+from cramkit.gpu.redundancy.semantic import cram_layer_rows
 from cramkit.progress import Progress, report_to
 
 
@@ -107,6 +108,10 @@ def measure_redundancy(
     for row, alone in zip(rows, c5.section["per_layer"] or []):
         row["patch_alone"] = alone
     clock.lap("patching")
+    cram_rows = cram_layer_rows(s, splits["test"], preds, test)  # A layers: own memory and route
+    for row in rows:
+        row.update(cram_rows.get(row["layer"], {}))
+    clock.lap("cram_reference")
     return RedundancyResult(
         model=_model_section(loaded),
         data=_data_section(text, window, splits, test.n_elig),

@@ -155,3 +155,23 @@ def test_cli_trajectory_over_a_cram_lm_run_folder(tmp_path):
     assert [row["step"] for row in r["trajectory"]] == [100, 200]
     assert all(0.0 <= row["headline"] <= 1.0 for row in r["trajectory"])
     assert all(c["layers"][0]["kind"] == "A" for c in r["checkpoints"])
+
+
+def test_cram_layer_reference_rows(tmp_path):
+    cfg = _lm_cfg("SAW")
+    path = tmp_path / "saw.safetensors"
+    _save(path, _model(cfg), cfg, 3)
+    res = CliRunner().invoke(cli, ["redundancy", str(path), "--text", str(_corpus(tmp_path)), *ARGS, "--json"])
+    assert res.exit_code == 0, res.output
+    a_row, w_row = json.loads(res.output)["layers"]
+    assert "semantic_memory" not in w_row and "route" not in w_row
+    sm, rt = a_row["semantic_memory"], a_row["route"]
+    assert sm["n"] > 0 and math.isfinite(sm["r2"]) and 0.0 < rt["routed"] < 1.0
+    pis = [sm["pi"], rt["pi_routed"], rt["pi_skipped"]]
+    assert all(0.0 <= v <= 1.0 for pi in pis for v in pi.values())
+    # the split by route recombines into the layer's pi of the patch predictor
+    for t, v in a_row["predictors"]["p1"]["pi"].items():
+        both = rt["routed"] * rt["pi_routed"][t] + (1 - rt["routed"]) * rt["pi_skipped"][t]
+        assert both == pytest.approx(v, abs=1e-9)
+    text = CliRunner().invoke(cli, ["redundancy", str(path), "--text", str(_corpus(tmp_path)), *ARGS])
+    assert text.exit_code == 0 and "CRAM (A) layers" in text.output, text.output
