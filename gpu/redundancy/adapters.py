@@ -90,6 +90,10 @@ class LMAdapter(ABC):
         output ``o`` ``(B, T, d)`` and the normalised input ``x``: ``o`` itself for attention."""
         return o
 
+    def n_keys(self, layer: int, T: int) -> torch.Tensor:
+        """(T,) float64: the keys position t reads in attention layer ``layer`` (t + 1, causal)."""
+        return torch.arange(1, T + 1, dtype=torch.float64)
+
     def layer_kind(self, layer: int) -> str:
         """The kind of attention layer ``layer`` (``G`` dense causal attention unless told)."""
         return "G"

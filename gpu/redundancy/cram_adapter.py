@@ -56,6 +56,10 @@ class CramTextAdapter(LMAdapter):
     def layer_kind(self, layer):
         return self.kinds[layer]
 
+    def n_keys(self, layer, T):
+        keys = super().n_keys(layer, T)
+        return keys.clamp_max(float(self._mixer(layer).window)) if self.kinds[layer] == "W" else keys
+
     def layer_block(self, layer):
         return self.att[layer]
 

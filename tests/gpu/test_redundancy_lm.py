@@ -110,6 +110,7 @@ def test_window_layer_is_banded(tmp_path):
     v2[:, :, 0] += 5.0  # position 0 lies outside the window of positions >= 3
     z2 = ad.attend(0, q, k, v2)
     assert torch.allclose(z[:, 3:], z2[:, 3:]) and not torch.allclose(z[:, :3], z2[:, :3])
+    assert ad.n_keys(0, 6).tolist() == [1, 2, 3, 3, 3, 3]  # the keys C7 counts for a window layer
 
 
 def _corpus(tmp_path):
