@@ -36,11 +36,10 @@ class CramTextAdapter(LMAdapter):
         self.model = model.eval()
         self.name = name
         kinds = [b.kind for b in model.blocks]
-        self.att = [i for i, k in enumerate(kinds) if k in MEASURED]
+        self.att = [i for i, k in enumerate(kinds) if k in MEASURED and self._contributes(model.blocks[i])]
         if not self.att:
-            raise CramError(
-                "this cram checkpoint has no attention layer (G, W or A) to measure"
-            )
+            off = " (its CRAM layers are switched off by router 'none')" if "A" in kinds else ""
+            raise CramError(f"this cram checkpoint has no attention layer (G, W or A) to measure{off}")
         self.kinds = [kinds[i] for i in self.att]
         cfg = model.cfg
         self.n_layers = len(self.att)
@@ -49,6 +48,11 @@ class CramTextAdapter(LMAdapter):
         self.head_dim = self.d_model // self.n_heads
         self.n_ctx = int(cfg.max_len) if cfg.max_len else 4096
         self.vocab_size = int(model.vocab_size)
+
+    @staticmethod
+    def _contributes(block) -> bool:
+        """False for a CRAM layer whose router removes it (``none``: the block adds no mixer output)."""
+        return block.kind != "A" or block.mixer.policy.mixes
 
     def _mixer(self, layer):
         return self.model.blocks[self.att[layer]].mixer
@@ -65,7 +69,8 @@ class CramTextAdapter(LMAdapter):
 
     def _run_plain(self, h, lo, hi):
         for blk in self.model.blocks[lo:hi]:
-            h = h + blk.mixer(blk.norm1(h))
+            if self._contributes(blk):
+                h = h + blk.mixer(blk.norm1(h))
             h = h + blk.mlp(blk.norm2(h))
         return h
 

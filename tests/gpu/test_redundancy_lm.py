@@ -176,3 +176,17 @@ def test_cram_layer_reference_rows(tmp_path):
         assert both == pytest.approx(v, abs=1e-9)
     text = CliRunner().invoke(cli, ["redundancy", str(path), "--text", str(_corpus(tmp_path)), *ARGS])
     assert text.exit_code == 0 and "CRAM (A) layers" in text.output, text.output
+
+
+def test_switched_off_cram_layers_are_not_measured(tmp_path):
+    cfg = _lm_cfg("SAW", router="none")
+    model = _model(cfg)
+    _save(tmp_path / "m.safetensors", model, cfg, 1)
+    ad = load_cram_text(tmp_path / "m.safetensors").adapter
+    assert [ad.layer_kind(i) for i in range(ad.n_layers)] == ["W"]  # the A block adds nothing
+    tok = _tokens()
+    assert torch.allclose(run(ad, tok).nll[:, :-1].reshape(-1), _model_nll(model, tok), atol=1e-4)
+    cfg = _lm_cfg("SA", router="none")
+    _save(tmp_path / "s.safetensors", _model(cfg), cfg, 1)
+    res = CliRunner().invoke(cli, ["redundancy", str(tmp_path / "s.safetensors"), *ARGS])
+    assert res.exit_code == 2 and "router 'none'" in res.output and "Traceback" not in res.output, res.output
