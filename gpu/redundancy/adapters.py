@@ -12,6 +12,9 @@ exposes exactly those pieces:
 * ``attend(layer, q, k, v)``-> causal per-head outputs ``z``, ``(B, T, H, hd)``
 * ``w_o(layer), b_o(layer)``-> the output projection: ``o = z.flatten(-2) @ W_O + b_O``
 * ``before_attention(layer, h)`` -> any non-attention blocks before attention layer ``layer``
+* ``block_output(layer, x, o)`` -> what the block adds to the residual stream in place of the
+  attention output ``o`` (``o`` itself for attention layers; a CRAM layer mixes it with its
+  semantic memory by its own route, see ``cram_adapter``)
 * ``after_attention(layer, h)`` -> the rest of the block (MLP sublayer with its residual add)
   and any non-attention blocks up to the next attention layer
 * ``logits(h)``             -> next-token logits ``(B, T, V)``
@@ -81,6 +84,23 @@ class LMAdapter(ABC):
 
     @abstractmethod
     def b_o(self, layer: int) -> torch.Tensor: ...
+
+    def block_output(self, layer: int, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """What the block adds to the residual stream given the (possibly patched) attention
+        output ``o`` ``(B, T, d)`` and the normalised input ``x``: ``o`` itself for attention."""
+        return o
+
+    def n_keys(self, layer: int, T: int) -> torch.Tensor:
+        """(T,) float64: the keys position t reads in attention layer ``layer`` (t + 1, causal)."""
+        return torch.arange(1, T + 1, dtype=torch.float64)
+
+    def layer_kind(self, layer: int) -> str:
+        """The kind of attention layer ``layer`` (``G`` dense causal attention unless told)."""
+        return "G"
+
+    def layer_block(self, layer: int) -> int:
+        """The index of the model block that holds attention layer ``layer``."""
+        return layer
 
     @abstractmethod
     def after_attention(self, layer: int, h: torch.Tensor) -> torch.Tensor: ...

@@ -96,7 +96,7 @@ def patched_pass(ctx: PatchContext, flag: FlagFn, *, only_layer: int | None = No
     s = ctx.s
     nd = len(ctx.test.doc_ids)
     out = PatchRun(np.zeros(nd), np.zeros(nd), np.zeros(nd), np.zeros(nd))
-    n_layers = 1 if only_layer is not None else ctx.L
+    layers = [only_layer] if only_layer is not None else s.layers
     for bi, (tok, valid, bdocs, _s) in enumerate(batches(ctx.split, s.cfg.batch_windows)):
         m = eligible(valid, s.cfg.min_pos)
         flags: dict[int, torch.Tensor] = {}
@@ -104,7 +104,7 @@ def patched_pass(ctx: PatchContext, flag: FlagFn, *, only_layer: int | None = No
         P = run(s.adapter, tok, patch=patch)
         rows = np.array([ctx.test.doc_ids[int(x)] for x in bdocs])
         _add_nll(out, P.nll, ctx.test.nll_clean[bi], valid, m, rows)
-        _add_flops(out, s.adapter.d_model, m, flags, rows, n_layers)
+        _add_flops(out, s.adapter, m, flags, rows, layers, s.layers)
     return out
 
 
@@ -141,16 +141,19 @@ def _add_nll(out: PatchRun, nll, nll_clean, valid, m, rows) -> None:
         out.nll_base[rows[b]] += float(nll_clean[b][ok[b]].double().sum())
 
 
-def _add_flops(out: PatchRun, d: int, m, flags: dict, rows, n_layers: int) -> None:
-    """Attention FLOPs of the batch (8d^2 + 4dt per position and layer) and those the flagged
-    positions save (4d^2 + 4dt), docs/theory.md §1."""
+def _add_flops(out: PatchRun, adapter, m, flags: dict, rows, layers: list[int], measured: list[int]) -> None:
+    """Attention FLOPs of the batch (8d^2 + 4dt per position and layer, t the keys the layer reads
+    there) and those the flagged positions save (4d^2 + 4dt), docs/theory.md §1. ``flags`` is
+    keyed by the index into ``measured``; ``layers`` are the layers this pass may patch."""
     B, T = m.shape
-    t_keys = torch.arange(1, T + 1, dtype=torch.float64)[None].expand(B, T)
-    out.total_attn += float(((8 * d * d + 4 * d * t_keys)[m]).sum()) * n_layers
-    for f in flags.values():
+    d = adapter.d_model
+    keys = {ly: adapter.n_keys(ly, T)[None].expand(B, T) for ly in layers}
+    for ly in layers:
+        out.total_attn += float(((8 * d * d + 4 * d * keys[ly])[m]).sum())
+    for li, f in flags.items():
         for b in range(B):
             out.flagged[rows[b]] += int(f[b].sum())
-        out.saved += float(((4 * d * d + 4 * d * t_keys)[f]).sum())
+        out.saved += float(((4 * d * d + 4 * d * keys[measured[li]])[f]).sum())
         out.n_flag += int(f.sum())
 
 

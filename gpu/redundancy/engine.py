@@ -5,6 +5,10 @@ layer, the normalised block input ``x = LN1(h)`` ``(B, T, d)``, the per-head out
 output projection ``z`` ``(B, T, H, hd)`` and the layer output ``o`` ``(B, T, d)``. With a
 ``patch`` callable it replaces ``o_t`` by a prediction at chosen positions, computed from the
 state of *this* (possibly already patched) run, which is what a deployed skip would see.
+The residual stream receives ``adapter.block_output(layer, x, o)``: ``o`` for attention layers;
+for a CRAM retrieval layer the model's own route decides between ``o`` (the episodic path) and
+the layer's semantic memory, so the measured ``o`` is computed at every position while the
+stream continues as the model computes it.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ def run(
             new = patch(layer, x, o)
             if new is not None:
                 o = new
-        h = adapter.after_attention(layer, h + o)
+        h = adapter.after_attention(layer, h + adapter.block_output(layer, x, o))
     logits = adapter.logits(h).float()  # (B, T, V)
     nll = F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="none"

@@ -41,6 +41,7 @@ from cramkit.gpu.redundancy.passes import (
     moments_pass,
 )
 from cramkit.gpu.redundancy.results import RedundancyResult
+from cramkit.gpu.redundancy.semantic import cram_layer_rows
 from cramkit.progress import Progress, report_to
 
 
@@ -95,6 +96,8 @@ def measure_redundancy(
     test = clean_test_pass(s, splits["test"], preds, gates)
     assembly.check_positions(test, cfg.min_pos)
     rows = assembly.layer_rows(test, cfg, layers, fit_info)
+    for row in rows:  # which block and which kind of attention each measured layer is
+        row["kind"], row["block"] = ad.layer_kind(row["layer"]), ad.layer_block(row["layer"])
     overall = assembly.overall(test, cfg, rows)
     clock.lap("test_pass")
 
@@ -105,6 +108,10 @@ def measure_redundancy(
     for row, alone in zip(rows, c5.section["per_layer"] or []):
         row["patch_alone"] = alone
     clock.lap("patching")
+    cram_rows = cram_layer_rows(s, splits["test"], preds, test)  # A layers: own memory and route
+    for row in rows:
+        row.update(cram_rows.get(row["layer"], {}))
+    clock.lap("cram_reference")
     return RedundancyResult(
         model=_model_section(loaded),
         data=_data_section(text, window, splits, test.n_elig),
@@ -133,7 +140,8 @@ def _splits(loaded: LoadedModel, text: str | None, cfg: RedundancyConfig, window
 def _model_section(loaded: LoadedModel) -> dict:
     ad = loaded.adapter
     return {"path": loaded.path, "source": loaded.source, "n_layers": ad.n_layers, "n_heads": ad.n_heads,
-            "d_model": ad.d_model, "tokenizer": loaded.tokenizer, "step": loaded.step}  # fmt: skip
+            "d_model": ad.d_model, "tokenizer": loaded.tokenizer, "step": loaded.step,
+            "layer_kinds": [ad.layer_kind(ly) for ly in range(ad.n_layers)]}  # fmt: skip
 
 
 def _data_section(text: str | None, window: int, splits: dict[str, Split], n_elig) -> dict:

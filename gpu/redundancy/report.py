@@ -27,7 +27,8 @@ def format_report(r: dict) -> str:
     """A plain-text summary of one measurement, section by section."""
     taus = list(next(iter(r["overall"].values()))["pi"].keys())
     out = _header(r) + _headline(r)
-    out += _fractions(r, taus) + _per_layer(r, taus) + _context_swap(r, taus) + _positions(r, taus)
+    out += _fractions(r, taus) + _per_layer(r, taus) + _cram_layers(r, taus) + _context_swap(r, taus)
+    out += _positions(r, taus)
     out += _patching(r)
     out.append(f"\n({r['timing_s']:.1f} s)")
     return "\n".join(out)
@@ -117,7 +118,7 @@ def _per_layer(r: dict, taus: list[str]) -> list[str]:
     pp = r["config"]["patch_predictor"]
     out = ["", f"per layer ({LABELS.get(pp, pp)}):"]
     out.append(
-        f"  {'layer':>5}"
+        f"  {'layer':>5}{'kind':>5}"
         + "".join(f"{'pi(' + t + ')':>11}" for t in taus)
         + f"{'R2':>8}{'dNLL alone':>12}"
     )
@@ -125,11 +126,28 @@ def _per_layer(r: dict, taus: list[str]) -> list[str]:
         v = lay["predictors"][pp]
         alone = lay.get("patch_alone")
         out.append(
-            f"  {lay['layer']:>5}"
+            f"  {lay['layer']:>5}{lay.get('kind', 'G'):>5}"
             + "".join(f"{v['pi'][t]:>11.3f}" for t in taus)
             + f"{_f(v['r2']):>8}"
             + f"{(_f(alone['dnll'], 4) if alone else '-'):>12}"
         )
+    return out
+
+
+def _cram_layers(r: dict, taus: list[str]) -> list[str]:
+    """CRAM (A) layers: the layer's own semantic memory as a predictor of a_t (a reference, not
+    fitted here) and the patch predictor's pi where the router attends / skips."""
+    rows = [lay for lay in r["layers"] if "semantic_memory" in lay]
+    if not rows:
+        return []
+    pp = r["config"]["patch_predictor"]
+    out = ["", f"CRAM (A) layers: pi(tau) of the layer's own memory M(x) as a predictor of a_t (reference), "
+           f"and of {pp} where the router attends / skips:"]  # fmt: skip
+    for lay in rows:
+        sm, rt = lay["semantic_memory"], lay["route"]
+        out.append(f"  layer {lay['layer']} (block {lay['block']}): routed {_f(rt['routed'])}; M(x) R2 {_f(sm['r2'])}")
+        out.append("    " + "   ".join(
+            f"tau={t}: M {_f(sm['pi'][t])}  {pp} {_f(rt['pi_routed'][t])} / {_f(rt['pi_skipped'][t])}" for t in taus))  # fmt: skip
     return out
 
 
