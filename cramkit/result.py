@@ -38,3 +38,19 @@ class Result:
 
     def plot(self, path: str | os.PathLike) -> None:
         raise CramError(f"{self.name} has no plot")
+
+
+def render_text(renderable: Any, width: int | None = None) -> str:
+    """The plain text of a rich renderable (a table) for :meth:`Result.report`: at the terminal's
+    width when stdout is one, else 160 columns, so piped reports keep every column readable."""
+    import io
+    import shutil
+    import sys
+
+    from rich.console import Console
+
+    if width is None:
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 160
+    buf = io.StringIO()
+    Console(file=buf, width=width, color_system=None).print(renderable)
+    return buf.getvalue().rstrip("\n")

@@ -36,7 +36,7 @@ from cramkit.gpu.model import CramModel, attention_flops
 from cramkit.gpu.tasks.srcd import CONFLICT_SEED, FRESH_SEED, TRANSFER_SEED, to_tensors
 from cramkit.io import save_figure
 from cramkit.progress import Progress, track
-from cramkit.result import Result
+from cramkit.result import Result, render_text
 from cramkit.sim.srcd import SRCDConfig, World, derive_world, generate, make_world, split_seeds
 
 ARCH = "cram-hybrid"
@@ -454,7 +454,6 @@ class EvalReport(Result):
     def report(self) -> str:
         from rich.table import Table
 
-        from cramkit.gpu.train import _render
 
         res = self.result
         tokens = "data" in res
@@ -466,7 +465,7 @@ class EvalReport(Result):
             table.add_column(c, justify="right")
         for r in res["rows"]:
             table.add_row(r["checkpoint"], *(_fmt(r.get(c)) for c in cols))
-        parts = [_render(table)]
+        parts = [render_text(table)]
         x = "rho_target" if tokens else "rho_q"
         if res["pareto"]:
             pt = Table(title=f"accuracy vs attention: the Pareto front (lower {x}, higher acc)")
@@ -476,7 +475,7 @@ class EvalReport(Result):
             for i in res["pareto"]:
                 r = res["rows"][i]
                 pt.add_row(r["checkpoint"], r["router"], *(_fmt(r[c]) for c in (x, "acc", *extra)))
-            parts.append(_render(pt))
+            parts.append(render_text(pt))
         for r in res["rows"] if tokens else ():
             if r.get("by_label"):
                 lt = Table(title=f"by label: {r['checkpoint']}")
@@ -484,7 +483,7 @@ class EvalReport(Result):
                     lt.add_column(c, justify="right")
                 for row in r["by_label"]:
                     lt.add_row(*(_fmt(row[c]) for c in ("label", "n", "acc", "rho")))
-                parts.append(_render(lt))
+                parts.append(render_text(lt))
         return "\n".join(parts)
 
     def plot(self, path: str | os.PathLike) -> None:

@@ -54,7 +54,7 @@ from cramkit.gpu.tasks import Task, TaskBatch, check_task
 from cramkit.io import atomic_write_json, save_figure
 from cramkit.memory import check_fits, check_training_fits, tensor_bytes
 from cramkit.progress import Progress, report_to
-from cramkit.result import Result
+from cramkit.result import Result, render_text
 
 ARCH = "cram-hybrid"  # checkpoint architecture tag (text runs: "gpt-bytes", kept for older readers)
 TEXT_ARCH = "gpt-bytes"
@@ -128,7 +128,7 @@ class TrainResult(Result):
         table.add_column("value", justify="right")
         for k, v in self.summary.items():
             table.add_row(k, "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)))
-        return _render(table)
+        return render_text(table)
 
     def plot(self, path: str | os.PathLike) -> None:
         save_figure(_training_figure(self.metrics), path)
@@ -138,17 +138,6 @@ def run(config: TrainSettings, progress: Progress | None = None) -> TrainResult:
     """Train (or resume) the run ``config`` describes."""
     return train(config.run, config.out, resume=config.resume, max_steps=config.max_steps, progress=progress,
                  overwrite=config.overwrite)
-
-
-def _render(renderable) -> str:
-    """Text of a rich renderable at the terminal's width (80 when not a terminal)."""
-    import io
-
-    from rich.console import Console
-
-    buf = io.StringIO()
-    Console(file=buf, width=Console().width, color_system=None).print(renderable)
-    return buf.getvalue().rstrip("\n")
 
 
 def _training_figure(metrics: list[dict[str, Any]]):

@@ -3,13 +3,10 @@ table and a speedup-versus-rho plot."""
 
 from __future__ import annotations
 
-import io
 import os
-import shutil
-import sys
 from dataclasses import dataclass, field
 
-from cramkit.result import Result
+from cramkit.result import Result, render_text
 
 from .common import rho_text
 
@@ -41,7 +38,6 @@ class KernelBenchResult(Result):
 
     def report(self, width: int | None = None) -> str:
         """The table, as rich draws it (``width``: the terminal's when stdout is one, else 160)."""
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(title=self.title())
@@ -52,11 +48,7 @@ class KernelBenchResult(Result):
                 c["op"], str(c["T"]), rho_text(c["rho"]), c["algorithm"], _fmt(c["ms"], ".2f"), c["baseline"],
                 _fmt(c["baseline_ms"], ".2f"), _fmt(c["speedup"], ".2f") + "x", _fmt(c["flop_limit"], ".1f"),
             )
-        if width is None:
-            width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 160
-        buf = io.StringIO()
-        Console(file=buf, width=width).print(table)
-        return buf.getvalue().rstrip("\n")
+        return render_text(table, width)
 
     def plot(self, path: str | os.PathLike) -> None:
         """Speedup over the dense baseline against rho, one line per (op, T), with 1/rho dotted."""

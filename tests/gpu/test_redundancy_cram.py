@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from cramkit.cli.main import cli
 from cramkit.errors import CramError
 from cramkit.gpu import config as C
+from cramkit.gpu.build import build_model
 from cramkit.gpu.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -20,7 +21,6 @@ from cramkit.gpu.checkpoint import (
     save_checkpoint,
     write_checkpoint_file,
 )
-from cramkit.gpu.build import build_model
 from cramkit.gpu.redundancy.cram_adapter import CramTextAdapter, load_cram_text
 from cramkit.gpu.redundancy.engine import run
 
