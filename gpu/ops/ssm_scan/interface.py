@@ -9,6 +9,19 @@ from cramkit.errors import CramError
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def check_float_tensors(tensors: dict[str, torch.Tensor], anchor: str) -> None:
+    """Each of ``tensors`` is a floating-point torch.Tensor on the device of ``tensors[anchor]``;
+    else one CramError naming it (shared by :func:`ssm_scan` and ``ssm_step``)."""
+    device = tensors[anchor].device if isinstance(tensors.get(anchor), torch.Tensor) else None
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CramError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dtype not in _FLOAT_DTYPES:
+            raise CramError(f"{name} must be float16, bfloat16, float32 or float64, got {tensor.dtype}")
+        if tensor.device != device:
+            raise CramError(f"{name} is on {tensor.device} but {anchor} is on {device}")
+
+
 def ssm_scan(
     x: torch.Tensor,
     log_a: torch.Tensor,
@@ -37,13 +50,7 @@ def ssm_scan(
     tensors = {"x": x, "log_a": log_a, "b": b, "c": c}
     if initial_state is not None:
         tensors["initial_state"] = initial_state
-    for name, tensor in tensors.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise CramError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-        if tensor.dtype not in _FLOAT_DTYPES:
-            raise CramError(f"{name} must be float16, bfloat16, float32 or float64, got {tensor.dtype}")
-        if tensor.device != x.device:
-            raise CramError(f"{name} is on {tensor.device} but x is on {x.device}")
+    check_float_tensors(tensors, "x")
     if x.dim() != 4:
         raise CramError(f"x must have shape [B, T, H, P], got {tuple(x.shape)}")
     bsz, t_len, h, p = x.shape

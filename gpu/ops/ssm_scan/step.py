@@ -12,19 +12,11 @@ from __future__ import annotations
 import torch
 
 from cramkit.errors import CramError
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from cramkit.gpu.ops.ssm_scan.interface import check_float_tensors
 
 
 def _check(state, x, log_a, b, c) -> None:
-    tensors = {"state": state, "x": x, "log_a": log_a, "b": b, "c": c}
-    for name, tensor in tensors.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise CramError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-        if tensor.dtype not in _FLOAT_DTYPES:
-            raise CramError(f"{name} must be float16, bfloat16, float32 or float64, got {tensor.dtype}")
-        if tensor.device != state.device:
-            raise CramError(f"{name} is on {tensor.device} but state is on {state.device}")
+    check_float_tensors({"state": state, "x": x, "log_a": log_a, "b": b, "c": c}, "state")
     if state.dim() != 4:
         raise CramError(f"state must have shape [B, H, N, P], got {tuple(state.shape)}")
     bsz, h, n, p = state.shape
