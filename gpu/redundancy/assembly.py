@@ -13,7 +13,7 @@ import numpy as np
 from cramkit.errors import CramError
 from cramkit.gpu.redundancy.config import RedundancyConfig
 from cramkit.gpu.redundancy.passes import CDF_EDGES, Tally
-from cramkit.theory.stats import percentile_ci
+from cramkit.theory.stats import bootstrap_ratio, percentile_ci
 
 # C3 JSON key -> the Tally.swap counter behind it (P(D<tau), P(e<tau, D<tau), P(e<tau, D>=tau))
 SWAP_KEYS = (("d_small", "small"), ("flag_and_d_small", "flag_small"), ("flag_and_d_large", "flag_large"))
@@ -29,12 +29,7 @@ def boot_fraction(doc_cnt: np.ndarray, doc_n: np.ndarray, n_res: int, seed: int)
     nd = doc_n.shape[0]
     if nd < 2 or n_res == 0:
         return None
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, nd, size=(n_res, nd))
-    num = doc_cnt[idx].sum(1)
-    den = doc_n[idx].sum(1)
-    den = den.reshape(den.shape + (1,) * (num.ndim - den.ndim))
-    return np.where(den > 0, num / np.maximum(den, 1), np.nan)
+    return bootstrap_ratio(doc_cnt, doc_n, n_resamples=n_res, seed=seed)
 
 
 def check_positions(st: Tally, min_pos: int) -> None:

@@ -23,7 +23,7 @@ import torch
 from cramkit.gpu.redundancy.corpus import Split, batches
 from cramkit.gpu.redundancy.engine import run
 from cramkit.gpu.redundancy.passes import Gates, Predictors, Setup, Tally, eligible, features
-from cramkit.theory.stats import percentile_ci
+from cramkit.theory.stats import percentile_ci, resample_indices
 
 # flag(batch index, layer index in Setup.layers, layer, x (B, T, d)) -> (B, T) bool
 FlagFn = Callable[[int, int, int, torch.Tensor], torch.Tensor]
@@ -168,7 +168,7 @@ def sweep_headline(runs: list[PatchRun], doc_elig: np.ndarray, L: int, budget: f
     ci = None
     nd = doc_elig.shape[0]
     if n_res and nd >= 2:
-        idx = np.random.default_rng(seed).integers(0, nd, size=(n_res, nd))
+        idx = resample_indices(nd, n_res, seed)
         fl = np.stack([r.flagged for r in runs], 1)  # (docs, S)
         dn = np.stack([r.dnll for r in runs], 1)
         f_b = fl[idx].sum(1) / np.maximum(doc_elig[idx].sum(1) * L, 1)[:, None]  # (R, S)
