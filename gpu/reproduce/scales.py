@@ -79,7 +79,7 @@ SCALES: dict[str, Scale] = {
         bound={},
         bench={"ops": ("routed_attention", "ssm_scan", "model_step")},
         bench_model={"t_values": (4096,), "rhos": (1 / 64,), "models": ("cram", "dense", "none", "transformer"),
-                     "repeats": 2, "decode_steps": 8, "memory": False, "threads": 1},
+                     "repeats": 5, "decode_steps": 16, "memory": False, "threads": 1},
         text_sets=_QUICK_TEXT,
         redundancy={"max_tokens": 3000, "bootstrap": 300, "gate": False, "context_swap": False},
     ),
