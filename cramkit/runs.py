@@ -66,7 +66,7 @@ LOCK = ".lock"
 #: ``--overwrite`` moves an earlier run's files into ``DIR/replaced-<UTC time>/`` (never deletes them)
 REPLACED_PREFIX = "replaced-"
 #: the files and folders that make a folder hold a run
-RUN_FILES = (CONFIG, METRICS, SUMMARY, LAST, CHECKPOINTS, "last.json")
+RUN_FILES = (CONFIG, METRICS, SUMMARY, LAST, CHECKPOINTS, "last.json")  # last.json: the older two-file format
 
 #: an event line in metrics.jsonl (a resume with changed settings, an overwrite) carries this key;
 #: evaluation records never do. Readers that want evaluations skip lines that have it.

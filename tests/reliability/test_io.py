@@ -1,4 +1,4 @@
-"""Atomic writes (theory/io.py)."""
+"""Atomic writes (cramkit/io.py)."""
 
 from __future__ import annotations
 
