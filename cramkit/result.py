@@ -13,13 +13,14 @@ the result in the chosen view.
 
 from __future__ import annotations
 
+import abc
 import os
 from typing import Any
 
 from cramkit.errors import CramError
 
 
-class Result:
+class Result(abc.ABC):
     """Base class: subclasses implement :meth:`to_json` and :meth:`report`, and :meth:`plot`
     where the result has a figure."""
 
@@ -30,11 +31,13 @@ class Result:
     def ok(self) -> bool:
         return True
 
+    @abc.abstractmethod
     def to_json(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """A JSON-able summary (strict JSON: no NaN)."""
 
+    @abc.abstractmethod
     def report(self) -> str:
-        raise NotImplementedError
+        """The text the command prints."""
 
     def plot(self, path: str | os.PathLike) -> None:
         raise CramError(f"{self.name} has no plot")

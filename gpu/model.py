@@ -33,6 +33,7 @@ Launch (see docs/training.md): ``cram train`` (quick preset, CPU) or, on GPUs,
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,19 +130,22 @@ class ForwardContext:
         return self.tmask is not None
 
 
-class Mixer(nn.Module):
+class Mixer(nn.Module, abc.ABC):
     """A sequence mixer: ``mix`` over whole sequences, ``decode`` to continue one from a state.
 
-    Plain mixers only implement ``forward(h) -> y``; ``mix`` wraps it."""
+    Plain mixers implement ``forward(h) -> y`` (``mix`` wraps it), and every mixer implements
+    ``init_state`` and ``decode`` (token-by-token inference)."""
 
     def mix(self, h: torch.Tensor, ctx: ForwardContext | None) -> MixerOut:
         return MixerOut(self(h))
 
-    def init_state(self, batch: int, max_len: int, device, dtype):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def init_state(self, batch: int, max_len: int, device, dtype):
+        """The empty inference state of this mixer for ``batch`` sequences of up to ``max_len``."""
 
-    def decode(self, h: torch.Tensor, state, dctx: DecodeContext) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def decode(self, h: torch.Tensor, state, dctx: DecodeContext) -> torch.Tensor:
+        """The output for the next positions ``h``, continuing (and updating) ``state``."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ positive count below one up to one.
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -99,7 +100,7 @@ class RouteRequest:
         return torch.rand(*self.shape, generator=self.generator, device="cpu").to(self.device)
 
 
-class Router:
+class Router(abc.ABC):
     """Base class. Subclasses set the class attributes and implement :meth:`route`."""
 
     name: ClassVar[str] = ""
@@ -113,9 +114,9 @@ class Router:
     def __init__(self, static_scope: str = "all"):
         self.static_scope = static_scope
 
-    def route(self, req: RouteRequest) -> torch.Tensor:  # pragma: no cover - abstract
+    @abc.abstractmethod
+    def route(self, req: RouteRequest) -> torch.Tensor:
         """(B, T) bool: the rows that attend."""
-        raise NotImplementedError
 
     def sim_counterpart(self, budget: float) -> str | None:
         """The simulator's router name for this router at ``budget`` (None if it has none)."""
