@@ -90,6 +90,23 @@ def temp_prefix(path: str | os.PathLike) -> str:
     return f".{Path(path).name}."
 
 
+def _discard(tmp: str | os.PathLike) -> None:
+    """Remove an unfinished temp file (already gone is fine)."""
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Rename the finished temp file ``tmp`` over ``path`` (removing ``tmp`` if the rename fails),
+    then fsync the folder so the rename survives a power cut."""
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Yield a binary file whose content replaces ``path`` atomically when the block ends.
@@ -107,12 +124,10 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
                 yield fh
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, path)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            _discard(tmp)
             raise
-        _fsync_dir(path.parent)
+        _publish(Path(tmp), path)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -137,13 +152,7 @@ def atomic_link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
                 raise
             atomic_write_bytes(dst, src.read_bytes())  # file system without hard links
             return
-        try:
-            os.replace(tmp, dst)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(dst.parent)
+        _publish(tmp, dst)
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
