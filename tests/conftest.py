@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -26,3 +28,20 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session")
+def tiny_text_run(tmp_path_factory):
+    """A byte-level text run of 3 steps made by ``cram train --task text`` (shared, read-only):
+    the folder holding ``t.txt`` (the data) and ``r`` (the run)."""
+    from cramkit.cli.main import cli
+
+    tmp = tmp_path_factory.mktemp("tiny_text")
+    data = tmp / "t.txt"
+    data.write_text("the quick brown fox jumps over the lazy dog. " * 80)
+    r = CliRunner().invoke(cli, ["train", "--task", "text", "--data", str(data), "--set", "train.steps=3",
+                                 "--set", "train.eval_every=3", "--set", "text.seq_len=32", "--set", "model.d_model=32",
+                                 "--set", "train.batch_size=4", "--set", "text.eval_batches=1",
+                                 "--out", str(tmp / "r"), "--quiet", "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    return tmp

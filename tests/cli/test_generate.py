@@ -16,17 +16,9 @@ from cramkit.gpu.inference import GenerateConfig, generate_text
 from cramkit.gpu.model import CramModel
 
 
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("gen")
-    data = tmp / "t.txt"
-    data.write_text("the quick brown fox jumps over the lazy dog. " * 80)
-    r = CliRunner().invoke(cli, ["train", "--task", "text", "--data", str(data), "--set", "train.steps=3",
-                                 "--set", "train.eval_every=3", "--set", "text.seq_len=32", "--set", "model.d_model=32",
-                                 "--set", "train.batch_size=4", "--set", "text.eval_batches=1",
-                                 "--out", str(tmp / "r"), "--quiet", "--json"])  # fmt: skip
-    assert r.exit_code == 0, r.output
-    return tmp
+@pytest.fixture
+def text_run(tiny_text_run):
+    return tiny_text_run
 
 
 def test_generate_greedy_json_and_text(text_run):

@@ -226,15 +226,8 @@ def test_cli_train_bad_input_is_one_line(args, fragment):
     assert "Traceback" not in r.output
 
 
-def test_text_task_trains_and_checkpoints(tmp_path):
-    data = tmp_path / "t.txt"
-    data.write_text("the quick brown fox jumps over the lazy dog. " * 80)
-    r = CliRunner().invoke(cli, ["train", "--task", "text", "--data", str(data), "--set", "train.steps=3",
-                                 "--set", "train.eval_every=3", "--set", "text.seq_len=32", "--set", "model.d_model=32",
-                                 "--set", "train.batch_size=4", "--set", "text.eval_batches=1",
-                                 "--out", str(tmp_path / "r"), "--quiet", "--json"])  # fmt: skip
-    assert r.exit_code == 0, r.output
-    _, meta = read_checkpoint(tmp_path / "r")
+def test_text_task_trains_and_checkpoints(tiny_text_run):
+    _, meta = read_checkpoint(tiny_text_run / "r")
     assert meta["arch"] == "gpt-bytes" and meta["config"]["task"] == "text"
     assert meta["metrics"][-1]["bpb"] > 0
 
