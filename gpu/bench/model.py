@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 
 from cramkit.errors import CramError
+from cramkit.memory import available_bytes
 from cramkit.progress import Progress, report_to
 
 from .common import machine_info, resolve_device, routed_mask, sync
@@ -372,24 +373,8 @@ def estimate_bytes(cfg: ModelBenchConfig, t_len: int) -> int:
     return activations + logits + attention
 
 
-def available_bytes(device: str) -> int | None:
-    if device == "cuda":
-        free, _ = torch.cuda.mem_get_info()
-        return int(free)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def check_sizes(cfg: ModelBenchConfig, device: str) -> None:
     avail = available_bytes(device)
-    if avail is None:
-        return
     for t_len in cfg.t_values:
         need = estimate_bytes(cfg, t_len)
         if need > 0.8 * avail:
