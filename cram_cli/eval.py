@@ -30,7 +30,7 @@ def eval_cmd(checkpoints, split, sequences, data, as_json, plot) -> None:
     per-label breakdown when the file has labels.
     A missing, corrupt or foreign file stops with one clear line and a non-zero exit status.
     """
-    from cramkit.gpu.eval import EvalSettings, run
+    from cramkit.gpu.run.eval_report import EvalSettings, run
 
     with progress_bar(enabled=not as_json) as progress:
         result = run(EvalSettings(tuple(checkpoints), split, sequences, data), progress)

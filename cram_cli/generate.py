@@ -25,8 +25,8 @@ def generate(run, prompt, max_new_tokens, temperature, top_k, seed, as_json) -> 
     and the attention use: the fraction of generating positions each CRAM layer routed to
     attention. Prefill runs the prompt once; each new byte is one recurrent step.
     """
-    from cramkit.gpu.inference import GenerateConfig
-    from cramkit.gpu.inference import run as run_generate
+    from cramkit.gpu.run.generate import GenerateConfig
+    from cramkit.gpu.run.generate import run as run_generate
 
     result = run_generate(GenerateConfig(run, prompt, max_new_tokens, temperature, top_k, seed))
     emit(result, as_json=as_json)

@@ -67,7 +67,7 @@ class LazyGroup(click.Group):
                 raise
             raise InputError("out of memory (" + text.splitlines()[0][:160] + "); use a smaller model, "
                              "batch or data set") from None  # fmt: skip
-        except KeyboardInterrupt as exc:  # a subclass may carry how to resume (cramkit.gpu.runfolder)
+        except KeyboardInterrupt as exc:  # a subclass may carry how to resume (cramkit.gpu.run.runfolder)
             click.echo(f"interrupted{': ' + str(exc) if str(exc) else ''}", err=True)
             ctx.exit(130)
 

@@ -57,8 +57,8 @@ def train(preset, config_file, overrides, task, data, out_dir, resume, overwrite
     An --out folder belongs to one run: another run there needs --overwrite. Launch with
     torchrun for data-parallel training (rank 0 logs and saves).
     """
-    from cramkit.gpu.config import config_task, load_config, preset_task
-    from cramkit.gpu.train import TrainSettings, run
+    from cramkit.gpu.run.config import config_task, load_config, preset_task
+    from cramkit.gpu.run.train import TrainSettings, run
 
     if resume is not None:
         given = [name for name, v in (("--preset", preset), ("--config", config_file), ("--task", task),
@@ -100,9 +100,9 @@ def train(preset, config_file, overrides, task, data, out_dir, resume, overwrite
 def _resume_config(resume: Path, overrides: list[str]):
     """``--resume DIR --set K=V``: the run's config.toml with the overrides (the library then
     refuses, by name, any that may not change on resume)."""
-    from cramkit.gpu.config import load_config
-    from cramkit.gpu.runfolder import RunFolder
-    from cramkit.gpu.train import run_dir_of
+    from cramkit.gpu.run.config import load_config
+    from cramkit.gpu.run.resume import run_dir_of
+    from cramkit.gpu.run.runfolder import RunFolder
 
     if not resume.exists():
         raise click.UsageError(f"nothing to resume: {resume} does not exist")

@@ -4,7 +4,7 @@ Every writer here writes a temp file in the same folder (``.<name>.<random>.tmp`
 fsyncs it, renames it over the target with ``os.replace`` and fsyncs the folder, so a reader never
 sees a half-written file and a process killed mid-write leaves the previous version in place (and
 at worst a stale temp file, which :func:`remove_stale_temps` deletes; a run folder does that when
-it is opened, see ``cramkit.gpu.runfolder``).
+it is opened, see ``cramkit.gpu.run.runfolder``).
 
 OS faults (no space, read-only file system, permission, missing parent, quota) become one
 :class:`cramkit.errors.CramError` line through :func:`os_errors`, e.g.

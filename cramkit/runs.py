@@ -8,7 +8,7 @@
   the kept ones;
 - ``DIR/summary.json``: the run's summary, written when the run ends.
 
-Writers (``cramkit.gpu.train``) and readers (``cramkit.theory.fit.data``, ``cramkit.gpu.eval``,
+Writers (``cramkit.gpu.run.train``) and readers (``cramkit.theory.fit.data``, ``cramkit.gpu.run.eval``,
 ``cramkit.gpu.redundancy``) import these names instead of spelling them.
 """
 
@@ -59,7 +59,7 @@ def kept_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(folder.glob("step_*" + CHECKPOINT_SUFFIX)) if folder.is_dir() else []
 
 
-# --- ownership and event lines (written by ``cramkit.gpu.runfolder``) ---------------------------
+# --- ownership and event lines (written by ``cramkit.gpu.run.runfolder``) ---------------------------
 
 #: the lock file a run's owner holds (``fcntl.flock``) for the life of the run
 LOCK = ".lock"

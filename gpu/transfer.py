@@ -3,14 +3,14 @@ of docs/srcd.md, "Splits").
 
 :func:`run` (the library call of ``cram transfer``) evaluates one SRCD checkpoint on the IID
 split (the reference) and on TRANSFER(s) and CONFLICT(s) worlds for a list of overlaps ``s``,
-using the evaluation library of :mod:`cramkit.gpu.eval` (same model loading, same world
+using the evaluation library of :mod:`cramkit.gpu.run.eval` (same model loading, same world
 derivation, same scoring):
 
 * attention reduction against ORACLE-POS, which attends every query slot in every CRAM layer:
   ``R(s) = 1 - A_CR / A_ORACLE`` with ``A`` = routed positions (all positions, all CRAM layers,
   as in the FLOP model of docs/theory.md §1) over the same sequences; ``R_q(s)`` counts query
   slots only (attended in any CRAM layer). 95% CIs: percentile bootstrap over sequences (``R`` over blocks of ``chunk``
-  sequences, the unit :func:`cramkit.gpu.eval.evaluate` reports totals for);
+  sequences, the unit :func:`cramkit.gpu.tasks.srcd_eval.evaluate` reports totals for);
 * the effective overlap ``s_eff`` of the derived world and the first-order prediction
   ``R ~ s_eff * m_r / n_q`` (plus ``s_eff * R(IID)``, the same idealisation scaled by what the
   router skips on its own pool);
@@ -67,7 +67,7 @@ class TransferConfig:
             raise CramError("overlaps must not repeat")
         if self.sequences < 2:
             raise CramError("sequences must be at least 2")
-        from cramkit.gpu.eval import check_sequence_count
+        from cramkit.gpu.run.eval_report import check_sequence_count
 
         check_sequence_count(self.sequences)
         if self.chunk < 1:
@@ -94,7 +94,8 @@ class _Records:
 
 
 def _evaluate_split(ck, split: str, cfg: TransferConfig, progress: Progress, label: str):
-    from cramkit.gpu.eval import evaluate, split_data
+    from cramkit.gpu.run.eval import split_data
+    from cramkit.gpu.tasks.srcd_eval import evaluate
 
     scfg, world, seeds = split_data(ck.cfg, split, cfg.sequences)
     n_layers = max(1, len(ck.model.cram_layers))
@@ -196,7 +197,7 @@ class TransferResult(Result):
 
 def run(config: TransferConfig, progress: Progress | None = None) -> TransferResult:
     """Evaluate ``config.checkpoint`` on IID, TRANSFER(s) and CONFLICT(s) (see the module doc)."""
-    from cramkit.gpu.eval import load_checkpoint
+    from cramkit.gpu.run.load import load_checkpoint
 
     if config.checkpoint is None:
         raise CramError("name the SRCD checkpoint to evaluate")

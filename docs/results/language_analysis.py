@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from cramkit.gpu.eval import load_checkpoint
+from cramkit.gpu.run.load import load_checkpoint
 from cramkit.gpu.tasks.text import TextTask, attention_by_class, eval_positions
 
 

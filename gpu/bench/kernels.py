@@ -179,8 +179,8 @@ def _ssm_case(t_len, repeats, device, dtype, batch, heads, head_dim, state, chun
 
 
 def _model_cases(t_len, rhos, repeats, device, batch, gen) -> list[dict]:
-    from cramkit.gpu.build import build_model
-    from cramkit.gpu.config import load_config
+    from cramkit.gpu.run.build import build_model
+    from cramkit.gpu.run.config import load_config
 
     steps = {}
     models = {}

@@ -13,7 +13,7 @@ For every context length ``T`` and mode it times, interleaved repeat by repeat (
 Models (one instance each, built once; the quick preset's widths scaled to ``d_model``):
 ``cram`` (the CRAM hybrid, pattern ``SA`` by default, at forced routed fractions ``rho``),
 ``dense`` (the same hybrid with router ``dense``), ``none`` (router ``none``: the no-attention
-floor), ``ssm`` (only ``S`` blocks, same depth) and ``transformer`` (:class:`cramkit.gpu.baselines.
+floor), ``ssm`` (only ``S`` blocks, same depth) and ``transformer`` (:class:`cramkit.gpu.model.baselines.
 TransformerLM`, same width and depth). Forced routing: the cram model's router is ``random`` with
 budget 0 and the route is passed in (``explore=`` in training and the forward, ``route=`` in the
 inference API); the routes are drawn once per ``(T, rho)`` with exactly ``round(rho T)`` routed
@@ -108,8 +108,8 @@ class ModelBenchConfig:
 
 
 def _cram_model(cfg: ModelBenchConfig, router: str, pattern: str):
-    from cramkit.gpu.config import load_config
-    from cramkit.gpu.model import CramModel
+    from cramkit.gpu.model.network import CramModel
+    from cramkit.gpu.run.config import load_config
 
     base = load_config(preset="quick")
     d = cfg.d_model
@@ -135,7 +135,7 @@ def check_forced_route(model) -> None:
 
 def build_models(cfg: ModelBenchConfig, device: str) -> dict[str, torch.nn.Module]:
     """One model per kind, seeded, on ``device``."""
-    from cramkit.gpu.baselines import TransformerLM
+    from cramkit.gpu.model.baselines import TransformerLM
 
     makers: dict[str, Callable[[], torch.nn.Module]] = {
         "cram": lambda: _cram_model(cfg, "random", cfg.pattern),

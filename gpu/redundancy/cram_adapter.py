@@ -3,7 +3,7 @@ block. Every attention-like block is a measured layer (docs/redundancy.md, "cram
 
 * ``G`` dense causal attention, as GPT-2's;
 * ``W`` sliding-window attention: the same, each position attending its last ``model.window``
-  positions (the band mask of :class:`cramkit.gpu.model.WindowAttention`);
+  positions (the band mask of :class:`cramkit.gpu.model.attention.WindowAttention`);
 * ``A`` a CRAM retrieval layer: the measured output is the episodic path ``a_t`` (query, token-
   shifted keys, values, causal attention, output projection ``o``; no bias) computed at *every*
   position, as the oracle evaluation pass does, before the gate. What the block adds to the
@@ -101,7 +101,7 @@ class CramTextAdapter(LMAdapter):
     def attend(self, layer, q, k, v):
         T = q.shape[2]
         if self.kinds[layer] == "W" and self._mixer(layer).window < T:
-            from cramkit.gpu.model import window_mask
+            from cramkit.gpu.model.attention import window_mask
 
             mask = window_mask(T, T, self._mixer(layer).window, device=q.device)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
@@ -122,7 +122,7 @@ class CramTextAdapter(LMAdapter):
         decides without targets (``model(tokens)``; random and stride routers draw from a
         generator seeded with :data:`ROUTE_SEED` at every batch, so clean and patched passes of
         one batch see the same draws)."""
-        from cramkit.gpu.routers import RouteRequest
+        from cramkit.gpu.model.routers import RouteRequest
 
         mixer = self._mixer(layer)
         B, T, _ = x.shape
@@ -157,7 +157,7 @@ class CramTextAdapter(LMAdapter):
 
 def load_cram_text(path: str | Path, tokenizer: str = "auto") -> LoadedModel:
     """Load a cram text checkpoint (architecture and config from the checkpoint itself)."""
-    from cramkit.gpu.eval import load_checkpoint
+    from cramkit.gpu.run.load import load_checkpoint
 
     ck = load_checkpoint(path)
     if ck.cfg.task != "text":

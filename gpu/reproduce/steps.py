@@ -49,7 +49,7 @@ class Context:
 def run_config(scale: Scale, *, router: str | None = None, seed: int = 0, preset: str | None = None,
                sets: tuple[str, ...] | None = None):
     """The RunConfig ``cram train --preset P --set ...`` builds for one run of this scale."""
-    from cramkit.gpu.config import load_config
+    from cramkit.gpu.run.config import load_config
 
     extra = [f"train.seed={seed}", f"train.world_seed={seed}"]
     if router is not None:
@@ -60,7 +60,7 @@ def run_config(scale: Scale, *, router: str | None = None, seed: int = 0, preset
 def ensure_run(run_dir: Path, cfg, tick: Callable[[float, float], None]) -> dict[str, Any]:
     """``cram train --out run_dir`` with ``cfg``: reuse a finished run, resume an interrupted one
     (``--resume``), and start over when the folder holds a run of another configuration."""
-    from cramkit.gpu.train import train
+    from cramkit.gpu.run.train import train
 
     config_file = run_dir / R.CONFIG
     if config_file.is_file() and config_file.read_text(encoding="utf-8") != cfg.to_toml():
@@ -135,8 +135,8 @@ def static_bound_step(ctx: Context) -> dict[str, Any]:
 def accuracy_budget_step(ctx: Context) -> dict[str, Any]:
     """``cram train`` for the cram router and the scale's static baselines (matched budget, the
     preset's ``router.budget``), then ``cram eval --split iid`` and ``--split fresh``:
-    :func:`cramkit.gpu.eval.evaluate_checkpoints`."""
-    from cramkit.gpu.eval import evaluate_checkpoints
+    :func:`cramkit.gpu.run.eval.evaluate_checkpoints`."""
+    from cramkit.gpu.run.eval import evaluate_checkpoints
 
     runs = _srcd_runs(ctx, ctx.scale.baselines)
     keep = ("router", "acc", "acc_r", "acc_e", "rho_q", "rho_all", "phi", "phi_model", "E_rec", "rec_total",

@@ -1,9 +1,9 @@
 """Tasks: what a model is trained and evaluated on (the protocol in :mod:`.base`, docs/tasks.md).
 
 ``srcd`` (:class:`SRCDTask`), ``text`` (:class:`TextTask`) and ``tokens`` (:class:`TokensTask`)
-implement :class:`Task`; ``cramkit.gpu.train.train`` takes any object that does. A run config
+implement :class:`Task`; ``cramkit.gpu.run.train.train`` takes any object that does. A run config
 builds its own task: ``cfg.build_task()``. A new built-in task is a module here plus one entry in
-:data:`BUILDERS` and a config section in ``gpu/config.py``.
+:data:`BUILDERS` and a config section in ``gpu/run/config.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ BUILDERS: dict[str, Any] = {"srcd": SRCDTask, "text": TextTask, "tokens": Tokens
 
 
 def build_task(cfg, *, device: Any = "cpu", rank: int = 0, world_size: int = 1) -> Task:
-    """The task of a :class:`cramkit.gpu.config.RunConfig`."""
+    """The task of a :class:`cramkit.gpu.run.config.RunConfig`."""
     return BUILDERS[cfg.task].from_config(cfg, device=device)
 
 

@@ -99,7 +99,7 @@ class SRCDTask(BaseTask):
 
     @classmethod
     def from_config(cls, cfg, *, device: torch.device | str = "cpu") -> SRCDTask:
-        """From a :class:`cramkit.gpu.config.RunConfig`."""
+        """From a :class:`cramkit.gpu.run.config.RunConfig`."""
         return cls(cfg.srcd, world_seed=cfg.train.world_seed, eval_sequences=cfg.train.eval_sequences,
                    train_batch_size=cfg.train.batch_size, device=device)  # fmt: skip
 
@@ -124,7 +124,7 @@ class SRCDTask(BaseTask):
         return {"srcd": self.scfg.to_dict(), "world_seed": self.world_seed}
 
     def evaluate(self, model, *, step: int = 0) -> dict[str, Any]:
-        from cramkit.gpu.eval import evaluate
+        from cramkit.gpu.tasks.srcd_eval import evaluate
 
         res = evaluate(model, self.scfg, self.world, self.probe, device=self.device)
         exposures = step * self.train_batch_size * self.scfg.m_r / self.scfg.P

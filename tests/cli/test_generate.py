@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from cramkit.cli.main import cli
 from cramkit.errors import CramError
-from cramkit.gpu.config import ModelConfig, RouterConfig
-from cramkit.gpu.inference import GenerateConfig, generate_text
-from cramkit.gpu.model import CramModel
+from cramkit.gpu.model.config import ModelConfig, RouterConfig
+from cramkit.gpu.model.network import CramModel
+from cramkit.gpu.run.generate import GenerateConfig, generate_text
 
 
 @pytest.fixture

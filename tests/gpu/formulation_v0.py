@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cramkit.gpu.config import ModelConfig, RouterConfig
-from cramkit.gpu.model import MLP, RMSNorm
+from cramkit.gpu.model.config import ModelConfig, RouterConfig
+from cramkit.gpu.model.layers import MLP, RMSNorm
 from cramkit.gpu.ops.routed_attention import routed_attention
 from cramkit.gpu.ops.ssm_scan import ssm_scan
 
@@ -366,7 +366,7 @@ class CramModel(nn.Module):
 
 
 def build_model(run_cfg) -> CramModel:
-    """Build the model of a :class:`cramkit.gpu.config.RunConfig` (vocabulary and budget from the task)."""
+    """Build the model of a :class:`cramkit.gpu.run.config.RunConfig` (vocabulary and budget from the task)."""
     if run_cfg.task == "text":
         return CramModel(run_cfg.model, run_cfg.router, 256)
     scfg = run_cfg.srcd_config()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cramkit.errors import CramError
-from cramkit.gpu.baselines import TransformerLM
+from cramkit.gpu.model.baselines import TransformerLM
 
 
 def test_prefill_in_pieces_then_steps_equal_the_forward():

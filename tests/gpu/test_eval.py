@@ -11,16 +11,11 @@ from click.testing import CliRunner
 
 from cramkit.cli.main import cli
 from cramkit.errors import CramError
-from cramkit.gpu import config as C
-from cramkit.gpu.eval import (
-    evaluate,
-    evaluate_checkpoints,
-    load_checkpoint,
-    pareto_front,
-    parse_split,
-    split_data,
-)
-from cramkit.gpu.train import train
+from cramkit.gpu.run import config as C
+from cramkit.gpu.run.eval import evaluate_checkpoints, pareto_front, parse_split, split_data
+from cramkit.gpu.run.load import load_checkpoint
+from cramkit.gpu.run.train import train
+from cramkit.gpu.tasks.srcd_eval import evaluate
 
 TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
         "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16", "train.batch_size=8",

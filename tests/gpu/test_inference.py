@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cramkit.errors import CramError
-from cramkit.gpu.config import ModelConfig, RouterConfig
-from cramkit.gpu.model import CramModel
+from cramkit.gpu.model.config import ModelConfig, RouterConfig
+from cramkit.gpu.model.network import CramModel
 
 VOCAB = 40
 

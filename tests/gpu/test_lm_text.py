@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 from cramkit.cli.main import cli
 from cramkit.errors import CramError
-from cramkit.gpu.build import model_for_task
-from cramkit.gpu.config import ModelConfig, RouterConfig
+from cramkit.gpu.model.config import ModelConfig, RouterConfig
+from cramkit.gpu.run.build import model_for_task
 from cramkit.gpu.tasks.corpora import KJV_RANGE, kjv_text
 from cramkit.gpu.tasks.text import (
     BYTE_CLASSES,
@@ -147,8 +147,8 @@ def test_kjv_text_with_the_real_program(tmp_path):
 
 
 def test_lm_preset_builds_a_cram_text_model():
-    from cramkit.gpu.build import build_model
-    from cramkit.gpu.config import load_config
+    from cramkit.gpu.run.build import build_model
+    from cramkit.gpu.run.config import load_config
 
     cfg = load_config(preset="lm", overrides=[f'text.data="{CORPUS}"'])
     assert cfg.task == "text" and cfg.router.name == "cram" and "A" in cfg.model.pattern

@@ -1,4 +1,4 @@
-"""The sliding-window attention mixer (``W``, gpu/model.py): against a dense reference, its
+"""The sliding-window attention mixer (``W``, gpu/model/attention.py): against a dense reference, its
 locality, recurrent decoding, and the config checks."""
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from cramkit.errors import CramError
-from cramkit.gpu.config import ModelConfig, RouterConfig, load_config
-from cramkit.gpu.model import MIXERS, CramModel, DenseAttention, WindowAttention, window_mask
+from cramkit.gpu.model.attention import DenseAttention, WindowAttention, window_mask
+from cramkit.gpu.model.config import ModelConfig, RouterConfig
+from cramkit.gpu.model.network import MIXERS, CramModel
+from cramkit.gpu.run.config import load_config
 
 D, H = 16, 2
 

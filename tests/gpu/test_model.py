@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cramkit.gpu.build import build_model
-from cramkit.gpu.config import load_config
-from cramkit.gpu.model import CramAttention, attention_flops
+from cramkit.gpu.model.cram import CramAttention
+from cramkit.gpu.model.network import attention_flops
+from cramkit.gpu.run.build import build_model
+from cramkit.gpu.run.config import load_config
 from cramkit.gpu.tasks.srcd import to_tensors, train_world
 from cramkit.sim.srcd import generate, split_seeds
 
@@ -151,14 +152,14 @@ def test_attention_flops_match_spec():
 
 
 def _request(bsz, n, budget, n_targets, **kw):
-    from cramkit.gpu.routers import RouteRequest
+    from cramkit.gpu.model.routers import RouteRequest
 
     return RouteRequest(bsz, torch.arange(n), budget, torch.full((bsz,), n_targets), **kw)
 
 
 def test_registry_is_the_config_vocabulary_and_links_the_simulator():
-    from cramkit.gpu.config import ROUTERS as CONFIG_ROUTERS
-    from cramkit.gpu.routers import ROUTER_NAMES, make_router
+    from cramkit.gpu.model.config import ROUTERS as CONFIG_ROUTERS
+    from cramkit.gpu.model.routers import ROUTER_NAMES, make_router
     from cramkit.sim.routers import parse_router
 
     assert set(ROUTER_NAMES) == set(CONFIG_ROUTERS)
@@ -173,15 +174,15 @@ def test_registry_is_the_config_vocabulary_and_links_the_simulator():
 
 def test_unknown_router_is_a_clear_error():
     from cramkit.errors import CramError
-    from cramkit.gpu.config import ModelConfig, RouterConfig
-    from cramkit.gpu.model import CramModel
+    from cramkit.gpu.model.config import ModelConfig, RouterConfig
+    from cramkit.gpu.model.network import CramModel
 
     with pytest.raises(CramError, match="router.name"):
         CramModel(ModelConfig(), RouterConfig(name="cramm"), 16)
 
 
 def test_stride_attends_even_query_slots_at_the_budget():
-    from cramkit.gpu.routers import StrideRouter
+    from cramkit.gpu.model.routers import StrideRouter
 
     n, bsz = 32, 400
     qmask = (torch.arange(n) % 2 == 0).expand(bsz, n)  # queries at even positions only
@@ -192,7 +193,7 @@ def test_stride_attends_even_query_slots_at_the_budget():
 
 
 def test_learned_static_never_silently_attends_nothing():
-    from cramkit.gpu.routers import LearnedStaticRouter, budget_count
+    from cramkit.gpu.model.routers import LearnedStaticRouter, budget_count
 
     logits = torch.randn(5, 12)
     route = LearnedStaticRouter().route(_request(5, 12, 0.125, 1, logits=logits))
@@ -204,8 +205,8 @@ def test_learned_static_never_silently_attends_nothing():
 
 def test_budget_is_a_fraction_of_target_positions_in_language_modelling():
     # every position is a target: learned-static attends round(budget * T) positions per sequence
-    from cramkit.gpu.config import ModelConfig, RouterConfig
-    from cramkit.gpu.model import CramModel
+    from cramkit.gpu.model.config import ModelConfig, RouterConfig
+    from cramkit.gpu.model.network import CramModel
 
     cfg = ModelConfig(pattern="SA", d_model=32, n_heads=2, ssm_heads=2, ssm_head_dim=16, d_state=8,
                       memory_hidden=32, router_hidden=16)  # fmt: skip
@@ -220,8 +221,8 @@ def test_budget_is_a_fraction_of_target_positions_in_language_modelling():
 @pytest.mark.parametrize("router", ["cram", "learned-static", "random", "dense", "skip-all"])
 @pytest.mark.parametrize("which", ["all", "none"])
 def test_losses_are_finite_with_all_or_no_targets(router, which):
-    from cramkit.gpu.config import ModelConfig, RouterConfig
-    from cramkit.gpu.model import CramModel
+    from cramkit.gpu.model.config import ModelConfig, RouterConfig
+    from cramkit.gpu.model.network import CramModel
 
     cfg = ModelConfig(pattern="SA", d_model=32, n_heads=2, ssm_heads=2, ssm_head_dim=16, d_state=8,
                       memory_hidden=32, router_hidden=16)  # fmt: skip

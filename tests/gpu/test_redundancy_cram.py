@@ -12,17 +12,17 @@ from click.testing import CliRunner
 
 from cramkit.cli.main import cli
 from cramkit.errors import CramError
-from cramkit.gpu import config as C
-from cramkit.gpu.build import build_model
-from cramkit.gpu.checkpoint import (
+from cramkit.gpu.redundancy.cram_adapter import CramTextAdapter, load_cram_text
+from cramkit.gpu.redundancy.engine import run
+from cramkit.gpu.run import config as C
+from cramkit.gpu.run.build import build_model
+from cramkit.gpu.run.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     _model_tensors,
     save_checkpoint,
     write_checkpoint_file,
 )
-from cramkit.gpu.redundancy.cram_adapter import CramTextAdapter, load_cram_text
-from cramkit.gpu.redundancy.engine import run
 
 
 def _text_cfg(pattern="GSG"):

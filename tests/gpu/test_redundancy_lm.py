@@ -14,11 +14,11 @@ import torch
 from click.testing import CliRunner
 
 from cramkit.cli.main import cli
-from cramkit.gpu import config as C
-from cramkit.gpu.build import build_model
-from cramkit.gpu.checkpoint import save_checkpoint
 from cramkit.gpu.redundancy.cram_adapter import ROUTE_SEED, load_cram_text
 from cramkit.gpu.redundancy.engine import run
+from cramkit.gpu.run import config as C
+from cramkit.gpu.run.build import build_model
+from cramkit.gpu.run.checkpoint import save_checkpoint
 
 
 def _lm_cfg(pattern="SAW", router="cram", budget=None, window=5):

@@ -283,9 +283,9 @@ def test_docs_results_readme_numbers_come_from_its_report_json():
 
 
 def test_ensure_run_resumes_an_interrupted_training_and_reuses_a_finished_one(tmp_path, monkeypatch):
-    from cramkit.gpu import train as T
     from cramkit.gpu.reproduce.scales import SCALES
     from cramkit.gpu.reproduce.steps import ensure_run, run_config
+    from cramkit.gpu.run import train as T
 
     small = ("train.steps=8", "train.eval_every=4", "train.eval_log_points=0", "train.eval_sequences=8",
              "train.batch_size=4", "train.ckpt_every=4", "train.warmup_steps=1")  # fmt: skip

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cramkit.gpu.build import build_model
-from cramkit.gpu.config import load_config
+from cramkit.gpu.run.build import build_model
+from cramkit.gpu.run.config import load_config
 from cramkit.gpu.tasks.srcd import to_tensors, train_world
 from cramkit.sim.srcd import generate, split_seeds
 

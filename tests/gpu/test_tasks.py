@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from cramkit.errors import CramError
-from cramkit.gpu.build import build_model, load_weights
-from cramkit.gpu.checkpoint import read_checkpoint
-from cramkit.gpu.config import ModelConfig, RouterConfig, SRCDConfig, load_config
+from cramkit.gpu.model.config import ModelConfig, RouterConfig
+from cramkit.gpu.run.build import build_model, load_weights
+from cramkit.gpu.run.checkpoint import read_checkpoint
+from cramkit.gpu.run.config import SRCDConfig, load_config
+from cramkit.gpu.run.train import train
 from cramkit.gpu.tasks import Task, TaskBatch, check_token_range
-from cramkit.gpu.train import train
 
 SMALL = ModelConfig(pattern="SA", d_model=32, n_heads=2, ssm_heads=2, ssm_head_dim=16, d_state=8,
                     memory_hidden=32, router_hidden=16)  # fmt: skip
@@ -166,10 +167,10 @@ def test_text_task_may_use_cram_blocks(tmp_path):
 
 
 def test_train_and_eval_follow_the_command_contract(tmp_path):
-    from cramkit.gpu.eval import EvalReport, EvalSettings
-    from cramkit.gpu.eval import run as run_eval
-    from cramkit.gpu.train import TrainResult, TrainSettings
-    from cramkit.gpu.train import run as run_train
+    from cramkit.gpu.run.eval_report import EvalReport, EvalSettings
+    from cramkit.gpu.run.eval_report import run as run_eval
+    from cramkit.gpu.run.train import TrainResult, TrainSettings
+    from cramkit.gpu.run.train import run as run_train
     from cramkit.result import Result
 
     ticks = []

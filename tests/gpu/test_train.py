@@ -12,9 +12,11 @@ from click.testing import CliRunner
 
 from cramkit.cli.main import cli
 from cramkit.errors import CramError
-from cramkit.gpu import config as C
-from cramkit.gpu.checkpoint import read_checkpoint
-from cramkit.gpu.train import TrainingDiverged, lr_at, train
+from cramkit.gpu.run import config as C
+from cramkit.gpu.run.checkpoint import read_checkpoint
+from cramkit.gpu.run.schedule import lr_at
+from cramkit.gpu.run.train import train
+from cramkit.gpu.run.trainer import TrainingDiverged
 
 TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
         "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16", "train.batch_size=8",
@@ -81,7 +83,7 @@ def test_lr_schedule_warmup_then_cosine_floor():
 
 
 def test_eval_steps_add_log_spaced_points():
-    from cramkit.gpu.train import eval_steps
+    from cramkit.gpu.run.schedule import eval_steps
 
     t = C.TrainConfig(steps=1000, eval_every=250, eval_log_points=4)
     assert eval_steps(t) == {1, 10, 100, 250, 500, 750, 1000}
@@ -144,7 +146,7 @@ def test_resume_from_an_older_checkpoint_truncates_the_log(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    import cramkit.gpu.train as T
+    import cramkit.gpu.run.train as T
 
     cfg = tiny("train.steps=6", "train.eval_every=2", "train.ckpt_every=2")
     orig = T._Trainer.forward
@@ -243,7 +245,7 @@ def test_blow_up_inside_the_model_is_reported_as_divergence(tmp_path):
 def _rewrite_meta(path, edit):
     """Re-sign ``path`` with edited metadata (an atomic replace: last.safetensors is a hard link to
     the kept checkpoint, which stays as it was)."""
-    from cramkit.gpu.checkpoint import write_checkpoint_file
+    from cramkit.gpu.run.checkpoint import write_checkpoint_file
 
     tensors, meta = read_checkpoint(path)
     edit(meta)
@@ -298,7 +300,7 @@ def test_resume_with_max_steps_behind_the_run_is_refused(tmp_path):
 
 
 def test_absurd_eval_log_points_are_refused_and_eval_steps_are_tested_one_by_one():
-    from cramkit.gpu.train import eval_steps, is_eval_step, log_eval_steps
+    from cramkit.gpu.run.schedule import eval_steps, is_eval_step, log_eval_steps
 
     with pytest.raises(CramError, match="eval_log_points must be in"):
         C.load_config(None, ["train.eval_log_points=1000000000000"])
@@ -318,7 +320,7 @@ def test_sizes_that_cannot_fit_are_refused_before_allocating(tmp_path, override,
 
 
 def test_resume_of_a_checkpoint_with_nan_weights_names_the_file(tmp_path):
-    from cramkit.gpu.checkpoint import write_checkpoint_file
+    from cramkit.gpu.run.checkpoint import write_checkpoint_file
 
     train(tiny("train.steps=2", "train.eval_every=2"), tmp_path / "r")
     last = tmp_path / "r" / "last.safetensors"

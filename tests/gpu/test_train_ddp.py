@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from cramkit.gpu import config as C
-from cramkit.gpu.checkpoint import read_checkpoint
-from cramkit.gpu.train import train
+from cramkit.gpu.run import config as C
+from cramkit.gpu.run.checkpoint import read_checkpoint
+from cramkit.gpu.run.train import train
 
 SETS = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
         "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16", "train.batch_size=8",

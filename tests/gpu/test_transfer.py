@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 from cramkit.cli.main import cli
 from cramkit.errors import CramError
-from cramkit.gpu import config as C
-from cramkit.gpu.build import build_model
-from cramkit.gpu.checkpoint import save_checkpoint
+from cramkit.gpu.run import config as C
+from cramkit.gpu.run.build import build_model
+from cramkit.gpu.run.checkpoint import save_checkpoint
 from cramkit.gpu.transfer import TransferConfig, TransferResult, _boot, run, transfer_report
 from cramkit.sim.srcd import derive_world, make_world
 

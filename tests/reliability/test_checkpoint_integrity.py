@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cramkit.errors import CramError
-from cramkit.gpu import checkpoint as ck
-from cramkit.gpu.checkpoint import read_checkpoint, save_checkpoint, write_checkpoint_file
+from cramkit.gpu.run import checkpoint as ck
+from cramkit.gpu.run.checkpoint import read_checkpoint, save_checkpoint, write_checkpoint_file
 
 
 class Tiny(torch.nn.Module):

@@ -20,14 +20,14 @@ from click.testing import CliRunner
 
 from cramkit import runs
 from cramkit.cli.main import cli
-from cramkit.gpu.checkpoint import read_checkpoint
-from cramkit.gpu.runfolder import RunFolder
+from cramkit.gpu.run.checkpoint import read_checkpoint
+from cramkit.gpu.run.runfolder import RunFolder
 
 CFG = 'task = "srcd"\n'
 
 _SAVER = textwrap.dedent("""
     import sys, torch
-    from cramkit.gpu.runfolder import RunFolder
+    from cramkit.gpu.run.runfolder import RunFolder
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.Linear(1024, 512))  # ~6 MB
     with torch.no_grad():

@@ -11,8 +11,8 @@ from cramkit.errors import CramError
 @pytest.mark.parametrize("pattern", ["SA", "G", "SSAG", "AAA"])
 @pytest.mark.parametrize("tie", [True, False])
 def test_param_count_matches_the_model(pattern, tie):
-    from cramkit.gpu import config as C
-    from cramkit.gpu.model import CramModel
+    from cramkit.gpu.model.network import CramModel
+    from cramkit.gpu.run import config as C
 
     mc = C.ModelConfig(pattern=pattern, d_model=48, n_heads=4, tie_embeddings=tie, memory_hidden=40,
                        router_hidden=0 if pattern == "AAA" else 16, max_len=12 if "G" in pattern else 0)  # fmt: skip
@@ -26,8 +26,8 @@ def test_training_estimate_is_a_lower_bound_of_what_a_step_holds(pattern):
     autograd saves for the backward pass (measured with saved_tensors_hooks)."""
     import torch
 
-    from cramkit.gpu import config as C
-    from cramkit.gpu.model import CramModel
+    from cramkit.gpu.model.network import CramModel
+    from cramkit.gpu.run import config as C
 
     mc = C.ModelConfig(pattern=pattern, d_model=64, n_heads=2, max_len=32)
     model = CramModel(mc, C.RouterConfig(), 256)
@@ -59,7 +59,7 @@ def test_check_fits_refuses_in_one_line(monkeypatch):
 
 
 def test_absurd_model_is_refused_before_allocation():
-    from cramkit.gpu import config as C
+    from cramkit.gpu.run import config as C
 
     mc = C.ModelConfig(d_model=1 << 20, n_heads=1)
     with pytest.raises(CramError, match=r"training this model \(d_model=1048576"):

@@ -60,7 +60,7 @@ def test_full_disk_is_one_line_and_keeps_the_previous_file(small_disk):
 
 
 def test_full_disk_during_a_checkpoint_keeps_the_last_good_one(small_disk):
-    from cramkit.gpu.checkpoint import read_checkpoint, save_checkpoint
+    from cramkit.gpu.run.checkpoint import read_checkpoint, save_checkpoint
 
     path = small_disk / "last.safetensors"
     save_checkpoint(path, torch.nn.Linear(8, 8), None, {"step": 1})
@@ -119,7 +119,7 @@ def test_cli_maps_a_stray_oserror_memoryerror_and_interrupt_to_one_line(monkeypa
     from click.testing import CliRunner
 
     from cramkit.cli import main
-    from cramkit.gpu.runfolder import RunInterrupted
+    from cramkit.gpu.run.runfolder import RunInterrupted
 
     raised = {}
 

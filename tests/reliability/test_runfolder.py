@@ -13,8 +13,8 @@ import torch
 
 from cramkit import runs
 from cramkit.errors import CramError
-from cramkit.gpu.checkpoint import read_checkpoint
-from cramkit.gpu.runfolder import (
+from cramkit.gpu.run.checkpoint import read_checkpoint
+from cramkit.gpu.run.runfolder import (
     RESUMABLE_KEYS,
     RunFolder,
     RunInterrupted,
@@ -50,7 +50,7 @@ def test_new_run_writes_config_and_holds_the_lock(tmp_path):
 def test_second_process_is_refused_naming_the_holder_pid(tmp_path):
     code = textwrap.dedent(f"""
         import sys, time
-        from cramkit.gpu.runfolder import RunFolder
+        from cramkit.gpu.run.runfolder import RunFolder
         f = RunFolder.open({str(tmp_path / 'r')!r}, {CFG!r}, overwrite=True)
         print("locked", flush=True)
         sys.stdin.readline()

@@ -2,7 +2,7 @@
 
 Every router answers the same question -- which rows of a CRAM layer attend -- from the same
 :class:`RouteRequest`. The registry :data:`ROUTERS` maps each name to its class;
-:data:`ROUTER_NAMES` is the one list of names (``gpu/config.py`` validates ``router.name``
+:data:`ROUTER_NAMES` is the one list of names (``gpu/model/config.py`` validates ``router.name``
 against it). Each class names its counterpart in the simulator (``cramkit.sim.routers``,
 ``sim_name``), so the two layers share one vocabulary: ``dense`` is the simulator's ``ALL``,
 ``stride`` its ``STRIDE_<s>``, ``random`` its ``RAND_<p>`` and so on (``none`` has no counterpart:

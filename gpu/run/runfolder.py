@@ -241,7 +241,7 @@ class RunFolder:
         """The newest checkpoint that passes verification (last.safetensors, else the kept ones
         from the newest step down); None when there is none. A corrupt one is skipped with a
         warning on stderr naming it."""
-        from cramkit.gpu.checkpoint import read_checkpoint
+        from cramkit.gpu.run.checkpoint import read_checkpoint
 
         best: tuple[int, Path] | None = None
         candidates = [runs.last_checkpoint(self.path), *reversed(runs.kept_checkpoints(self.path))]
@@ -297,7 +297,7 @@ class RunFolder:
         dropped = [r for r in old if not runs.is_event(r) and _num(r.get("step"), 0) > step]
         records = _merge_by_step(evaluations, events)
         if self.changes:
-            from cramkit.gpu.checkpoint import peek_step
+            from cramkit.gpu.run.checkpoint import peek_step
 
             later = [p for p in runs.kept_checkpoints(self.path) if _checkpoint_step(p) > step]
             last, summary = runs.last_checkpoint(self.path), self.path / runs.SUMMARY
@@ -321,7 +321,7 @@ class RunFolder:
         """Save the checkpoint of ``step``: the kept copy first (when ``keep``), then last.safetensors
         as a hard link to it (or a copy), so a kill at any moment leaves last.safetensors valid and
         never at a step whose kept copy is missing. Returns the last checkpoint's path."""
-        from cramkit.gpu.checkpoint import save_checkpoint
+        from cramkit.gpu.run.checkpoint import save_checkpoint
 
         last, kept = self.checkpoint_paths(step)
         self._clean_temps()
@@ -350,7 +350,7 @@ class RunFolder:
     def interrupted(self, step: int) -> RunInterrupted:
         """The exception to raise when Ctrl-C stops the run at ``step``: names the last good
         checkpoint's step and the command that resumes."""
-        from cramkit.gpu.checkpoint import read_checkpoint
+        from cramkit.gpu.run.checkpoint import read_checkpoint
 
         good = self.last_good_checkpoint()
         if good is None:

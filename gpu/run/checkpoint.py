@@ -40,6 +40,9 @@ from cramkit.errors import CramError
 from cramkit.io import atomic_writer, os_errors
 
 FORMAT = "cram-checkpoint"
+ARCH = "cram-hybrid"  # the architecture tag of a training checkpoint
+TEXT_ARCH = "gpt-bytes"  # the tag of text runs, kept for older readers
+ARCHES = (ARCH, TEXT_ARCH)
 FORMAT_VERSION = 2
 LAST = "last.safetensors"
 META_KEY = "cram"

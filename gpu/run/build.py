@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from cramkit.errors import CramError
-from cramkit.gpu.config import ModelConfig, RouterConfig, RunConfig
-from cramkit.gpu.model import CramModel
+from cramkit.gpu.model.config import ModelConfig, RouterConfig
+from cramkit.gpu.model.network import CramModel
+from cramkit.gpu.run.config import RunConfig
 
 #: checkpoint metadata keys that describe the model's task-given sizes
 VOCAB_KEY, BUDGET_KEY, N_Q_KEY = "vocab_size", "budget", "n_q"
@@ -134,7 +135,7 @@ def check_vocab_matches(model: CramModel, tensors: dict[str, torch.Tensor], meta
 
 def load_weights(model: CramModel, path: Any) -> dict[str, Any]:
     """Load a checkpoint's weights into ``model`` (vocabulary checked first); returns its metadata."""
-    from cramkit.gpu.checkpoint import load_model_state, read_checkpoint
+    from cramkit.gpu.run.checkpoint import load_model_state, read_checkpoint
 
     tensors, meta = read_checkpoint(path)
     check_vocab_matches(model, tensors, meta, path)

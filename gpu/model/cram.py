@@ -1,0 +1,243 @@
+"""``A``: the CRAM retrieval layer and the losses it owns (docs/training.md, "The model").
+
+CRAM retrieval layer at position t with normalised hidden state h_t:
+
+- episodic path a_t: causal softmax attention, computed only at routed rows (query projection,
+  :func:`cramkit.gpu.ops.routed_attention.routed_attention` and output projection run on the
+  routed rows alone; keys and values are made at every position, since every routed query sees
+  every earlier key). Keys see the previous position through an exact token shift, which is
+  what an induction-style lookup ``key -> next token`` needs;
+- semantic memory m_t = M(h_t): an MLP that predicts a_t from h_t alone, run only where its
+  output or a loss uses it (non-routed rows, and target rows in training);
+- router: one of :data:`cramkit.gpu.model.routers.ROUTERS`; the learned ones read
+  r_t = R(sg(h_t)) (an MLP on the detached state), bias initialised so that every position
+  attends at step 0;
+- output o_t = g_t a_t + (1 - g_t) m_t with a hard gate g_t (router decision; in training also the
+  exploration mask).
+
+The layer returns its output, a :class:`LayerTrace` and its own losses (:func:`episodic_loss`,
+:func:`semantic_loss`, :func:`consolidation_loss`, :func:`router_loss`);
+:meth:`cramkit.gpu.model.network.CramModel.forward` adds them to the task loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cramkit.gpu.model.attention import cached_attention
+from cramkit.gpu.model.config import ModelConfig, RouterConfig
+from cramkit.gpu.model.layers import MLP, RMSNorm
+from cramkit.gpu.model.mixer import ForwardContext, LayerTrace, Mixer, MixerOut
+from cramkit.gpu.model.routers import Router, RouteRequest, make_router
+from cramkit.gpu.model.state import (
+    CramState,
+    DecodeContext,
+)
+from cramkit.gpu.ops.routed_attention import routed_attention
+
+
+def _mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over rows; 0 (with a gradient path) when there are none, never NaN."""
+    return x.mean() if x.numel() else x.sum()
+
+
+def semantic_loss(lm: torch.Tensor) -> torch.Tensor:
+    """The semantic memory's own loss: mean readout loss of m_t over every target position."""
+    return _mean(lm)
+
+
+def episodic_loss(la: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    """The episodic path's own loss: mean readout loss of a_t over attended target positions."""
+    return (la * attended).sum() / attended.sum().clamp_min(1)
+
+
+def consolidation_loss(dist: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    """||M(h) - sg(a)||^2 / ||sg(a)||^2 averaged over attended target positions."""
+    return (dist * attended).sum() / attended.sum().clamp_min(1)
+
+
+def router_targets(lm: torch.Tensor, la: torch.Tensor, known: torch.Tensor, rcfg: RouterConfig) -> torch.Tensor:
+    """z at target positions: ``error``: 1[l(m) > tau]; ``utility``: 1[l(m) - l(a) > delta] where a is known."""
+    if rcfg.target == "error":
+        return lm.detach() > rcfg.tau
+    return (lm.detach() - la.detach() > rcfg.delta) & known
+
+
+def router_loss(
+    logits: torch.Tensor, z: torch.Tensor, tmask: torch.Tensor, defined_t: torch.Tensor
+) -> torch.Tensor:
+    """Router BCE: z at target positions (where defined), 0 elsewhere (attention has no use without
+    a target); averaged separately over target and non-target positions, each 0 when empty."""
+    ztgt = torch.zeros_like(logits)
+    ztgt[tmask] = z.float()
+    defined = torch.ones_like(tmask)
+    defined[tmask] = defined_t
+    bce = F.binary_cross_entropy_with_logits(logits, ztgt, reduction="none")
+    on_t = (bce * (tmask & defined)).sum() / (tmask & defined).sum().clamp_min(1)
+    off_t = (bce * ~tmask).sum() / (~tmask).sum().clamp_min(1)
+    return on_t + off_t
+
+
+def _scatter_rows(rows: torch.Tensor, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (B, T, d) tensor shaped like ``like``: ``values`` (n, d) at the True rows of ``rows``, 0 elsewhere."""
+    out = like.new_zeros(like.shape)
+    out[rows] = values
+    return out
+
+
+class CramAttention(Mixer):
+    """The CRAM retrieval layer: router, routed episodic attention, semantic memory."""
+
+    def __init__(self, cfg: ModelConfig, rcfg: RouterConfig, router: Router | None = None):
+        super().__init__()
+        d = cfg.d_model
+        self.h = cfg.n_heads
+        self.rcfg = rcfg
+        self.router_name = rcfg.name
+        self.policy = router or make_router(rcfg.name, rcfg.static_scope)
+        self.budget = 1.0  # set by CramModel
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.k_prev = nn.Linear(d, d, bias=False)  # exact token shift into the keys
+        self.v = nn.Linear(d, d)
+        self.o = nn.Linear(d, d, bias=False)  # no bias: non-routed rows stay exactly zero
+        self.memory = MLP(d, cfg.memory_hidden)
+        if cfg.router_hidden:
+            self.router = nn.Sequential(nn.Linear(d, cfg.router_hidden), nn.GELU(), nn.Linear(cfg.router_hidden, 1))
+        else:
+            self.router = nn.Sequential(nn.Linear(d, 1))
+        self.norm_a = RMSNorm(d)
+        self.norm_m = RMSNorm(d)
+
+    # -- pieces -----------------------------------------------------------------------------
+    def router_logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.router(h.detach()).squeeze(-1).float()  # (B, T)
+
+    def keys_values(self, h: torch.Tensor, h_prev: torch.Tensor | None = None):
+        """Keys (with the token shift) and values at every position, (B, T, H, D) each.
+        ``h_prev`` (B, d) is the state before the first row (zeros when None)."""
+        bsz, t_len, d = h.shape
+        first = h.new_zeros(bsz, 1, d) if h_prev is None else h_prev[:, None]
+        shifted = torch.cat([first, h[:, :-1]], dim=1)
+        k = (self.k(h) + self.k_prev(shifted)).view(bsz, t_len, self.h, d // self.h)
+        return k, self.v(h).view(bsz, t_len, self.h, d // self.h)
+
+    def attend(self, h: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
+        """The episodic path a (B, T, d): exact zeros at non-routed rows; the query and output
+        projections run on the routed rows only."""
+        if not bool(route.any()):
+            return torch.zeros_like(h)
+        bsz, t_len, d = h.shape
+        k, v = self.keys_values(h)
+        q = _scatter_rows(route, self.q(h[route]), h).view(bsz, t_len, self.h, d // self.h)
+        a = routed_attention(q, k, v, route)  # (B, T, H, D), zero at non-routed rows
+        return _scatter_rows(route, self.o(a.reshape(bsz, t_len, d)[route]), h)
+
+    def memory_rows(self, h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The semantic memory m (B, T, d) at ``rows`` only (zeros elsewhere)."""
+        if not bool(rows.any()):
+            return torch.zeros_like(h)
+        return _scatter_rows(rows, self.memory(h[rows]), h)
+
+    def decide(self, h: torch.Tensor, req: RouteRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The router's own decision (B, T) bool and its logits (learned routers)."""
+        if self.policy.learned:
+            req.logits = self.router_logits(h)
+        return self.policy.route(req), req.logits
+
+    # -- whole sequences ----------------------------------------------------------------------
+    def mix(self, h: torch.Tensor, ctx: ForwardContext) -> MixerOut:
+        bsz, t_len, _ = h.shape
+        if ctx.route is not None:
+            router_route, logits = ctx.route, None
+            route = ctx.route
+        else:
+            req = RouteRequest(bsz, torch.arange(t_len, device=h.device), self.budget, ctx.n_targets,
+                               query_mask=ctx.query_mask, generator=ctx.generator)  # fmt: skip
+            router_route, logits = self.decide(h, req)
+            route = router_route if ctx.explore is None else (router_route | ctx.explore)
+        if not self.policy.mixes:
+            route = torch.zeros_like(route)
+            trace = LayerTrace(route=route, router_route=router_route.detach(), logits=_detach(logits))
+            return MixerOut(torch.zeros_like(h), trace)
+        tmask = ctx.tmask
+        attn_rows = route | tmask if (ctx.oracle and tmask is not None) else route
+        mem_rows = ~route if tmask is None else (~route | tmask)
+        a = self.attend(h, attn_rows)
+        m = self.memory_rows(h, mem_rows)
+        y = torch.where(route[..., None], a, m)
+        trace = LayerTrace(route=route.detach(), router_route=router_route.detach(), logits=_detach(logits))
+        losses = self.losses(a, m, route, attn_rows, logits, trace, ctx) if tmask is not None else {}
+        return MixerOut(y, trace, losses)
+
+    def losses(self, a, m, route, attn_rows, logits, trace: LayerTrace, ctx: ForwardContext) -> dict:
+        """The layer's own losses (and the trace's per-target fields) at the target positions."""
+        tmask, tgt = ctx.tmask, ctx.tgt
+        known = attn_rows[tmask]  # (N,) a is known here
+        att_t = route[tmask]  # attended target positions (training gate)
+        a_t, m_t = a[tmask], m[tmask]
+        lm_logits = ctx.readout(m_t, self.norm_m)
+        lm = F.cross_entropy(lm_logits, tgt, reduction="none")
+        la_logits = ctx.readout(a_t, self.norm_a)
+        la = F.cross_entropy(la_logits, tgt, reduction="none")
+        a_sg = a_t.detach().float()
+        dist = (m_t.float() - a_sg).pow(2).sum(-1) / a_sg.pow(2).sum(-1).clamp_min(1e-8)
+        nan = torch.full_like(la, float("nan"))
+        trace.loss_m = lm.detach()
+        trace.loss_a = torch.where(known, la.detach(), nan)
+        trace.distill = torch.where(known, dist.detach(), nan)
+        trace.pred_m = lm_logits.detach().argmax(-1)
+        trace.pred_a = torch.where(known, la_logits.detach().argmax(-1), torch.full_like(tgt, -1))
+        trace.z = router_targets(lm, la, known, self.rcfg)
+        out = {"epi": episodic_loss(la, att_t), "sem": semantic_loss(lm), "distill": consolidation_loss(dist, att_t)}
+        if logits is not None:
+            defined_t = known if self.rcfg.target == "utility" else torch.ones_like(known)
+            out["router"] = router_loss(logits, trace.z, tmask, defined_t)
+        return out
+
+    # -- inference ----------------------------------------------------------------------------
+    def init_state(self, batch, max_len, device, dtype):
+        d = self.q.in_features
+        shape = (batch, self.h, max_len, d // self.h)
+        return CramState(
+            torch.zeros(shape, device=device, dtype=dtype),
+            torch.zeros(shape, device=device, dtype=dtype),
+            h_prev=torch.zeros(batch, d, device=device, dtype=dtype),
+            route=torch.zeros(batch, max_len, dtype=torch.bool, device=device),
+        )
+
+    def decode(self, h, st: CramState, dctx: DecodeContext):
+        bsz, t_len, d = h.shape
+        pos = dctx.pos
+        if dctx.route is not None:
+            route = dctx.route
+        else:
+            req = RouteRequest(bsz, torch.arange(pos, pos + t_len, device=h.device), self.budget, dctx.n_targets,
+                               generator=dctx.generator, memo=st.memo, whole_sequence=pos == 0)  # fmt: skip
+            route, _ = self.decide(h, req)
+        if not self.policy.mixes:
+            route = torch.zeros_like(route)
+        k, v = self.keys_values(h, st.h_prev)
+        st.k[:, :, pos : pos + t_len], st.v[:, :, pos : pos + t_len] = k.transpose(1, 2), v.transpose(1, 2)
+        st.h_prev = h[:, -1].clone()
+        st.route[:, pos : pos + t_len] = route
+        if not self.policy.mixes:
+            return torch.zeros_like(h)
+        a = self._attend_cached(h, route, st, pos, k, v) if bool(route.any()) else torch.zeros_like(h)
+        return torch.where(route[..., None], a, self.memory_rows(h, ~route))
+
+    def _attend_cached(self, h, route, st: CramState, pos: int, k, v) -> torch.Tensor:
+        bsz, t_len, d = h.shape
+        if pos == 0:  # the whole prefix is this chunk: the routed op, as in training
+            q = _scatter_rows(route, self.q(h[route]), h).view(bsz, t_len, self.h, d // self.h)
+            a = routed_attention(q, k, v, route).reshape(bsz, t_len, d)[route]
+        else:
+            q = self.q(h[route]).view(-1, self.h, d // self.h)
+            a = cached_attention(q, route.nonzero(), st, pos).reshape(-1, d)
+        return _scatter_rows(route, self.o(a), h)
+
+
+def _detach(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else x.detach()
