@@ -28,6 +28,12 @@ from cramkit.progress import progress_bar
                    "(a token file, docs/tasks.md); text and tokens need --data.")
 @click.option("--data", type=click.Path(dir_okay=False), default=None,
               help="The text file (--task text) or token file (--task tokens: .npz or .safetensors) to train on.")
+@click.option("--eval-data", type=click.Path(dir_okay=False), default=None,
+              help="A held-out text file scored beside the validation split at every evaluation "
+                   "(--task text; sets text.eval_data; heldout_* fields in metrics.jsonl).")
+@click.option("--tensorboard", is_flag=True,
+              help="Also write every evaluation's metrics to OUT/tensorboard/ (needs the tensorboard extra); "
+                   "metrics.jsonl stays the record.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for metrics.jsonl, config.toml, checkpoints and summary.json "
                    "(default: runs/<preset>-<time>).")
@@ -43,8 +49,8 @@ from cramkit.progress import progress_bar
 @plot_option("Save the attention-utilization and accuracy curves over training (PNG) to this path.")
 @quiet_option("Do not show the progress bar.")
 @json_option("Print the final summary as one JSON object.")
-def train(preset, config_file, overrides, task, data, out_dir, resume, overwrite, max_steps, plot, quiet,
-          as_json) -> None:  # fmt: skip
+def train(preset, config_file, overrides, task, data, eval_data, tensorboard, out_dir, resume, overwrite, max_steps,
+          plot, quiet, as_json) -> None:  # fmt: skip
     """Train a hybrid SSM + attention model whose router learns when to attend.
 
     With no arguments this runs the quick preset on the CPU (a small SRCD task, minutes on two
@@ -62,7 +68,8 @@ def train(preset, config_file, overrides, task, data, out_dir, resume, overwrite
 
     if resume is not None:
         given = [name for name, v in (("--preset", preset), ("--config", config_file), ("--task", task),
-                                      ("--data", data), ("--out", out_dir), ("--overwrite", overwrite)) if v]  # fmt: skip
+                                      ("--data", data), ("--eval-data", eval_data), ("--out", out_dir),
+                                      ("--overwrite", overwrite)) if v]  # fmt: skip
         if given:
             raise click.UsageError(f"--resume continues the run with its own configuration and folder; drop "
                                    f"{', '.join(given)} (--set may change train.lr and the other settings "
@@ -83,6 +90,10 @@ def train(preset, config_file, overrides, task, data, out_dir, resume, overwrite
             sets.insert(0, f"task={json.dumps(task)}")
         if data:
             sets.append(f"{data_task}.data={json.dumps(str(data))}")
+        if eval_data:
+            if data_task != "text":
+                raise click.UsageError("--eval-data is a held-out text corpus, for --task text (or a text preset)")
+            sets.append(f"text.eval_data={json.dumps(str(eval_data))}")
         cfg = load_config(config_file, sets, preset=preset)
         if out_dir is None:
             name = preset or (Path(config_file).stem if config_file else "quick")
@@ -90,7 +101,7 @@ def train(preset, config_file, overrides, task, data, out_dir, resume, overwrite
         if not as_json and not quiet:
             click.echo(f"writing to {out_dir}", err=True)
     with progress_bar(enabled=not quiet) as progress:
-        result = run(TrainSettings(cfg, out_dir, resume, max_steps, overwrite), progress)
+        result = run(TrainSettings(cfg, out_dir, resume, max_steps, overwrite, tensorboard), progress)
     if result.stopped_early:
         click.echo(f"stopped at step {result.step} (--max-steps); "
                    f"continue with: cram train --resume {result.out_dir}", err=True)

@@ -37,6 +37,20 @@ METRICS_FIELDS: dict[str, str] = {
     "rec_attended": "recurring probe queries that attended (the count behind E_rec)",
     "rec_total": "recurring probe queries in the probe set",
     "E_rec": "rec_attended / rec_total",
+    # text runs (cramkit.gpu.tasks.text, .recall): every position is a target
+    "val_loss": "text: mean loss (nats per token) on the validation windows",
+    "bpb": "text: bits per UTF-8 byte of the validation targets (byte and BPE models compare)",
+    "rho_all": "routed fraction of all positions, averaged over CRAM layers",
+    "recall_share": "text: fraction of positions that are associative-recall hits (bigram seen before in the context)",
+    "val_loss_recall": "text: mean loss on recall hits",
+    "val_loss_other": "text: mean loss on the other positions",
+    "bpb_recall": "text: bits per byte on recall hits",
+    "bpb_other": "text: bits per byte on the other positions",
+    "rho_recall": "text: routed fraction of recall hits (CRAM layers)",
+    "rho_other": "text: routed fraction of the other positions",
+    "attn_share_recall": "text: share of all routed positions that are recall hits",
+    "heldout_bpb": "text with text.eval_data: bits per byte on the held-out corpus (also heldout_val_loss, "
+                   "heldout_rho_all, heldout_bpb_recall, ...)",
 }
 
 
@@ -66,7 +80,11 @@ LOCK = ".lock"
 #: ``--overwrite`` moves an earlier run's files into ``DIR/replaced-<UTC time>/`` (never deletes them)
 REPLACED_PREFIX = "replaced-"
 #: the files and folders that make a folder hold a run
-RUN_FILES = (CONFIG, METRICS, SUMMARY, LAST, CHECKPOINTS, "last.json")  # last.json: the older two-file format
+#: the tokenizer of a subword text run (``text.tokenizer = "bpe:N"`` or a file), its hash in the checkpoints
+TOKENIZER = "tokenizer.json"
+#: TensorBoard event files of ``cram train --tensorboard``
+TENSORBOARD = "tensorboard"
+RUN_FILES = (CONFIG, METRICS, SUMMARY, LAST, CHECKPOINTS, "last.json", TOKENIZER, TENSORBOARD)  # last.json: the older two-file format
 
 #: an event line in metrics.jsonl (a resume with changed settings, an overwrite) carries this key;
 #: evaluation records never do. Readers that want evaluations skip lines that have it.

@@ -97,7 +97,8 @@ def run_model_sizes(cfg: RunConfig, vocab_size: int | None = None) -> dict[str, 
         return {"vocab_size": s.vocab_size, "target_range": (s.value_offset, s.value_offset + s.v),
                 "n_targets": s.n_q, "default_budget": s.m_e / s.n_q}  # fmt: skip
     if cfg.task == "text":
-        return {"vocab_size": 256, "target_range": None, "n_targets": cfg.text.seq_len, "default_budget": 1.0}
+        return {"vocab_size": int(vocab_size or 256), "target_range": None, "n_targets": cfg.text.seq_len,
+                "default_budget": 1.0}  # a subword run's vocabulary comes from its checkpoint
     vocab = vocab_size or cfg.tokens.vocab_size
     if not vocab:
         raise CramError("a tokens model needs its vocabulary: set tokens.vocab_size or build it from the task")

@@ -79,12 +79,23 @@ class TrainConfig(Section):
 
 @dataclass(frozen=True)
 class TextConfig(Section):
-    """Byte-level language modelling (``task = "text"``): every position is a target."""
+    """Language modelling on a text file (``task = "text"``): every position is a target; bytes
+    or subword tokens (``tokenizer``), docs/tasks.md."""
 
     data: str = ""
     seq_len: int = setting(128, lo=2)
     val_frac: float = setting(0.05, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     eval_batches: int = setting(8, lo=1)
+    # "bytes", "bpe:<vocab>" (trained on the corpus, offline) or a tokenizer.json path (gpu/tasks/tokenizer.py)
+    tokenizer: str = "bytes"
+    split: str = setting("tail", choices=("tail", "documents"))  # validation: the tail, or every k-th blank-line document
+    errors: str = setting("strict", choices=("strict", "replace"))  # a file that is not UTF-8: refuse, or read with U+FFFD
+    eval_data: str = ""  # a held-out corpus scored beside the validation split at every evaluation
+
+    def _relations(self, name: str) -> None:
+        from cramkit.gpu.tasks.tokenizer import parse_spec
+
+        parse_spec(self.tokenizer)
 
 
 @dataclass(frozen=True)

@@ -122,12 +122,26 @@ def pareto_front(rows: list[dict[str, Any]], x: str = "rho_q", y: str = "acc") -
     return sorted(front, key=lambda i: rows[i][x])
 
 
+def _is_text_run(path: str | Path) -> bool:
+    from cramkit.gpu.run.checkpoint import read_checkpoint
+
+    cfg = read_checkpoint(path)[1].get("config")
+    return isinstance(cfg, dict) and cfg.get("task") == "text"
+
+
 def evaluate_checkpoints(paths: list[str | Path], split: str = "iid", *, sequences: int = 1024,
-                         data: str | Path | None = None, progress: Progress | None = None) -> dict[str, Any]:  # fmt: skip
+                         data: str | Path | None = None, progress: Progress | None = None,
+                         errors: str = "strict") -> dict[str, Any]:  # fmt: skip
     """What ``cram eval`` reports: one row per checkpoint and the Pareto front over them (on an
-    SRCD split, or on the token file ``data``)."""
+    SRCD split, or on the token file ``data``); text checkpoints on a text file ``data`` or on
+    their own validation split (:mod:`.eval_text`)."""
+    from cramkit.gpu.run.eval_text import evaluate_text, is_text_file
+
     if not paths:
         raise CramError("give at least one checkpoint")
+    if is_text_file(data) or (data is None and _is_text_run(paths[0])):
+        return evaluate_text(list(paths), data, sequences=sequences, errors=errors,
+                             track=lambda xs: track(xs, progress, "checkpoints"))  # fmt: skip
     if data is not None:
         from cramkit.gpu.tasks.tokens import load_token_file
 

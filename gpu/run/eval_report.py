@@ -43,6 +43,7 @@ class EvalSettings:
     split: str = "iid"
     sequences: int = 1024
     data: str | None = None
+    errors: str = "strict"  # a text file that is not UTF-8: refuse, or read bad bytes as U+FFFD ("replace")
 
     def __post_init__(self) -> None:
         if not self.checkpoints:
@@ -76,6 +77,10 @@ class EvalReport(Result):
 
 
         res = self.result
+        if res.get("kind") == "text":
+            from cramkit.gpu.run.eval_text import text_report
+
+            return text_report(res)
         tokens = "data" in res
         cols = TOKEN_COLUMNS if tokens else COLUMNS
         title = f"token file {res['data']}" if tokens else f"split {res['split']} ({self.sequences} sequences)"
@@ -113,6 +118,10 @@ class EvalReport(Result):
         import matplotlib.pyplot as plt
 
         res = self.result
+        if res.get("kind") == "text":
+            from cramkit.gpu.run.eval_text import text_plot
+
+            return text_plot(res, path)
         x = "rho_target" if "data" in res else "rho_q"
         keys = (("acc", "o"),) if "data" in res else (("acc", "o"), ("acc_r", "^"), ("acc_e", "v"))
         fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -137,5 +146,5 @@ class EvalReport(Result):
 def run(config: EvalSettings, progress: Progress | None = None) -> EvalReport:
     """Evaluate ``config.checkpoints``; the rows and Pareto front as an :class:`EvalReport`."""
     res = evaluate_checkpoints(list(config.checkpoints), config.split, sequences=config.sequences,
-                               data=config.data, progress=progress)  # fmt: skip
+                               data=config.data, progress=progress, errors=config.errors)  # fmt: skip
     return EvalReport(res, config.sequences)

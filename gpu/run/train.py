@@ -43,6 +43,7 @@ from cramkit.gpu.run import config as C
 from cramkit.gpu.run.distributed import dist_info, init_distributed, pick_device
 from cramkit.gpu.run.resume import RunState, open_resume, run_dir_of
 from cramkit.gpu.run.runfolder import RunFolder
+from cramkit.gpu.run.textrun import check_resumed_tokenizer, write_run_files
 from cramkit.gpu.run.trainer import _Trainer
 from cramkit.gpu.tasks import Task, check_task
 from cramkit.io import atomic_write_json, save_figure
@@ -63,6 +64,7 @@ class TrainSettings:
     resume: str | Path | None = None
     max_steps: int | None = None
     overwrite: bool = False
+    tensorboard: bool = False  # mirror metrics.jsonl into RUN/tensorboard/ (the tensorboard extra)
 
     def __post_init__(self) -> None:
         if self.max_steps is not None and self.max_steps < 1:
@@ -103,8 +105,21 @@ class TrainResult(Result):
 
 def run(config: TrainSettings, progress: Progress | None = None) -> TrainResult:
     """Train (or resume) the run ``config`` describes."""
-    return train(config.run, config.out, resume=config.resume, max_steps=config.max_steps, progress=progress,
-                 overwrite=config.overwrite)
+    logger = None
+    if config.tensorboard:
+        from cramkit.gpu.run.resume import run_dir_of
+        from cramkit.gpu.run.tensorboard import TensorBoardLogger
+
+        out = config.out if config.resume is None else run_dir_of(Path(config.resume))
+        if out is None:
+            raise CramError("--tensorboard writes into the run folder; give --out DIR")
+        logger = TensorBoardLogger(out)
+    try:
+        return train(config.run, config.out, resume=config.resume, max_steps=config.max_steps, progress=progress,
+                     overwrite=config.overwrite, on_eval=logger)
+    finally:
+        if logger is not None:
+            logger.close()
 
 
 def _training_figure(metrics: list[dict[str, Any]]):
@@ -289,6 +304,7 @@ def _train_segment(cfg: C.RunConfig, task: Task | None, state: RunState, end_ste
             check_probe_fits(cfg)
             task = cfg.build_task(device=device, rank=rank, world_size=world_size)
         check_task(task)
+        check_resumed_tokenizer(task, state.meta, state.path)
         check_memory(cfg, task, world_size, device)
         trainer = _Trainer(cfg, task, state, None, rank=rank, world_size=world_size, device=device,
                            on_eval=on_eval)  # fmt: skip
@@ -296,6 +312,8 @@ def _train_segment(cfg: C.RunConfig, task: Task | None, state: RunState, end_ste
         trainer.broadcast()
         if trainer.is_main:
             trainer.folder = open_folder()
+            if trainer.folder is not None:
+                write_run_files(trainer.folder.path, task)  # the tokenizer of a subword text run
         trainer.loop(end_step, report_to(progress))
     except BaseException:
         if trainer is not None and trainer.folder is not None:

@@ -1,6 +1,8 @@
-"""Byte-level language modelling (``task = "text"``): every position is a target.
+"""Language modelling on a text file (``task = "text"``): every position is a target.
 
-Training batches are random windows of the file's first (1 - val_frac) bytes, drawn with the
+Tokens are bytes (the default) or subwords (``text.tokenizer``: :mod:`.tokenizer`; a corpus is
+then encoded once into a memory-mapped token file, :mod:`.prepared`). Training batches are random
+windows of the training split (the file's first (1 - val_frac), or by document), drawn with the
 step's generator; evaluation is the mean task loss (and bits per byte) on ``eval_batches`` fixed
 windows of the validation tail. With CRAM (``A``) layers the evaluation also reports the routed
 fraction of positions (``rho_all``; every position is a target, so it is also ``rho_q``, the key
@@ -8,6 +10,8 @@ fraction of positions (``rho_all``; every position is a target, so it is also ``
 routed fraction by the class of the byte at the routed position (:data:`BYTE_CLASSES`).
 :func:`attention_by_class` gives the full breakdown (by byte class, by the class of the byte
 being predicted, by position in the word, with bits per byte of each), docs/results/language.md.
+Every evaluation also splits loss and attention use between recall tokens and the rest
+(:mod:`.recall`), and scores a held-out corpus (``text.eval_data``) beside the validation split.
 """
 
 from __future__ import annotations
@@ -55,13 +59,21 @@ def load_text(path: str | Path, val_frac: float, seq_len: int) -> tuple[torch.Te
 
 
 def text_batch(
-    data: torch.Tensor, seq_len: int, batch_size: int, generator: torch.Generator
+    data, seq_len: int, batch_size: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows: tokens (B, T) and next-byte targets (B, T)."""
+    """Random windows: tokens (B, T) and next-token targets (B, T), int64. ``data``: a 1-D int64
+    tensor, or a NumPy array (a memory-mapped token file: only the windows are read)."""
     starts = torch.randint(0, len(data) - seq_len - 1, (batch_size,), generator=generator)
     offs = starts[:, None] + torch.arange(seq_len + 1)
-    win = data[offs]
+    win = data[offs] if isinstance(data, torch.Tensor) else torch.from_numpy(data[offs.numpy()].astype(np.int64))
     return win[:, :-1], win[:, 1:]
+
+
+def check_length(n_tokens: int, seq_len: int, where: str) -> None:
+    """One line when a token sequence is too short for one window of ``seq_len`` tokens."""
+    if n_tokens < seq_len + 2:
+        raise CramError(f"{where} has {n_tokens} tokens: too short for one context of text.seq_len {seq_len} "
+                        f"(needs {seq_len + 2}); give more text or a smaller text.seq_len")  # fmt: skip
 
 
 class TextTask(BaseTask):
@@ -71,48 +83,102 @@ class TextTask(BaseTask):
     default_budget = 1.0
 
     def __init__(self, data: str | Path, *, seq_len: int = 128, val_frac: float = 0.05, eval_batches: int = 8,
-                 eval_batch_size: int = 32, device: torch.device | str = "cpu"):  # fmt: skip
+                 eval_batch_size: int = 32, device: torch.device | str = "cpu", tokenizer: str = "bytes",
+                 split: str = "tail", errors: str = "strict", eval_data: str | Path = ""):  # fmt: skip
+        from cramkit.gpu.tasks.prepared import prepare
+        from cramkit.gpu.tasks.tokenizer import Tokenizer
+
         self.data, self.seq_len, self.eval_batches = str(data), seq_len, eval_batches
         self.eval_batch_size, self.device = eval_batch_size, device
         self.n_targets = seq_len
-        self.train_data, self.val_data = load_text(data, val_frac, seq_len)
+        self.prepared = self.heldout = None
+        if tokenizer == "bytes" and split == "tail":  # the byte task as it always was: the file in memory
+            self.train_data, self.val_data = load_text(data, val_frac, seq_len)
+            self.tokenizer = Tokenizer.bytes()
+        else:
+            if not str(data):
+                raise CramError("the text task needs a data file: give --data FILE (or text.data)")
+            self.prepared = prepare(data, tokenizer, split=split, val_frac=val_frac, errors=errors)
+            self.tokenizer = self.prepared.tokenizer
+            self.train_data, self.val_data = self.prepared.train, self.prepared.val
+            check_length(len(self.train_data), seq_len, f"the training split of {data}")
+            check_length(len(self.val_data), seq_len, f"the validation split of {data}")
+        self.vocab_size = self.tokenizer.vocab_size
+        if str(eval_data):
+            self.heldout = prepare(eval_data, self.tokenizer, heldout=True, errors=errors, what="held-out corpus")
+            check_length(len(self.heldout.val), seq_len, f"the held-out corpus {eval_data}")
 
     @classmethod
     def from_config(cls, cfg, *, device: torch.device | str = "cpu") -> TextTask:
         t = cfg.text
         return cls(t.data, seq_len=t.seq_len, val_frac=t.val_frac, eval_batches=t.eval_batches,
-                   eval_batch_size=cfg.train.batch_size, device=device)  # fmt: skip
+                   eval_batch_size=cfg.train.batch_size, device=device, tokenizer=t.tokenizer, split=t.split,
+                   errors=t.errors, eval_data=t.eval_data)  # fmt: skip
 
     def provenance(self) -> dict[str, Any]:
-        return {"text_data": self.data, "text_bytes": int(len(self.train_data) + len(self.val_data))}
+        n_bytes = int(len(self.train_data) + len(self.val_data)) if self.prepared is None else \
+            int(self.prepared.meta["n_bytes_train"] + self.prepared.meta["n_bytes_val"])  # fmt: skip
+        out = {"text_data": self.data, "text_bytes": n_bytes}
+        if self.prepared is not None:
+            out |= {**self.tokenizer.describe(), "text_tokens": int(len(self.train_data) + len(self.val_data))}
+        return out
+
+    def run_files(self) -> dict[str, bytes]:
+        """Files the run folder keeps beside the checkpoints: the tokenizer (not for bytes)."""
+        js = self.tokenizer.to_json()
+        return {} if js is None else {"tokenizer.json": js.encode("utf-8")}
 
     def batch(self, step: int, batch_size: int, *, generator: torch.Generator, rank: int = 0,
               world_size: int = 1) -> TaskBatch:  # fmt: skip
         x, y = text_batch(self.train_data, self.seq_len, batch_size // world_size, generator)
         return TaskBatch(x.to(self.device), y.to(self.device))
 
-    def eval_windows(self):
-        """The fixed validation windows of every evaluation: ``eval_batches`` pairs (tokens, targets)."""
+    def eval_windows(self, data=None):
+        """The fixed validation windows of every evaluation: ``eval_batches`` pairs (tokens, targets)
+        (of ``data`` when given, e.g. the held-out corpus)."""
         gen = torch.Generator().manual_seed(4242)
         for _ in range(self.eval_batches):
-            yield text_batch(self.val_data, self.seq_len, self.eval_batch_size, gen)
+            yield text_batch(self.val_data if data is None else data, self.seq_len, self.eval_batch_size, gen)
 
     @torch.no_grad()
     def evaluate(self, model, *, step: int = 0) -> dict[str, Any]:
         ev = eval_positions(model, self.eval_windows(), self.device)
-        val = float(ev["loss"].mean())
-        m: dict[str, Any] = {"val_loss": val, "bpb": val / math.log(2)}
-        if ev["route"] is not None:
-            route = ev["route"]
-            m["rho_all"] = float(route.mean())
-            m["rho_q"] = m["rho_all"]  # every position is a target (query): the key fit-gamma reads
-            m["attended"], m["positions"] = float(route.sum()), int(route.numel())
-            cls = byte_class(ev["tokens"])
-            m["rho_by_class"] = {name: _mean_or_none(route[cls == i]) for i, name in enumerate(BYTE_CLASSES)}
+        m = text_metrics(ev, self.tokenizer)
+        if self.heldout is not None:
+            hm = text_metrics(eval_positions(model, self.eval_windows(self.heldout.val), self.device), self.tokenizer)
+            m |= {f"heldout_{k}": hm.get(k) for k in HELDOUT_KEYS}
         return m
 
     def progress_info(self, m: dict[str, Any]) -> str:
         return f"val {m['val_loss']:.3f}  bpb {m['bpb']:.3f}"
+
+
+#: the metrics of the held-out corpus logged beside the validation split's (prefix ``heldout_``)
+HELDOUT_KEYS = ("val_loss", "bpb", "rho_all", "recall_share", "bpb_recall", "bpb_other", "rho_recall", "rho_other")
+
+
+def text_metrics(ev: dict[str, Any], tokenizer) -> dict[str, Any]:
+    """The metrics of scored positions (:func:`eval_positions`): ``val_loss`` (nats per token),
+    ``bpb`` (bits per UTF-8 byte of the targets: byte and BPE models compare), with CRAM layers
+    ``rho_all`` / ``rho_q`` / ``attended`` / ``positions`` / ``rho_by_class`` (the byte classes,
+    byte models only), and the recall-token table of :func:`cramkit.gpu.tasks.recall.recall_metrics`."""
+    from cramkit.gpu.tasks.recall import recall_hits, recall_metrics
+
+    loss, route, x, y = ev["loss"], ev["route"], ev["tokens"], ev["targets"]
+    val = float(loss.mean())
+    nbytes = torch.from_numpy(tokenizer.token_bytes)[y.clamp_min(0)]
+    bytes_only = tokenizer.hf is None
+    bpb = val / math.log(2) if bytes_only else float(loss.double().sum()) / math.log(2) / max(float(nbytes.sum()), 1.0)
+    m: dict[str, Any] = {"val_loss": val, "bpb": bpb}
+    if route is not None:
+        m["rho_all"] = float(route.mean())
+        m["rho_q"] = m["rho_all"]  # every position is a target (query): the key fit-gamma reads
+        m["attended"], m["positions"] = float(route.sum()), int(route.numel())
+        if bytes_only:
+            cls = byte_class(x)
+            m["rho_by_class"] = {name: _mean_or_none(route[cls == i]) for i, name in enumerate(BYTE_CLASSES)}
+    m.update(recall_metrics(recall_hits(x, y), loss, nbytes, route))
+    return m
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,236 @@
+"""Prepared corpora: a text file encoded once into flat token files (docs/tasks.md, "Prepared corpora").
+
+The nanoGPT convention: ``train.bin`` and ``val.bin`` hold the token ids of the two splits back to
+back, ``uint16`` when the vocabulary fits (else ``uint32``), read with ``np.memmap`` (so training
+touches only the pages its windows need). They live in a cache folder keyed by the SHA-256 of the
+text file's bytes, the tokenizer (a trained BPE: its vocabulary size and the ``tokenizers``
+version; a tokenizer file: its hash) and the split settings:
+
+    $CRAM_CACHE_DIR/corpora/<key>/{train.bin, val.bin, tokenizer.json, meta.json}
+
+(``CRAM_CACHE_DIR`` defaults to ``~/.cache/cram``). A second run on the same corpus maps the same
+files and trains no tokenizer; a folder is written under a temporary name and renamed into place
+(atomic), and one whose files do not match its ``meta.json`` is rebuilt.
+
+Splits (``text.split``): ``tail`` = the last ``val_frac`` of the text (cut at a newline between two
+non-space characters at or after that point, so no token spans the cut); ``documents`` = blank-line
+separated documents, every k-th one (k = round(1 / val_frac)) to validation. A trained BPE learns
+from the training split only. A held-out corpus (``text.eval_data``, ``cram eval --data``) is one
+split, ``val.bin``, encoded with the run's tokenizer.
+
+Text is read as UTF-8: a file that is not is one line naming the first bad byte, unless
+``errors = "replace"`` (bad bytes read as U+FFFD); the byte tokenizer reads any file unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cramkit.errors import CramError
+from cramkit.gpu.tasks.tokenizer import BYTES, Tokenizer, parse_spec
+from cramkit.io import atomic_write_json, atomic_write_text
+
+CACHE_ENV = "CRAM_CACHE_DIR"
+FORMAT = "cram-prepared-v1"
+SPLITS = ("tail", "documents")
+ERRORS = ("strict", "replace")
+_DOC_SEP = re.compile(r"\n[ \t]*\n\s*")
+
+
+def cache_dir() -> Path:
+    """The cache root: ``$CRAM_CACHE_DIR``, else ``~/.cache/cram``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "cram"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def read_text(path: str | Path, *, errors: str = "strict", what: str = "text file") -> tuple[str, bytes]:
+    """(text, raw bytes) of a file. ``errors``: ``strict`` (a file that is not UTF-8 is one line),
+    ``replace`` (bad bytes become U+FFFD) or ``surrogateescape`` (lossless, for the byte tokenizer)."""
+    if not str(path):
+        raise CramError(f"the {what} is not given: give --data FILE (or text.data)")
+    path = Path(path)
+    if not path.is_file():
+        raise CramError(f"{what} {str(path)!r} does not exist")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CramError(f"cannot read the {what} {path}: {exc.strerror}") from None
+    if not raw.strip():
+        raise CramError(f"{what} {path} is empty: it holds no text to score")
+    try:
+        return raw.decode("utf-8", errors=errors), raw
+    except UnicodeDecodeError as exc:
+        raise CramError(f"{what} {path} is not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                        "convert it, or read bad bytes as U+FFFD with --errors replace (text.errors = "
+                        "\"replace\")") from None  # fmt: skip
+
+
+def split_text(text: str, split: str, val_frac: float) -> tuple[str, str]:
+    """(training text, validation text) of ``text`` (see the module docstring)."""
+    if split == "tail":
+        cut = int(len(text) * (1.0 - val_frac))
+        m = re.compile(r"\S\n(?=\S)").search(text, max(cut - 1, 0))
+        cut = m.end() if m is not None and m.end() < len(text) else cut
+        return text[:cut], text[cut:]
+    if split != "documents":
+        raise CramError(f"text.split must be one of {SPLITS}, got {split!r}")
+    k = max(2, round(1.0 / val_frac))
+    bounds = [m.end() for m in _DOC_SEP.finditer(text)]
+    starts, ends = [0, *bounds], [*bounds, len(text)]
+    docs = [text[a:b] for a, b in zip(starts, ends) if b > a]
+    if len(docs) < 2:
+        raise CramError("text.split = \"documents\" needs at least two blank-line separated documents; "
+                        f"this text has {len(docs)} (use text.split = \"tail\")")  # fmt: skip
+    is_val = [i % k == k - 1 for i in range(len(docs))]
+    if not any(is_val):  # fewer than k documents: the last one
+        is_val[-1] = True
+    return ("".join(d for d, v in zip(docs, is_val) if not v), "".join(d for d, v in zip(docs, is_val) if v))
+
+
+@dataclass
+class PreparedCorpus:
+    """A prepared corpus: its folder, tokenizer, the memory-mapped splits and their byte counts."""
+
+    path: Path
+    tokenizer: Tokenizer
+    train: np.ndarray
+    val: np.ndarray
+    meta: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return self.path.name
+
+
+def _tokenizer_identity(spec: str, tokenizer: Tokenizer | None) -> str:
+    kind, arg = parse_spec(spec)
+    if tokenizer is not None:
+        return tokenizer.sha256
+    if kind == "bpe":
+        import tokenizers
+
+        return f"bpe:{arg}:tokenizers-{tokenizers.__version__}"
+    return BYTES
+
+
+def _key(raw: bytes, ident: str, split: str, val_frac: float, errors: str) -> str:
+    h = hashlib.sha256(FORMAT.encode() + b"\0")
+    h.update(hashlib.sha256(raw).hexdigest().encode())
+    h.update(json.dumps([ident, split, float(val_frac), errors]).encode())
+    return h.hexdigest()[:32]
+
+
+def _load(folder: Path) -> PreparedCorpus | None:
+    """A cached corpus, or None when the folder is missing or does not match its meta.json."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        dtype = np.dtype(meta["dtype"])
+        tok = Tokenizer.bytes() if meta["tokenizer_sha256"] == BYTES else \
+            Tokenizer.from_json((folder / "tokenizer.json").read_text(encoding="utf-8"), meta["tokenizer"])  # fmt: skip
+        if tok.sha256 != meta["tokenizer_sha256"]:
+            return None
+        arrays = []
+        for name in ("train", "val"):
+            n = int(meta[f"n_tokens_{name}"])
+            f = folder / f"{name}.bin"
+            if f.stat().st_size != n * dtype.itemsize:
+                return None
+            arrays.append(np.memmap(f, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype=dtype))
+        tok.source = meta["tokenizer"]
+        return PreparedCorpus(folder, tok, arrays[0], arrays[1], meta)
+    except (OSError, ValueError, KeyError, TypeError, CramError):
+        return None
+
+
+def prepare(path: str | Path, tokenizer: str | Tokenizer = BYTES, *, split: str = "tail", val_frac: float = 0.05,
+            errors: str = "strict", heldout: bool = False, what: str = "text file") -> PreparedCorpus:  # fmt: skip
+    """Encode the text file ``path`` once (cached; see the module docstring). ``tokenizer``: a
+    ``text.tokenizer`` spec (``bpe:N`` is trained on the training split) or a :class:`Tokenizer`.
+    ``heldout``: the whole file is one split (``val``), e.g. a held-out corpus."""
+    if errors not in ERRORS:
+        raise CramError(f"errors must be one of {ERRORS}, got {errors!r}")
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else None
+    spec = tok.source if tok is not None else str(tokenizer)
+    if tok is None:
+        kind, arg = parse_spec(spec)
+        tok = Tokenizer.bytes() if kind == BYTES else Tokenizer.from_file(arg) if kind == "file" else None
+    byte_tok = tok is not None and tok.hf is None
+    text, raw = read_text(path, errors="surrogateescape" if byte_tok else errors, what=what)
+    split_name = "heldout" if heldout else split
+    key = _key(raw, _tokenizer_identity(spec, tok), split_name, 0.0 if heldout else val_frac, errors)
+    folder = cache_dir() / "corpora" / key
+    cached = _load(folder)
+    if cached is not None:
+        return cached
+    train_text, val_text = ("", text) if heldout else split_text(text, split, val_frac)
+    if tok is None:  # bpe:N, trained on the training split
+        tok = Tokenizer.train_bpe([train_text], parse_spec(spec)[1])
+    meta: dict[str, Any] = {"format": FORMAT, "source": str(path), "text_sha256": hashlib.sha256(raw).hexdigest(),
+                            **tok.describe(), "split": split_name, "val_frac": val_frac, "errors": errors,
+                            "dtype": token_dtype(tok.vocab_size).name}  # fmt: skip
+    ids = {}
+    for name, part in (("train", train_text), ("val", val_text)):
+        ids[name] = tok.encode(part).astype(token_dtype(tok.vocab_size))
+        meta[f"n_tokens_{name}"] = int(len(ids[name]))
+        meta[f"n_bytes_{name}"] = len(part.encode("utf-8", errors="surrogateescape"))
+    _publish(folder, ids, tok, meta)
+    return _load(folder) or PreparedCorpus(folder, tok, ids["train"], ids["val"], meta)
+
+
+def _publish(folder: Path, ids: dict[str, np.ndarray], tok: Tokenizer, meta: dict[str, Any]) -> None:
+    """Write the corpus into a temporary folder beside ``folder`` and rename it into place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        for name, arr in ids.items():
+            with open(tmp / f"{name}.bin", "wb") as fh:
+                fh.write(arr.tobytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+        if tok.hf is not None:
+            atomic_write_text(tmp / "tokenizer.json", tok.to_json())
+            keep_tokenizer(tok)
+        atomic_write_json(tmp / "meta.json", meta)
+        if folder.exists():  # a broken earlier copy (or another process was faster)
+            shutil.rmtree(folder, ignore_errors=True)
+        os.rename(tmp, folder)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _load(folder) is None:
+            raise CramError(f"cannot write the prepared corpus to {folder}: {exc.strerror or exc} "
+                            f"(set {CACHE_ENV} to a writable folder)") from None  # fmt: skip
+
+
+def keep_tokenizer(tok: Tokenizer) -> Path | None:
+    """Keep a copy of a tokenizer in the cache, under its hash (``cram eval`` finds it there when a
+    run folder lost its ``tokenizer.json``)."""
+    if tok.hf is None:
+        return None
+    path = cache_dir() / "tokenizers" / f"{tok.sha256}.json"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, tok.to_json())
+    return path
+
+
+def cached_tokenizer(sha256: str) -> Tokenizer | None:
+    """The tokenizer of this hash from the cache, or None."""
+    path = cache_dir() / "tokenizers" / f"{sha256}.json"
+    if not path.is_file():
+        return None
+    tok = Tokenizer.from_file(path)
+    return tok if tok.sha256 == sha256 else None
