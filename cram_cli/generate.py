@@ -9,13 +9,13 @@ from cramkit.cli.options import emit, json_option
 
 @click.command("generate", short_help="Continue a prompt with a text checkpoint (recurrent inference).")
 @click.argument("run", type=click.Path())
-@click.option("--prompt", required=True, help="The text to continue (UTF-8; the model reads bytes).")
+@click.option("--prompt", required=True, help="The text to continue (UTF-8; encoded with the run's tokenizer: bytes or subwords).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Bytes to generate.")
+              help="Tokens to generate (bytes for a byte-level run).")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Sampling temperature; 0 = greedy.")
 @click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Sample only from the k most likely bytes (0 = all).")
+              help="Sample only from the k most likely tokens (0 = all).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the sampler.")
 @json_option()
 def generate(run, prompt, max_new_tokens, temperature, top_k, seed, as_json) -> None:
@@ -23,7 +23,8 @@ def generate(run, prompt, max_new_tokens, temperature, top_k, seed, as_json) -> 
 
     Prints the prompt and its continuation, then on stderr the speed (tokens/s, prefill time)
     and the attention use: the fraction of generating positions each CRAM layer routed to
-    attention. Prefill runs the prompt once; each new byte is one recurrent step.
+    attention. Prefill runs the prompt once; each new token is one recurrent step. A subword
+    run decodes with the tokenizer.json of its run folder (checked against the checkpoint's hash).
     """
     from cramkit.gpu.run.generate import GenerateConfig
     from cramkit.gpu.run.generate import run as run_generate

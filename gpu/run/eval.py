@@ -140,6 +140,9 @@ def evaluate_checkpoints(paths: list[str | Path], split: str = "iid", *, sequenc
     if not paths:
         raise CramError("give at least one checkpoint")
     if is_text_file(data) or (data is None and _is_text_run(paths[0])):
+        if split != "iid":
+            raise CramError(f"--split {split} is an SRCD split; a text checkpoint is scored on its validation split "
+                            "or on --data FILE")  # fmt: skip
         return evaluate_text(list(paths), data, sequences=sequences, errors=errors,
                              track=lambda xs: track(xs, progress, "checkpoints"))  # fmt: skip
     if data is not None:

@@ -74,6 +74,9 @@ def evaluate_text_checkpoint(path: str | Path, data: str | Path | None = None, *
                              errors: str = "strict") -> list[dict[str, Any]]:  # fmt: skip
     """The rows of one text checkpoint (see the module docstring)."""
     ck = load_checkpoint(path)
+    if ck.cfg.task != "text" and data is None:
+        raise CramError(f"{path} is a {ck.cfg.task!r} checkpoint among text checkpoints; evaluate text checkpoints "
+                        "separately")  # fmt: skip
     if ck.cfg.task != "text":
         raise CramError(f"{path} is a {ck.cfg.task!r} checkpoint; a text file is scored by text checkpoints "
                         "(cram train --task text); give it a token file (.npz or .safetensors) instead")  # fmt: skip

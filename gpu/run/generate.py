@@ -1,4 +1,4 @@
-"""``cram generate``: text from a byte-level checkpoint (the command contract
+"""``cram generate``: text from a text checkpoint (bytes or the run's subword tokenizer) (the command contract
 ``run(GenerateConfig, progress) -> GenerateResult``; docs/inference.md).
 """
 
@@ -50,6 +50,7 @@ class GenerateResult(Result):
     prefill_seconds: float
     attention: list[float]  # per CRAM layer: fraction of generating positions that attended
     settings: dict[str, Any] = field(default_factory=dict)
+    token_ids: list[int] = field(default_factory=list)  # the generated ids, before decoding
 
     @property
     def tokens_per_s(self) -> float:
@@ -58,7 +59,8 @@ class GenerateResult(Result):
     def to_json(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint, "prompt": self.prompt, "text": self.text,
                 "new_tokens": self.new_tokens, "seconds": self.seconds, "prefill_seconds": self.prefill_seconds,
-                "tokens_per_s": self.tokens_per_s, "attention_per_layer": self.attention, **self.settings}  # fmt: skip
+                "tokens_per_s": self.tokens_per_s, "attention_per_layer": self.attention, **self.settings,
+                "token_ids": self.token_ids}  # fmt: skip
 
     def report(self) -> str:
         return self.prompt + self.text
@@ -75,16 +77,21 @@ def encode_bytes(text: str) -> torch.Tensor:
     return torch.tensor([list(text.encode("utf-8"))], dtype=torch.long)
 
 
-def generate_text(model, cfg: GenerateConfig, checkpoint: str = "") -> GenerateResult:
-    """Continue ``cfg.prompt`` with a byte-level ``model``; clear errors for what cannot fit."""
-    prompt = encode_bytes(cfg.prompt).to(model.embed.weight.device)
+def generate_text(model, cfg: GenerateConfig, checkpoint: str = "", tokenizer=None) -> GenerateResult:
+    """Continue ``cfg.prompt`` with a text ``model`` (bytes, or ``tokenizer``'s tokens: a
+    :class:`cramkit.gpu.tasks.tokenizer.Tokenizer`); clear errors for what cannot fit."""
+    if tokenizer is None or tokenizer.hf is None:
+        prompt, unit = encode_bytes(cfg.prompt), "bytes"
+    else:
+        prompt, unit = torch.from_numpy(tokenizer.encode(cfg.prompt))[None], "tokens"
+    prompt = prompt.to(model.embed.weight.device)
     n0 = prompt.shape[1]
     limit = model.cfg.max_len
     if limit and n0 > limit:
-        raise CramError(f"the prompt is {n0} bytes, longer than the model's max_len {limit}")
+        raise CramError(f"the prompt is {n0} {unit}, longer than the model's max_len {limit}")
     if limit and n0 + cfg.max_new_tokens > limit:
         raise CramError(
-            f"prompt ({n0} bytes) + --max-new-tokens {cfg.max_new_tokens} exceed the model's max_len {limit}; "
+            f"prompt ({n0} {unit}) + --max-new-tokens {cfg.max_new_tokens} exceed the model's max_len {limit}; "
             f"use --max-new-tokens {limit - n0} or less" if n0 < limit else
             f"the prompt fills the model's max_len {limit}; nothing can be generated after it"
         )  # fmt: skip
@@ -96,12 +103,14 @@ def generate_text(model, cfg: GenerateConfig, checkpoint: str = "") -> GenerateR
                        top_k=cfg.top_k, generator=gen)  # fmt: skip
     finally:
         model.train(was_training)
-    text = bytes(out.tokens[0].tolist()).decode("utf-8", errors="replace")
+    ids = out.tokens[0].tolist()
+    text = bytes(ids).decode("utf-8", errors="replace") if tokenizer is None or tokenizer.hf is None \
+        else tokenizer.decode(ids)  # fmt: skip
     attention = [float(r.float().mean()) for r in out.routes]
     settings = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_k": cfg.top_k,
                 "seed": cfg.seed}  # fmt: skip
     return GenerateResult(checkpoint, cfg.prompt, text, int(out.tokens.shape[1]), out.seconds,
-                          out.prefill_seconds, attention, settings)  # fmt: skip
+                          out.prefill_seconds, attention, settings, ids)  # fmt: skip
 
 
 def run(config: GenerateConfig, progress: Progress | None = None) -> GenerateResult:
@@ -110,9 +119,12 @@ def run(config: GenerateConfig, progress: Progress | None = None) -> GenerateRes
 
     tick = report_to(progress)
     ck = load_checkpoint(config.run)
-    if ck.cfg.task != "text" or ck.model.vocab_size != 256 or ck.model.target_range is not None:
-        raise CramError(f"{config.run} is not a text checkpoint (task {ck.cfg.task!r}); cram generate needs a byte-level model")
+    if ck.cfg.task != "text" or ck.model.target_range is not None:
+        raise CramError(f"{config.run} is not a text checkpoint (task {ck.cfg.task!r}); cram generate needs a text model")
+    from cramkit.gpu.run.textrun import run_tokenizer
+
+    tokenizer = run_tokenizer(ck.path, ck.meta, ck.model.vocab_size)
     tick("generate", 0, 1)
-    result = generate_text(ck.model, config, str(ck.path))
+    result = generate_text(ck.model, config, str(ck.path), tokenizer)
     tick("generate", 1, 1)
     return result

@@ -12,7 +12,13 @@ from click.testing import CliRunner
 from cramkit.cli.main import cli
 from cramkit.errors import CramError
 from cramkit.gpu.run import config as C
-from cramkit.gpu.run.eval import evaluate_checkpoints, pareto_front, parse_split, split_data
+from cramkit.gpu.run.eval import (
+    evaluate_checkpoint,
+    evaluate_checkpoints,
+    pareto_front,
+    parse_split,
+    split_data,
+)
 from cramkit.gpu.run.load import load_checkpoint
 from cramkit.gpu.run.train import train
 from cramkit.gpu.tasks.srcd_eval import evaluate
@@ -154,15 +160,21 @@ def test_eval_cli_bad_split(runs):
     assert r.exit_code != 0 and "overlap" in r.output
 
 
-def test_eval_refuses_text_checkpoints(tmp_path):
+def test_eval_scores_text_checkpoints_on_their_validation_split(tmp_path, runs):
     data = tmp_path / "t.txt"
     data.write_text("abcdefgh " * 200)
     cfg = C.load_config(None, ["task=\"text\"", "model.pattern=\"G\"", "model.d_model=16", "model.n_heads=2",
                                f"text.data=\"{data}\"", "text.seq_len=16", "train.steps=1", "train.batch_size=2",
                                "text.eval_batches=1", "model.max_len=16"])  # fmt: skip
     train(cfg, tmp_path / "r")
-    r = CliRunner().invoke(cli, ["eval", str(tmp_path / "r")])
-    assert r.exit_code != 0 and "text" in r.output
+    with pytest.raises(CramError, match="'text' checkpoint"):  # an SRCD split is for SRCD checkpoints
+        evaluate_checkpoint(tmp_path / "r", "iid", sequences=4)
+    r = CliRunner().invoke(cli, ["eval", str(tmp_path / "r"), "--json", "--sequences", "3"])
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.stdout)["rows"][0]
+    assert row["corpus"] == "validation" and row["windows"] == 3 and row["bpb"] > 0
+    r = CliRunner().invoke(cli, ["eval", str(tmp_path / "r"), str(runs["cram"])])  # one kind at a time
+    assert r.exit_code == 2 and "evaluate text checkpoints separately" in r.output
 
 
 def test_eval_times_the_routed_path_beside_phi(runs):
