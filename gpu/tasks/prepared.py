@@ -205,8 +205,13 @@ def _publish(folder: Path, ids: dict[str, np.ndarray], tok: Tokenizer, meta: dic
             atomic_write_text(tmp / "tokenizer.json", tok.to_json())
             keep_tokenizer(tok)
         atomic_write_json(tmp / "meta.json", meta)
-        if folder.exists():  # a broken earlier copy (or another process was faster)
-            shutil.rmtree(folder, ignore_errors=True)
+        if folder.exists():
+            if _load(folder) is not None:  # another process (a torchrun rank) was faster: keep its copy
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            aside = folder.with_name(f".{folder.name}.broken-{os.getpid()}")  # a broken earlier copy
+            os.rename(folder, aside)
+            shutil.rmtree(aside, ignore_errors=True)
         os.rename(tmp, folder)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
