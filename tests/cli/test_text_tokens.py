@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from cramkit import runs
 from cramkit.cli.main import cli
 from cramkit.gpu.run.checkpoint import read_checkpoint
 from cramkit.gpu.tasks.tokenizer import Tokenizer
@@ -60,6 +61,7 @@ def test_the_run_keeps_its_tokenizer_and_logs_recall_and_heldout(bpe_run):
     for k in ("bpb", "recall_share", "bpb_recall", "bpb_other", "rho_recall", "rho_other", "attn_share_recall",
               "heldout_bpb", "heldout_val_loss", "heldout_rho_all"):  # fmt: skip
         assert k in last, k
+        assert k in runs.METRICS_FIELDS or k.startswith("heldout_"), k  # the schema declares them
     # bits per UTF-8 byte: the loss per token over the bytes per token (a 320-token BPE: > 1 byte each)
     assert last["bpb"] < last["val_loss"] / math.log(2)
     assert 0 <= last["recall_share"] <= 1 and 0 <= last["rho_all"] <= 1
