@@ -49,6 +49,17 @@ def test_bpe_is_deterministic_and_round_trips(text, bpe):
     assert bpe.decode(bpe.encode(odd)) == odd  # byte-level: any text, no unknown token
 
 
+def test_bpe_training_is_the_same_in_another_process(bpe):
+    """torchrun ranks and a resume after the cache was cleared train the BPE again: same hash."""
+    import subprocess
+    import sys
+
+    code = ("from cramkit.gpu.tasks.tokenizer import Tokenizer; import sys; "
+            f"print(Tokenizer.train_bpe([open({str(CORPUS)!r}).read()], 400).sha256)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == bpe.sha256
+
+
 def test_token_bytes_count_utf8_bytes_exactly(text, bpe):
     assert bpe.byte_level
     for s in (text, "naïve café — 日本語\n"):
