@@ -165,10 +165,14 @@ def load_cram_text(path: str | Path, tokenizer: str = "auto") -> LoadedModel:
             f"{path} is a {ck.cfg.task!r} checkpoint; cram redundancy measures text checkpoints "
             "(cram train --task text) or GPT-2"
         )
-    if tokenizer not in ("auto", "bytes"):
-        raise CramError("cram text checkpoints are byte-level: use --tokenizer bytes (or auto)")
+    from cramkit.gpu.run.textrun import run_tokenizer
+
+    tok = run_tokenizer(ck.path, ck.meta, ck.model.vocab_size)  # bytes, or the run's checked tokenizer.json
+    if tokenizer not in ("auto", "bytes") or (tokenizer == "bytes" and tok.hf is not None):
+        raise CramError(f"a cram text checkpoint reads its own tokenizer ({tok.source}): use --tokenizer auto")
     adapter = CramTextAdapter(ck.model.float(), name=Path(path).name)
+    encode = byte_encoder(adapter.vocab_size) if tok.hf is None else (lambda text: tok.encode(text).tolist())
     return LoadedModel(
-        adapter, byte_encoder(adapter.vocab_size), None, "bytes", "cram-text", str(ck.path),
+        adapter, encode, None, "bytes" if tok.hf is None else tok.source, "cram-text", str(ck.path),
         step=ck.meta.get("step"),
     )  # fmt: skip

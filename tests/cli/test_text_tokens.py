@@ -185,3 +185,14 @@ def test_tensorboard_missing_is_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_tb)
     _one_line(_train(tmp_path, "r", "--tensorboard"), "pip install 'cram-toolkit[tensorboard]'")
+
+
+def test_redundancy_reads_a_bpe_run_with_its_tokenizer(bpe_run):
+    from cramkit.errors import CramError
+    from cramkit.gpu.redundancy.cram_adapter import load_cram_text
+
+    lm = load_cram_text(bpe_run / "r")
+    tok = Tokenizer.from_file(bpe_run / "r" / "tokenizer.json")
+    assert lm.tokenizer == "bpe:320" and lm.encode("The hive") == tok.encode("The hive").tolist()
+    with pytest.raises(CramError, match="reads its own tokenizer"):
+        load_cram_text(bpe_run / "r", tokenizer="bytes")
