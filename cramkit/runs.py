@@ -6,7 +6,9 @@
 - ``DIR/metrics.jsonl``: one JSON object per evaluation, keys as in :data:`METRICS_FIELDS`;
 - ``DIR/last.safetensors``: the newest checkpoint; ``DIR/checkpoints/step_NNNNNNN.safetensors``:
   the kept ones;
-- ``DIR/summary.json``: the run's summary, written when the run ends.
+- ``DIR/summary.json``: the run's summary, written when the run ends;
+- ``DIR/tokenizer.json``: a subword text run's tokenizer (its hash in every checkpoint);
+- ``DIR/tensorboard/``: with ``--tensorboard``, the metrics as TensorBoard event files.
 
 Writers (``cramkit.gpu.run.train``) and readers (``cramkit.theory.fit.data``, ``cramkit.gpu.run.eval``,
 ``cramkit.gpu.redundancy``) import these names instead of spelling them.
@@ -79,11 +81,11 @@ def kept_checkpoints(run_dir: str | Path) -> list[Path]:
 LOCK = ".lock"
 #: ``--overwrite`` moves an earlier run's files into ``DIR/replaced-<UTC time>/`` (never deletes them)
 REPLACED_PREFIX = "replaced-"
-#: the files and folders that make a folder hold a run
 #: the tokenizer of a subword text run (``text.tokenizer = "bpe:N"`` or a file), its hash in the checkpoints
 TOKENIZER = "tokenizer.json"
 #: TensorBoard event files of ``cram train --tensorboard``
 TENSORBOARD = "tensorboard"
+#: the files and folders that make a folder hold a run
 RUN_FILES = (CONFIG, METRICS, SUMMARY, LAST, CHECKPOINTS, "last.json", TOKENIZER, TENSORBOARD)  # last.json: the older two-file format
 
 #: an event line in metrics.jsonl (a resume with changed settings, an overwrite) carries this key;
