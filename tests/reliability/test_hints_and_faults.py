@@ -1,0 +1,408 @@
+"""Issue 19: every hint leads somewhere, every error names its real cause, every run folder knows
+its run (docs/reliability.md, sections 4 and 5).
+
+- a run killed before its first checkpoint: the hint of `cram train --resume DIR` is a command
+  that works, and following it ends where an uninterrupted run ends;
+- a checkpoint of another run in a run folder is refused naming both runs, unless adopted on
+  purpose with ``--from``; checkpoints written before run ids still resume;
+- a full disk during training is reported as a full disk (not as divergence) with a hint that,
+  once space is freed, finishes the run bit for bit;
+- read-only work (reprinting a finished run, ``cram eval``, ``cram generate``) works on a
+  read-only run folder, and writing into one names the real cause.
+
+Each test goes through the ``cram`` command line (click's CliRunner or a subprocess).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cramkit import runs
+from cramkit.cli.main import cli
+
+TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
+        "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16", "train.batch_size=8",
+        "train.eval_sequences=32", "train.warmup_steps=2", "train.threads=1", "train.eval_log_points=0",
+        "train.steps=6", "train.eval_every=3", "train.ckpt_every=2"]  # fmt: skip
+
+
+def _sets(*extra: str) -> list[str]:
+    return [a for s in [*TINY, *extra] for a in ("--set", s)]
+
+
+def _cram(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+RUN_ID = getattr(runs, "RUN_ID", "run_id")
+
+
+def _checkpoint_module():
+    try:
+        from cramkit.gpu.run import checkpoint
+    except ImportError:  # before the gpu/run/ layout
+        from cramkit.gpu import checkpoint
+    return checkpoint
+
+
+def _read_checkpoint(path):
+    return _checkpoint_module().read_checkpoint(path)
+
+
+def _one_line_error(r, code: int = 2) -> str:
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.output
+    return lines[0]
+
+
+def _hint(line: str) -> list[str]:
+    """The arguments of the `cram ...` command a message ends with (after ``cram``)."""
+    assert "cram " in line, line
+    cmd = line[line.rindex("cram ") :].strip().strip("`").split(" (")[0].rstrip(".`)")
+    args = shlex.split(cmd)
+    assert args[0] == "cram", cmd
+    return args[1:]
+
+
+def _strip(ms):
+    return [{k: v for k, v in m.items() if k != "wall_s"} for m in ms if not runs.is_event(m)]
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / runs.METRICS).read_text().splitlines() if x.strip()]
+
+
+def _same_run(out: Path, reference: Path) -> None:
+    """``out`` ended where the uninterrupted ``reference`` ended: the same evaluations, bit-identical
+    weights and optimizer state."""
+    assert _strip(_metrics(out)) == _strip(_metrics(reference))
+    a, _ = _read_checkpoint(reference / runs.LAST)
+    b, _ = _read_checkpoint(out / runs.LAST)
+    assert a.keys() == b.keys()
+    for k in a:
+        if k.startswith(("model/", "optim/")):
+            assert torch.equal(a[k], b[k]), k
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != runs.LOCK}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted tiny run (6 steps, checkpoints every 2)."""
+    out = tmp_path_factory.mktemp("ref") / "r"
+    r = _cram("train", *_sets(), "--out", str(out), "--quiet", "--json")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Run A (2 of 6 steps) and run B, another run of the same model with another learning rate
+    (4 of 6 steps): a checkpoint of B passes every config check of A's folder."""
+    base = tmp_path_factory.mktemp("two")
+    a, b = base / "A", base / "B"
+    assert _cram("train", *_sets(), "--out", str(a), "--max-steps", "2", "--quiet").exit_code == 0
+    assert _cram("train", *_sets("train.lr=0.002"), "--out", str(b), "--max-steps", "4", "--quiet").exit_code == 0
+    return a, b
+
+
+# --- 1. a run killed before its first checkpoint ------------------------------------------------
+
+
+def _follow(line_or_result, reference: Path, out: Path) -> None:
+    """Follow the command a one-line error names (or accept a resume that just worked), then the
+    run must end where the uninterrupted reference ended."""
+    r = line_or_result
+    if r.exit_code != 0:
+        args = _hint(_one_line_error(r))
+        r = _cram(*args, "--quiet")
+        assert r.exit_code == 0, f"the hint `cram {' '.join(args)}` fails: {r.output}"
+    _same_run(out, reference)
+
+
+def test_resume_of_a_folder_without_a_checkpoint_follows_its_hint(reference, tmp_path):
+    """The state a kill leaves after metrics.jsonl appears and before the first checkpoint."""
+    out = tmp_path / "r"
+    out.mkdir()
+    shutil.copy(reference / runs.CONFIG, out / runs.CONFIG)
+    (out / runs.METRICS).write_text((reference / runs.METRICS).read_text().splitlines()[0] + "\n")
+    _follow(_cram("train", "--resume", str(out), "--quiet"), reference, out)
+
+
+def test_new_run_refused_in_a_folder_without_a_checkpoint_gives_a_working_hint(reference, tmp_path):
+    """`cram train --out DIR` on that folder is refused; its hint must work too."""
+    out = tmp_path / "r"
+    out.mkdir()
+    shutil.copy(reference / runs.CONFIG, out / runs.CONFIG)
+    (out / runs.METRICS).write_text((reference / runs.METRICS).read_text().splitlines()[0] + "\n")
+    line = _one_line_error(_cram("train", *_sets(), "--out", str(out), "--quiet"))
+    assert "already holds a run" in line
+    r = _cram("train", "--resume", str(out), "--quiet")  # the hint: continue it with --resume
+    _follow(r, reference, out)
+
+
+def _cram_proc(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from cramkit.cli.main import cli; cli()", *args]
+
+
+def test_a_real_kill_before_the_first_checkpoint_resumes_to_the_same_run(reference, tmp_path):
+    out = tmp_path / "r"
+    proc = subprocess.Popen(_cram_proc("train", *_sets("train.ckpt_every=6"), "--out", str(out), "--quiet"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (out / runs.METRICS).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before the kill: the trial tests nothing"
+    assert not (out / runs.LAST).exists()
+    _follow(_cram("train", "--resume", str(out), "--quiet"), reference, out)
+
+
+def test_the_interrupt_hint_before_the_first_checkpoint_continues_this_run(reference, tmp_path):
+    """Ctrl-C before any checkpoint names a command; it must continue this run (its config), not
+    start the default preset in the folder."""
+    try:
+        from cramkit.gpu.run.runfolder import RunFolder
+    except ImportError:  # before the gpu/run/ layout
+        from cramkit.gpu.runfolder import RunFolder
+
+    out = tmp_path / "r"
+    out.mkdir()
+    config = (reference / runs.CONFIG).read_text()
+    with RunFolder.open(out, config) as folder:
+        folder.append_metrics(_metrics(reference)[0])
+        msg = str(folder.interrupted(1))
+    args = _hint(msg)
+    r = _cram(*args, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert (out / runs.CONFIG).read_text() == config
+    _same_run(out, reference)
+
+
+# --- 2. a checkpoint of another run -------------------------------------------------------------
+
+
+def _run_id(out: Path) -> str:
+    return (out / RUN_ID).read_text().strip()
+
+
+def test_a_checkpoint_of_another_run_is_refused_naming_both(two_runs, tmp_path):
+    a, b = two_runs
+    out = tmp_path / "A"
+    shutil.copytree(a, out)
+    (out / runs.LAST).unlink()
+    shutil.copy(b / runs.LAST, out / runs.LAST)  # run B's (validly signed) checkpoint in A's folder
+    before = _snapshot(out)
+    line = _one_line_error(_cram("train", "--resume", str(out), "--quiet"))
+    id_a, id_b = _run_id(a), _run_id(b)
+    assert id_a != id_b
+    assert id_a in line and id_b in line and str(out / runs.LAST) in line and "--from" in line
+    assert _snapshot(out) == before  # nothing of A's rewritten, nothing of B's added
+    line = _one_line_error(_cram("train", "--resume", str(out), "--set", "train.steps=8", "--quiet"))
+    assert id_b in line and _snapshot(out) == before
+
+
+def test_a_checkpoint_of_another_run_is_adopted_on_purpose_with_from(two_runs, tmp_path):
+    a, b = two_runs
+    out = tmp_path / "A"
+    shutil.copytree(a, out)
+    r = _cram("train", "--resume", str(out), "--from", str(b / runs.LAST), "--quiet", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["step"] == 6
+    tensors, meta = _read_checkpoint(out / runs.LAST)
+    assert meta["step"] == 6 and meta["run_id"] == _run_id(out) == _run_id(a)  # the folder keeps its identity
+    events = [m for m in _metrics(out) if runs.is_event(m)]
+    assert any(e.get("from_run") == _run_id(b) and e.get("step") == 4 for e in events), events
+    # B's run was continued: the log up to step 4 is B's (its evaluation at step 3, lr 0.002)
+    assert _strip(_metrics(out))[:2] == _strip(_metrics(b))[:2] != _strip(_metrics(a))[:2]
+    # --from is only for --resume
+    line = _one_line_error(_cram("train", *_sets(), "--out", str(tmp_path / "n"), "--from", str(b / runs.LAST)))
+    assert "--from" in line
+
+
+def test_every_checkpoint_carries_the_folder_run_id(two_runs):
+    a, _ = two_runs
+    rid = _run_id(a)
+    assert len(rid) >= 8
+    for p in [a / runs.LAST, *runs.kept_checkpoints(a)]:
+        assert _read_checkpoint(p)[1]["run_id"] == rid
+
+
+def _strip_run_id(path: Path) -> None:
+    """Re-sign a checkpoint without a run id: what cram wrote before run ids existed."""
+    write_checkpoint_file = _checkpoint_module().write_checkpoint_file
+    tensors, meta = _read_checkpoint(path)
+    meta.pop("run_id", None)
+    path.unlink()
+    write_checkpoint_file(path, tensors, meta)
+
+
+def test_checkpoints_and_folders_from_before_run_ids_still_resume(two_runs, reference, tmp_path):
+    a, _ = two_runs
+    out = tmp_path / "A"
+    shutil.copytree(a, out)
+    for p in [out / runs.LAST, *runs.kept_checkpoints(out)]:
+        _strip_run_id(p)
+    (out / RUN_ID).unlink()  # a folder made before run ids
+    r = _cram("train", "--resume", str(out), "--max-steps", "4", "--quiet")
+    assert r.exit_code == 0, r.output
+    rid = _run_id(out)  # the folder got an identity, written once
+    assert _read_checkpoint(out / runs.LAST)[1]["run_id"] == rid
+    _strip_run_id(out / runs.LAST)  # an old checkpoint in a folder that has an id
+    r = _cram("train", "--resume", str(out), "--quiet")
+    assert r.exit_code == 0, r.output
+    assert _run_id(out) == rid
+    _same_run(out, reference)
+
+
+def test_overwrite_gives_the_new_run_a_new_identity(two_runs, tmp_path):
+    a, _ = two_runs
+    out = tmp_path / "A"
+    shutil.copytree(a, out)
+    old = _run_id(out)
+    r = _cram("train", *_sets("train.steps=2"), "--out", str(out), "--overwrite", "--quiet")
+    assert r.exit_code == 0, r.output
+    moved = [p for p in out.iterdir() if p.name.startswith(runs.REPLACED_PREFIX)]
+    assert len(moved) == 1 and _run_id(moved[0]) == old  # the old identity went with the old run
+    assert _run_id(out) != old
+
+
+# --- 3. a full disk is not a divergence ---------------------------------------------------------
+
+
+def _check_disk_full_line(line: str, out: Path) -> None:
+    assert "no space left on device" in line, line
+    assert "non-finite" not in line and "learning rate" not in line and "train.lr" not in line, line
+    assert _hint(line) == ["train", "--resume", str(out)], line
+
+
+def test_a_full_disk_during_training_is_named_with_its_own_hint(reference, tmp_path, monkeypatch):
+    """The disk fills while the step-4 checkpoint is written (ENOSPC from the file system)."""
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, prefix=None, **kw):
+        if prefix and runs.step_checkpoint_name(4) in prefix and os.environ.get("H19_FULL") == "1":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkstemp(*args, prefix=prefix, **kw)
+
+    out = tmp_path / "r"
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setenv("H19_FULL", "1")
+    line = _one_line_error(_cram("train", *_sets(), "--out", str(out), "--quiet"))
+    _check_disk_full_line(line, out)
+    assert _read_checkpoint(out / runs.LAST)[1]["step"] == 2  # the last good checkpoint is kept
+    monkeypatch.setenv("H19_FULL", "0")  # space freed
+    r = _cram(*_hint(line), "--quiet")
+    assert r.exit_code == 0, r.output
+    _same_run(out, reference)
+
+
+def _mount(args: list[str]) -> str | None:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return "needs root and a mount command"
+    r = subprocess.run(["mount", *args], capture_output=True, text=True)
+    return None if r.returncode == 0 else f"mount {' '.join(args)} failed: {r.stderr.strip() or r.returncode}"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    why = _mount(["-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)])
+    if why:
+        pytest.skip(f"full-disk test skipped: {why}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_real_full_disk_is_named_and_the_run_finishes_once_space_is_freed(reference, small_disk):
+    out = small_disk / "r"
+    line = _one_line_error(_cram("train", *_sets(), "--out", str(out), "--quiet"))
+    _check_disk_full_line(line, out)
+    good = [p for p in [out / runs.LAST, *runs.kept_checkpoints(out)] if p.exists()]
+    assert good and all(_read_checkpoint(p) for p in good)
+    assert [p for d in (out, out / runs.CHECKPOINTS) for p in d.glob(".*.tmp")] == []
+    assert _mount(["-o", "remount,size=16m", str(small_disk)]) is None
+    r = _cram(*_hint(line), "--quiet")
+    assert r.exit_code == 0, r.output
+    _same_run(out, reference)
+
+
+# --- 4. read-only work on a read-only run folder ------------------------------------------------
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """``read_only(src)``: a read-only view (a read-only bind mount) of a copy of ``src``."""
+    mounts = []
+
+    def make(src: Path) -> Path:
+        copy = tmp_path / f"copy{len(mounts)}"
+        shutil.copytree(src, copy)
+        view = tmp_path / f"ro{len(mounts)}"
+        view.mkdir()
+        why = _mount(["--bind", str(copy), str(view)])
+        if why:
+            pytest.skip(f"read-only test skipped: {why}")
+        mounts.append(view)
+        why = _mount(["-o", "remount,ro,bind", str(view)])
+        if why:
+            pytest.skip(f"read-only test skipped: {why}")
+        with pytest.raises(OSError):
+            (view / "probe").write_text("x")
+        return view
+
+    yield make
+    for m in mounts:
+        subprocess.run(["umount", "-l", str(m)], check=False)
+
+
+def test_reprinting_a_finished_run_needs_no_write(reference, read_only):
+    ro = read_only(reference)
+    r = _cram("train", "--resume", str(ro), "--quiet", "--json")
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.output)
+    want = json.loads((reference / runs.SUMMARY).read_text())
+    assert {k: v for k, v in got.items() if k != "out"} == want
+
+
+def test_eval_and_generate_work_on_a_read_only_run(reference, tiny_text_run, read_only):
+    ro = read_only(reference)
+    r = _cram("eval", str(ro), "--sequences", "16", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["rows"][0]["step"] == 6
+    ro_text = read_only(tiny_text_run / "r")
+    r = _cram("generate", str(ro_text), "--prompt", "the ", "--max-new-tokens", "4", "--json")
+    assert r.exit_code == 0, r.output
+
+
+def test_writing_into_a_read_only_run_names_the_cause(reference, read_only, tmp_path):
+    ro = read_only(reference)
+    line = _one_line_error(_cram("train", "--resume", str(ro), "--set", "train.steps=8", "--quiet"))
+    assert "read-only file system" in line and str(ro) in line
+    line = _one_line_error(_cram("train", *_sets(), "--out", str(ro / "new"), "--quiet"))
+    assert "read-only file system" in line
+    for args in (["train", "--resume", str(ro), "--quiet"], ["eval", str(ro), "--sequences", "16"]):
+        for extra in ([], ["--json"]):
+            r = _cram(*args, *extra, "--plot", str(ro / "p.png"))
+            assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+            errs = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+            assert len(errs) == 1 and "read-only file system" in errs[0] and str(ro / "p.png") in errs[0], r.output
