@@ -40,6 +40,9 @@ from cramkit.progress import progress_bar
 @click.option("--resume", type=click.Path(), default=None,
               help="Continue the run saved in this folder (or from this checkpoint file); --set may "
                    "change the settings that are safe to change on resume (e.g. train.lr).")
+@click.option("--from", "from_checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="With --resume DIR: continue the run in DIR from this checkpoint file, even one of "
+                   "another run (a checkpoint of another run is otherwise refused); recorded in metrics.jsonl.")
 @click.option("--overwrite", is_flag=True,
               help="Start a new run in an --out folder that holds one; the old run's files are moved "
                    "to DIR/replaced-<time>/, never deleted.")
@@ -49,8 +52,8 @@ from cramkit.progress import progress_bar
 @plot_option("Save the attention-utilization and accuracy curves over training (PNG) to this path.")
 @quiet_option("Do not show the progress bar.")
 @json_option("Print the final summary as one JSON object.")
-def train(preset, config_file, overrides, task, data, eval_data, tensorboard, out_dir, resume, overwrite, max_steps,
-          plot, quiet, as_json) -> None:  # fmt: skip
+def train(preset, config_file, overrides, task, data, eval_data, tensorboard, out_dir, resume, from_checkpoint,
+          overwrite, max_steps, plot, quiet, as_json) -> None:  # fmt: skip
     """Train a hybrid SSM + attention model whose router learns when to attend.
 
     With no arguments this runs the quick preset on the CPU (a small SRCD task, minutes on two
@@ -58,14 +61,20 @@ def train(preset, config_file, overrides, task, data, eval_data, tensorboard, ou
     then --set overrides; unknown keys and wrong types are errors. Each evaluation appends one
     JSON line to metrics.jsonl; checkpoints are safetensors files with JSON metadata; --resume
     continues a stopped run and ends with the same metrics as an uninterrupted one (on a finished
-    run it only reprints the summary, and --plot redraws the curves); --resume DIR --set
-    train.lr=... continues it with a changed learning rate (other settings: docs/reliability.md).
-    An --out folder belongs to one run: another run there needs --overwrite. Launch with
-    torchrun for data-parallel training (rank 0 logs and saves).
+    run it only reprints the summary, writing nothing, and --plot redraws the curves); --resume
+    DIR --set train.lr=... continues it with a changed learning rate (other settings:
+    docs/reliability.md). An --out folder belongs to one run (its run_id file, also in every
+    checkpoint): another run there needs --overwrite, and a checkpoint of another run is resumed
+    only on purpose, with --resume DIR --from FILE. Launch with torchrun for data-parallel
+    training (rank 0 logs and saves).
     """
+    from cramkit.errors import CramError
     from cramkit.gpu.run.config import config_task, load_config, preset_task
     from cramkit.gpu.run.train import TrainSettings, run
 
+    if from_checkpoint is not None and resume is None:
+        raise CramError("--from names a checkpoint to continue a run from; give the run folder with --resume DIR "
+                        "(a new run starts from scratch)")  # fmt: skip
     if resume is not None:
         given = [name for name, v in (("--preset", preset), ("--config", config_file), ("--task", task),
                                       ("--data", data), ("--eval-data", eval_data), ("--out", out_dir),
@@ -101,7 +110,8 @@ def train(preset, config_file, overrides, task, data, eval_data, tensorboard, ou
         if not as_json and not quiet:
             click.echo(f"writing to {out_dir}", err=True)
     with progress_bar(enabled=not quiet) as progress:
-        result = run(TrainSettings(cfg, out_dir, resume, max_steps, overwrite, tensorboard), progress)
+        result = run(TrainSettings(cfg, out_dir, resume, max_steps, overwrite, tensorboard, from_checkpoint),
+                     progress)
     if result.stopped_early:
         click.echo(f"stopped at step {result.step} (--max-steps); "
                    f"continue with: cram train --resume {result.out_dir}", err=True)

@@ -10,3 +10,14 @@ from __future__ import annotations
 
 class CramError(ValueError):
     """Bad input: an out-of-range value, a missing or corrupt file, NaN in data, and the like."""
+
+
+class OSFault(CramError):
+    """An operating-system fault (no space left, a read-only file system, a permission, ...) as
+    one line: ``"<reason> while <what>"`` (``cramkit.io.os_errors``). ``errno`` is the OS error
+    number. Callers can tell it from bad input or a diverged run and give its own hint (free
+    space, then resume)."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cramkit.errors import CramError
+from cramkit.errors import CramError, OSFault
 
 TEMP_SUFFIX = ".tmp"
 
@@ -53,7 +53,8 @@ def describe_os_error(exc: OSError) -> str:
 
 
 class os_errors(contextlib.ContextDecorator):
-    """Turn an ``OSError`` raised inside into one :class:`CramError` line ``"<reason> while <what>"``.
+    """Turn an ``OSError`` raised inside into one :class:`CramError` line ``"<reason> while <what>"``
+    (an :class:`cramkit.errors.OSFault`, which keeps the errno).
 
     Use as ``with os_errors(f"writing {path}"):`` or as a decorator ``@os_errors("reading the data")``.
     A :class:`CramError` raised inside passes through unchanged.
@@ -67,7 +68,7 @@ class os_errors(contextlib.ContextDecorator):
 
     def __exit__(self, typ, exc, tb) -> bool:
         if exc is not None and isinstance(exc, OSError):
-            raise CramError(f"{describe_os_error(exc)} while {self.what}") from None
+            raise OSFault(f"{describe_os_error(exc)} while {self.what}", exc.errno) from None
         return False
 
 

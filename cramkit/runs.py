@@ -9,6 +9,8 @@
 - ``DIR/summary.json``: the run's summary, written when the run ends;
 - ``DIR/tokenizer.json``: a subword text run's tokenizer (its hash in every checkpoint);
 - ``DIR/tensorboard/``: with ``--tensorboard``, the metrics as TensorBoard event files.
+- ``DIR/run_id``: the run's identity, written once when the run starts; every checkpoint of the
+  run carries it in its signed metadata (``run_id``), so a checkpoint of another run is told apart.
 
 Writers (``cramkit.gpu.run.train``) and readers (``cramkit.theory.fit.data``, ``cramkit.gpu.run.eval``,
 ``cramkit.gpu.redundancy``) import these names instead of spelling them.
@@ -24,6 +26,7 @@ SUMMARY = "summary.json"
 LAST = "last.safetensors"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_SUFFIX = ".safetensors"
+RUN_ID = "run_id"
 
 # time axes of an evaluation record (any one can be the curve's t in ``cram fit-gamma --time``)
 TIME_FIELDS = ("step", "exposures", "cum_lr")
@@ -86,11 +89,23 @@ TOKENIZER = "tokenizer.json"
 #: TensorBoard event files of ``cram train --tensorboard``
 TENSORBOARD = "tensorboard"
 #: the files and folders that make a folder hold a run
-RUN_FILES = (CONFIG, METRICS, SUMMARY, LAST, CHECKPOINTS, "last.json", TOKENIZER, TENSORBOARD)  # last.json: the older two-file format
+RUN_FILES = (CONFIG, METRICS, SUMMARY, LAST, CHECKPOINTS, RUN_ID, "last.json", TOKENIZER, TENSORBOARD)  # last.json: the older two-file format
 
 #: an event line in metrics.jsonl (a resume with changed settings, an overwrite) carries this key;
 #: evaluation records never do. Readers that want evaluations skip lines that have it.
 EVENT = "event"
+
+
+def read_run_id(run_dir: str | Path) -> str | None:
+    """The run id written in ``run_dir`` (None for a folder made before run ids, or none at all)."""
+    from cramkit.io import os_errors
+
+    path = Path(run_dir) / RUN_ID
+    if not path.is_file():
+        return None
+    with os_errors(f"reading {path}"):
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    return text or None
 
 
 def is_event(record: dict) -> bool:

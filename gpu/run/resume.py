@@ -1,5 +1,11 @@
 """Resuming a run: the state a run carries between segments (:class:`RunState`), reading it from
 a checkpoint, and taking over the run folder of a checkpoint (:func:`open_resume`).
+
+A run folder knows its run: ``DIR/run_id`` and the ``run_id`` in every checkpoint's signed
+metadata. A checkpoint of another run is refused, naming both runs, unless it is adopted on
+purpose (``cram train --resume DIR --from FILE``); checkpoints and folders written before run ids
+resume as before. A folder whose run stopped before its first checkpoint resumes from step 0 with
+its config.toml. A finished run is only read (:func:`finished_run`): reprinting it writes nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import torch
 from cramkit import runs
 from cramkit.errors import CramError
 from cramkit.gpu.run import config as C
-from cramkit.gpu.run.checkpoint import ARCHES, read_checkpoint
+from cramkit.gpu.run.checkpoint import ARCHES, model_state, read_checkpoint
 from cramkit.gpu.run.runfolder import RunFolder, check_resume_changes
 
 
@@ -29,6 +35,8 @@ class RunState:
     tensors: dict[str, torch.Tensor] | None = None
     meta: dict[str, Any] | None = None
     path: Path | None = None
+    #: the event line recording a checkpoint of another run adopted with ``--from`` (None: none)
+    adopted: dict[str, Any] | None = None
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -57,17 +65,31 @@ def read_resume_state(resume: str | Path) -> tuple[C.RunConfig, RunState]:
     return cfg, state
 
 
-def _checkpoint_to_resume(resume: Path, run_dir: Path) -> Path:
+def _checkpoint_to_resume(resume: Path, run_dir: Path) -> Path | None:
     """The checkpoint a resume starts from: the given file, or the folder's newest checkpoint that
-    verifies (a corrupt last.safetensors is skipped with a warning naming it)."""
+    verifies (a corrupt last.safetensors is skipped with a warning naming it); None for a folder
+    whose run stopped before its first checkpoint (it starts again from its config.toml)."""
     if not resume.is_dir():
         return resume
-    good = RunFolder(run_dir, None).last_good_checkpoint()  # an unlocked view: reads only
+    view = RunFolder(run_dir, None)  # an unlocked view: reads only
+    good = view.last_good_checkpoint()
     if good is None:
-        if not (runs.last_checkpoint(run_dir).is_file() or runs.kept_checkpoints(run_dir)):
+        if not view.has_checkpoint():
+            if (run_dir / runs.CONFIG).is_file():
+                return None
             raise CramError(f"nothing to resume in {run_dir}: it holds no checkpoint")
         raise CramError(f"nothing to resume in {run_dir}: no checkpoint in it passes verification")
     return good
+
+
+def check_identity(state: RunState, run_dir: Path, folder_id: str | None) -> None:
+    """Refuse a checkpoint of another run: its run id differs from the folder's. A checkpoint or a
+    folder from before run ids (no id) passes."""
+    ck_id = (state.meta or {}).get("run_id")
+    if folder_id is not None and ck_id is not None and ck_id != folder_id:
+        raise CramError(f"{state.path} is a checkpoint of run {ck_id}, not of the run in {run_dir} (run {folder_id}); "
+                        f"it is not resumed. To continue this folder from it on purpose: cram train --resume "
+                        f"{run_dir} --from {state.path}")  # fmt: skip
 
 
 def _folder_config_toml(cfg: C.RunConfig | None, run_dir: Path, resume: Path) -> str:
@@ -81,28 +103,74 @@ def _folder_config_toml(cfg: C.RunConfig | None, run_dir: Path, resume: Path) ->
     return read_resume_state(resume)[0].to_toml()
 
 
-def open_resume(resume: str | Path, cfg: C.RunConfig | None, rank: int) -> tuple[RunFolder | None, C.RunConfig, RunState]:
+def _read_state(resume: Path, run_dir: Path, cfg: C.RunConfig | None,
+                from_file: Path | None) -> tuple[C.RunConfig, RunState]:  # fmt: skip
+    """The config a resume runs with and the state it starts from (the checkpoint of ``resume``,
+    or ``from_file`` adopted on purpose); a checkpoint of another run is refused unless adopted,
+    a config that differs from the checkpoint's outside the resumable keys is refused by name."""
+    ck = from_file if from_file is not None else _checkpoint_to_resume(resume, run_dir)
+    if cfg is None and (run_dir / runs.CONFIG).is_file():
+        cfg = C.load_config(run_dir / runs.CONFIG)  # the folder's config is the run's
+    if ck is None:  # stopped before its first checkpoint: start again from step 0
+        return cfg, RunState()
+    ck_cfg, state = read_resume_state(ck)
+    folder_id = runs.read_run_id(run_dir)
+    if from_file is None:
+        check_identity(state, run_dir, folder_id)
+    else:
+        state.adopted = {"event": "adopt", "step": state.start_step, "from": str(from_file),
+                         "from_run": (state.meta or {}).get("run_id")}  # fmt: skip
+    cfg = cfg or ck_cfg
+    check_resume_changes(ck_cfg.to_dict(), cfg.to_dict(), str(run_dir))
+    return cfg, state
+
+
+def open_resume(resume: str | Path, cfg: C.RunConfig | None, rank: int,
+                from_file: str | Path | None = None) -> tuple[RunFolder | None, C.RunConfig, RunState]:  # fmt: skip
     """Take over the run folder of ``resume`` (rank 0: locked, its config checked against ``cfg``)
-    and read the checkpoint to continue from; ``cfg`` (None: the folder's config.toml, else the
-    checkpoint's config) may differ from the checkpoint's in
-    :data:`cramkit.gpu.run.runfolder.RESUMABLE_KEYS` only."""
+    and read the checkpoint to continue from (``from_file``: that checkpoint instead, even one of
+    another run); ``cfg`` (None: the folder's config.toml, else the checkpoint's config) may
+    differ from the checkpoint's in :data:`cramkit.gpu.run.runfolder.RESUMABLE_KEYS` only."""
     resume = Path(resume)
     if not resume.exists():
         raise CramError(f"nothing to resume: {resume} does not exist")
+    if from_file is not None:
+        from_file = Path(from_file)
+        if not resume.is_dir():
+            raise CramError(f"--from names the checkpoint to continue from; --resume then names the run folder, "
+                            f"not the file {resume}")  # fmt: skip
+        if not from_file.is_file():
+            raise CramError(f"--from: checkpoint {from_file} does not exist")
     run_dir = run_dir_of(resume)
     folder = None
     if rank == 0:
-        folder = RunFolder.open(run_dir, _folder_config_toml(cfg, run_dir, resume), resume=True,
-                                complete=lambda saved: C.from_dict(saved).to_dict())
+        folder = RunFolder.open(run_dir, _folder_config_toml(cfg, run_dir, from_file or resume), resume=True,
+                                complete=lambda saved: C.from_dict(saved).to_dict())  # fmt: skip
     try:
-        ck_cfg, state = read_resume_state(_checkpoint_to_resume(resume, run_dir))
-        if cfg is None and (run_dir / runs.CONFIG).is_file():
-            cfg = C.load_config(run_dir / runs.CONFIG)  # the folder's config is the run's (a checkpoint
-            # of another run is then refused by name, like a changed config)
-        cfg = cfg or ck_cfg
-        check_resume_changes(ck_cfg.to_dict(), cfg.to_dict(), str(run_dir))
+        cfg, state = _read_state(resume, run_dir, cfg, from_file)
+        if folder is not None:
+            folder.ensure_run_id(None if state.adopted else (state.meta or {}).get("run_id"))
     except BaseException:
         if folder is not None:
             folder.close()
         raise
     return folder, cfg, state
+
+
+def finished_run(resume: str | Path, cfg: C.RunConfig | None,
+                 from_file: str | Path | None = None) -> tuple[C.RunConfig, RunState] | None:  # fmt: skip
+    """The config and final state of a finished run, read without writing anything (no lock, no
+    temp clean-up): what ``cram train --resume DIR`` on a finished run reprints, even from a
+    read-only folder. None when the resume has work to do: settings to change (``cfg``), a
+    checkpoint to adopt, steps left, or a summary.json to write."""
+    resume = Path(resume)
+    if cfg is not None or from_file is not None or not resume.exists():
+        return None
+    run_dir = run_dir_of(resume)
+    if not (run_dir / runs.CONFIG).is_file() or not (run_dir / runs.SUMMARY).is_file():
+        return None
+    cfg, state = _read_state(resume, run_dir, None, None)
+    if state.tensors is None or state.start_step < cfg.train.steps:
+        return None
+    model_state(state.tensors, state.meta or {})  # its weights are named consistently (tied entries)
+    return cfg, state

@@ -6,9 +6,12 @@ file left by a killed process is not a lock: the kernel drops flock locks with t
 Rules:
 
 - a second process on the same folder is refused with one line naming the holder's PID;
-- a folder that already holds a run (config.toml, metrics.jsonl, summary.json, last.safetensors or
-  checkpoints/) is refused unless ``resume`` (continue that run) or ``overwrite`` (the earlier
-  run's files are moved, never deleted, into ``DIR/replaced-<UTC time>/``);
+- a folder that already holds a run (config.toml, metrics.jsonl, summary.json, last.safetensors,
+  checkpoints/ or run_id) is refused unless ``resume`` (continue that run; a run stopped before its
+  first checkpoint starts again from its config.toml) or ``overwrite`` (the earlier run's files
+  are moved, never deleted, into ``DIR/replaced-<UTC time>/``);
+- a new run writes its identity, a run id, once into ``DIR/run_id``; every checkpoint it saves
+  carries it, and a resume refuses a checkpoint of another run (``cramkit.gpu.run.resume``);
 - ``resume`` with a different config is refused, naming the differing keys, except the keys in
   :data:`RESUMABLE_KEYS`, which are applied, written to config.toml and recorded as an event line
   in metrics.jsonl;
@@ -33,6 +36,7 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import socket
 import sys
 import time
@@ -129,6 +133,10 @@ class RunFolder:
         self.changes: dict[str, tuple[Any, Any]] = {}
         #: where ``overwrite`` moved the earlier run's files (None when nothing was moved)
         self.replaced: Path | None = None
+        #: the run's identity (DIR/run_id); None for a folder made before run ids, until
+        #: :meth:`ensure_run_id`
+        self.run_id: str | None = None
+        self._pending_config: str | None = None
 
     # --- opening and closing --------------------------------------------------------------------
 
@@ -185,15 +193,18 @@ class RunFolder:
         if existing:
             self.replaced = self._move_aside(existing)
         self.write_config(config_toml)
+        self.ensure_run_id(None)
         if self.replaced is not None:
             self.append_event({"event": "overwrite", "moved_to": self.replaced.name})
 
     def _open_resume(self, new_cfg: dict[str, Any], config_toml: str,
                      complete: Callable[[dict], dict] | None = None) -> None:
-        if not (runs.last_checkpoint(self.path).is_file() or runs.kept_checkpoints(self.path)):
-            raise CramError(f"nothing to resume in {self.path}: it holds no checkpoint; start the run with "
-                            f"`cram train --out {self.path}`")  # fmt: skip
         cfg_file = self.path / runs.CONFIG
+        if not (self.has_checkpoint() or cfg_file.is_file()):
+            start = f"cram train --out {self.path}" + (" --overwrite" if self.run_files() else "")
+            raise CramError(f"nothing to resume in {self.path}: it holds no checkpoint and no config.toml; "
+                            f"start a new run there with `{start}` and the run's options")  # fmt: skip
+        self.run_id = runs.read_run_id(self.path)
         if cfg_file.is_file():
             with os_errors(f"reading {cfg_file}"):
                 old_text = cfg_file.read_text(encoding="utf-8", errors="replace")
@@ -202,7 +213,7 @@ class RunFolder:
                 old_cfg, new_cfg = complete(old_cfg), complete(new_cfg)
             self.changes = check_resume_changes(old_cfg, new_cfg, str(self.path))
         if self.changes or not cfg_file.is_file():
-            self.write_config(config_toml)
+            self._pending_config = config_toml  # written by begin_resume, once the checkpoint is accepted
 
     def close(self) -> None:
         """Release the lock (the lock file stays; it is not a lock without its holder)."""
@@ -221,6 +232,18 @@ class RunFolder:
         self.close()
 
     # --- what the folder holds ------------------------------------------------------------------
+
+    def has_checkpoint(self) -> bool:
+        """Whether the folder holds a checkpoint file (verified or not)."""
+        return runs.last_checkpoint(self.path).is_file() or bool(runs.kept_checkpoints(self.path))
+
+    def ensure_run_id(self, run_id: str | None) -> str:
+        """The run's identity: the folder's, else ``run_id`` (a checkpoint's, for a folder made
+        before run ids) or a new one, written once into ``DIR/run_id``."""
+        if self.run_id is None:
+            self.run_id = run_id or secrets.token_hex(8)
+            atomic_write_text(self.path / runs.RUN_ID, self.run_id + "\n")
+        return self.run_id
 
     def run_files(self) -> list[Path]:
         """The files of a run present in the folder (an empty checkpoints/ folder does not count)."""
@@ -275,14 +298,15 @@ class RunFolder:
             raise ValueError("an event line needs an 'event' key")
         append_jsonl(runs.metrics_path(self.path), event)
 
-    def begin_resume(self, evaluations: list[dict[str, Any]], step: int) -> None:
+    def begin_resume(self, evaluations: list[dict[str, Any]], step: int, adopted: dict[str, Any] | None = None) -> None:
         """Rewrite metrics.jsonl to hold exactly the checkpoint's ``evaluations`` (the log then
         continues from ``step``) plus earlier event lines.
 
         When this resume changed settings, the run's future differs from what the folder holds
         beyond ``step``: kept checkpoints of later steps and summary.json are moved into
         ``replaced-<time>/`` (never deleted), and an event line records the changes, how many
-        later evaluations the new ones replace and where the files went."""
+        later evaluations the new ones replace and where the files went. The same holds when the
+        resume ``adopted`` a checkpoint of another run (``--from``; the event line to record)."""
         path = runs.metrics_path(self.path)
         old: list[dict[str, Any]] = []
         if path.is_file():
@@ -296,7 +320,8 @@ class RunFolder:
         events = [r for r in old if runs.is_event(r) and _num(r.get("step"), 0) <= step]
         dropped = [r for r in old if not runs.is_event(r) and _num(r.get("step"), 0) > step]
         records = _merge_by_step(evaluations, events)
-        if self.changes:
+        moved = None
+        if self.changes or adopted is not None:
             from cramkit.gpu.run.checkpoint import peek_step
 
             later = [p for p in runs.kept_checkpoints(self.path) if _checkpoint_step(p) > step]
@@ -310,7 +335,12 @@ class RunFolder:
                 append_jsonl(moved / runs.METRICS, {"event": "replaced", "records": len(dropped)})
                 for rec in dropped:
                     append_jsonl(moved / runs.METRICS, rec)
+        if self._pending_config is not None:  # the changed config, once the old future is aside
+            self.write_config(self._pending_config)
+            self._pending_config = None
         atomic_write_text(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
+        if adopted is not None:
+            self.append_event(adopted | {"moved_to": moved.name if moved is not None else None})
         if self.changes:
             self.append_event({"event": "resume", "step": step,
                                "changed": {k: list(v) for k, v in self.changes.items()},
@@ -336,16 +366,29 @@ class RunFolder:
 
     def resume_hint(self, sets: dict[str, Any] | None = None) -> str:
         """A command that continues this run, with ``--set key=value`` for ``sets`` (only
-        :data:`RESUMABLE_KEYS` can be set on resume). Without a checkpoint to resume from, the
-        command starts the run again with --overwrite instead."""
+        :data:`RESUMABLE_KEYS` can be set on resume). A run without a checkpoint yet resumes from
+        step 0 with its config.toml."""
         sets = dict(sets or {})
         bad = [k for k in sets if k not in RESUMABLE_KEYS]
         if bad:
             raise ValueError(f"not changeable on resume: {bad}")
         extra = "".join(f" --set {k}={_toml_value(v)}" for k, v in sets.items())
-        if runs.last_checkpoint(self.path).is_file() or runs.kept_checkpoints(self.path):
-            return f"cram train --resume {self.path}{extra}"
-        return f"cram train --out {self.path} --overwrite{extra} (no checkpoint was saved yet)"
+        return f"cram train --resume {self.path}{extra}"
+
+    def fault_hint(self, errno_: int | None, where: str | None = None) -> str:
+        """What to do after an OS fault stopped the run (``errno_``: its error number): where the
+        run stands (``where``, else its last good checkpoint) and the command that continues it
+        once the cause is fixed."""
+        if errno_ in (errno.ENOSPC, errno.EDQUOT):
+            fix = "free some space"
+        elif errno_ in (errno.EROFS, errno.EACCES, errno.EPERM):
+            fix = f"make {self.path} writable"
+        else:
+            fix = "fix that"
+        good = self.last_good_checkpoint() if where is None else None
+        where = where or (f"the last good checkpoint is step {_checkpoint_step_of(good)} ({good.name})" if good is not None
+                 else "no checkpoint was saved yet (the run starts again from step 0)")  # fmt: skip
+        return f"{where}; {fix}, then continue with: {self.resume_hint()}"
 
     def interrupted(self, step: int) -> RunInterrupted:
         """The exception to raise when Ctrl-C stops the run at ``step``: names the last good
@@ -354,8 +397,8 @@ class RunFolder:
 
         good = self.last_good_checkpoint()
         if good is None:
-            return RunInterrupted(f"stopped at step {step} before any checkpoint was saved; start again with "
-                                  f"{self.resume_hint()}")  # fmt: skip
+            return RunInterrupted(f"stopped at step {step} before any checkpoint was saved; start it again "
+                                  f"with: {self.resume_hint()}")  # fmt: skip
         saved = read_checkpoint(good)[1].get("step")
         return RunInterrupted(f"stopped at step {step}; the last checkpoint is step {saved} ({good.name}); "
                               f"continue with: {self.resume_hint()}")  # fmt: skip
@@ -382,6 +425,14 @@ class RunFolder:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(p, target)
         return dest
+
+
+def _checkpoint_step_of(path: Path) -> int | str:
+    """The step a checkpoint's header claims (read without verifying; "?" when unreadable)."""
+    from cramkit.gpu.run.checkpoint import peek_step
+
+    step = peek_step(path)
+    return "?" if step is None else step
 
 
 def _checkpoint_step(path: Path) -> int:

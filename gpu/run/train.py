@@ -38,10 +38,10 @@ import numpy as np
 import torch
 
 from cramkit import runs
-from cramkit.errors import CramError
+from cramkit.errors import CramError, OSFault
 from cramkit.gpu.run import config as C
 from cramkit.gpu.run.distributed import dist_info, init_distributed, pick_device
-from cramkit.gpu.run.resume import RunState, open_resume, run_dir_of
+from cramkit.gpu.run.resume import RunState, finished_run, open_resume, run_dir_of
 from cramkit.gpu.run.runfolder import RunFolder
 from cramkit.gpu.run.textrun import check_resumed_tokenizer, write_run_files
 from cramkit.gpu.run.trainer import _Trainer
@@ -56,8 +56,9 @@ from cramkit.result import Result, render_text
 class TrainSettings:
     """What ``cram train`` runs: a run config (with ``resume``: None for the checkpoint's own, or
     the run's config with changed :data:`cramkit.gpu.run.runfolder.RESUMABLE_KEYS`), the output
-    folder, a run to resume, a step to stop at, and whether a new run may replace the run in
-    ``out`` (moved aside into ``out/replaced-<time>/``)."""
+    folder, a run to resume, a step to stop at, whether a new run may replace the run in
+    ``out`` (moved aside into ``out/replaced-<time>/``), and a checkpoint to continue the resumed
+    run from on purpose (``from_checkpoint``: even one of another run)."""
 
     run: C.RunConfig | None = None
     out: str | Path | None = None
@@ -65,6 +66,7 @@ class TrainSettings:
     max_steps: int | None = None
     overwrite: bool = False
     tensorboard: bool = False  # mirror metrics.jsonl into RUN/tensorboard/ (the tensorboard extra)
+    from_checkpoint: str | Path | None = None
 
     def __post_init__(self) -> None:
         if self.max_steps is not None and self.max_steps < 1:
@@ -73,6 +75,9 @@ class TrainSettings:
             raise CramError("--resume writes into the run's own folder; give no output folder")
         if self.resume is not None and self.overwrite:
             raise CramError("--resume continues the run in the folder and --overwrite replaces it; give one")
+        if self.from_checkpoint is not None and self.resume is None:
+            raise CramError("--from names a checkpoint to continue a run from; give the run folder with "
+                            "--resume DIR (a new run starts from scratch)")  # fmt: skip
 
 
 @dataclass
@@ -116,7 +121,8 @@ def run(config: TrainSettings, progress: Progress | None = None) -> TrainResult:
         logger = TensorBoardLogger(out)
     try:
         return train(config.run, config.out, resume=config.resume, max_steps=config.max_steps, progress=progress,
-                     overwrite=config.overwrite, on_eval=logger)
+                     overwrite=config.overwrite, on_eval=logger,
+                     resume_from=config.from_checkpoint)
     finally:
         if logger is not None:
             logger.close()
@@ -224,6 +230,7 @@ def train(
     progress: Progress | None = None,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
     overwrite: bool = False,
+    resume_from: str | Path | None = None,
 ) -> TrainResult:
     """Train (or resume) a run; returns the metrics of every evaluation and a summary.
 
@@ -236,7 +243,9 @@ def train(
     optimizer steps in total (the schedule still follows ``train.steps``), saving a checkpoint
     there, so the run can be continued with ``resume`` (pass the same ``task`` again for a task of
     your own). ``progress(stage, done, total)`` hears about every step; ``on_eval(record)`` about
-    every evaluation.
+    every evaluation. ``resume_from`` (with ``resume``, a run folder) continues that run from this
+    checkpoint file, even one of another run (recorded as an "adopt" event). A finished run
+    resumed without changes is only read: its summary is returned and nothing is written.
     """
     if isinstance(progress, bool):  # older callers passed a flag
         progress = None
@@ -245,9 +254,15 @@ def train(
     rank, world_size = dist_info()
     state = RunState()
     folder: RunFolder | None = None
+    if resume is not None and rank == 0 and world_size == 1:
+        done = finished_run(resume, cfg, resume_from)
+        if done is not None and _end_step(done[0].train, max_steps, done[1].start_step) == done[1].start_step:
+            cfg, state = done
+            return TrainResult(run_dir_of(Path(resume)), state.metrics, summarize_run(state.metrics), False,
+                               state.start_step, cfg)  # fmt: skip
     try:
         if resume is not None:
-            folder, cfg, state = open_resume(resume, cfg, rank)
+            folder, cfg, state = open_resume(resume, cfg, rank, resume_from)
             out_dir = run_dir_of(Path(resume))
         cfg = cfg or C.load_config()
         end_step = _end_step(cfg.train, max_steps, state.start_step)
@@ -258,7 +273,11 @@ def train(
         stopped_early = end_step < cfg.train.steps
         summary = summarize_run(trainer.metrics)
         if folder is not None and not stopped_early:
-            atomic_write_json(folder.path / runs.SUMMARY, summary)
+            try:
+                atomic_write_json(folder.path / runs.SUMMARY, summary)
+            except OSFault as exc:  # the run is done and saved; only its summary is missing
+                done = "the run finished and its checkpoints are saved"
+                raise OSFault(f"{exc}; {folder.fault_hint(exc.errno, done)} (writes the summary)", exc.errno) from None
     finally:
         if folder is not None:
             folder.close()
@@ -281,7 +300,7 @@ def _own_folder(folder: RunFolder | None, out: Path | None, cfg: C.RunConfig, st
     another run, unless ``overwrite``); a resumed one (``folder``, already held) gets the metrics
     log of its checkpoint."""
     if folder is not None:
-        folder.begin_resume(state.metrics, state.start_step)
+        folder.begin_resume(state.metrics, state.start_step, state.adopted)
         return folder
     if out is None:
         return None

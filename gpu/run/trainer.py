@@ -10,8 +10,7 @@ from typing import Any
 
 import torch
 
-from cramkit import runs
-from cramkit.errors import CramError
+from cramkit.errors import CramError, OSFault
 from cramkit.gpu.run import config as C
 from cramkit.gpu.run.build import check_vocab_matches, model_for_task, model_meta
 from cramkit.gpu.run.checkpoint import (
@@ -38,16 +37,15 @@ from cramkit.progress import Progress, report_to
 
 def _divergence_advice(folder: RunFolder | None, tcfg: C.TrainConfig) -> str:
     """Where a diverged run stands and a command that continues it with half the learning rate
-    (from the last good checkpoint; at step 1, before any checkpoint, a command that starts it
-    again). Without a run folder: what to change."""
+    (from the last good checkpoint; before any checkpoint, the resume starts the run again from
+    step 0). Without a run folder: what to change."""
     lr = tcfg.lr / 2
     if folder is None:
         return f"; lower train.lr (e.g. --set train.lr={lr!r})"
     good = folder.last_good_checkpoint()
     if good is None:
-        cfg_file = folder.path / runs.CONFIG
-        return (f"; no checkpoint was saved yet: start again with a lower learning rate: cram train --config "
-                f"{cfg_file} --out {folder.path} --overwrite --set train.lr={lr!r}")  # fmt: skip
+        return (f"; no checkpoint was saved yet: start it again with a lower learning rate: "
+                f"{folder.resume_hint({'train.lr': lr})}")  # fmt: skip
     return f"; the last good checkpoint is {good}; lower the learning rate: {folder.resume_hint({'train.lr': lr})}"
 
 
@@ -115,7 +113,8 @@ class _Trainer:
     def checkpoint(self, step: int, wall: float) -> None:
         if self.folder is None:
             return
-        meta = self.meta_base | {"step": step, "metrics": self.metrics, "wall_s": wall, "cum_lr": self.cum_lr,
+        meta = self.meta_base | {"run_id": self.folder.run_id, "step": step, "metrics": self.metrics, "wall_s": wall,
+                                 "cum_lr": self.cum_lr,
                                  "pending": {"loss": self.acc_loss, "attn_frac": self.acc_frac, "n": self.n_acc}}  # fmt: skip
         self.folder.save_checkpoint(step, self.model, self.opt, meta, keep=self.tcfg.keep_checkpoints)
 
@@ -197,15 +196,15 @@ class _Trainer:
     def loop(self, end_step: int, progress: Progress) -> None:
         t_start = time.perf_counter()
         st = self.state
-        if st.start_step == 0 and not self.metrics:
-            self.model.eval()
-            self.record(0, 0.0, {"loss": None, "train_attn_frac": None})
         log_steps = log_eval_steps(self.tcfg)
         tick = progress if self.is_main else report_to(None)
-        tick("train", st.start_step, end_step)
         stepped = False
         step = done = st.start_step
         try:
+            if st.start_step == 0 and not self.metrics:
+                self.model.eval()
+                self.record(0, 0.0, {"loss": None, "train_attn_frac": None})
+            tick("train", st.start_step, end_step)
             for step in range(st.start_step, end_step):
                 _, fout = self.step(step)
                 stepped = True
@@ -222,6 +221,11 @@ class _Trainer:
             if self.folder is None:
                 raise
             raise self.folder.interrupted(done) from None
+        except OSFault as exc:
+            # a full disk or an unwritable folder while logging or saving: the weights are fine
+            if self.folder is None:
+                raise
+            raise OSFault(f"{exc}; {self.folder.fault_hint(exc.errno)}", exc.errno) from None
         except CramError as exc:
             # Once this process has taken an optimizer step, an op's input check failing inside the
             # model (training or evaluation forward) means the weights blew up before a loss existed.

@@ -42,8 +42,11 @@ def test_new_run_writes_config_and_holds_the_lock(tmp_path):
         assert (tmp_path / "r" / runs.CONFIG).read_text() == CFG
         with pytest.raises(CramError, match=r"in use by another cram process \(pid \d+"):
             RunFolder.open(tmp_path / "r", CFG, resume=True)
-    # released on close: the next open gets past the lock (and is refused for having no checkpoint)
-    with pytest.raises(CramError, match="nothing to resume"):
+    # released on close: the next open gets past the lock (a run without a checkpoint yet resumes
+    # from step 0 with its config.toml; a folder with neither is refused)
+    RunFolder.open(tmp_path / "r", CFG, resume=True).close()
+    (tmp_path / "r" / runs.CONFIG).unlink()
+    with pytest.raises(CramError, match="nothing to resume .* no checkpoint and no config.toml.* --overwrite"):
         RunFolder.open(tmp_path / "r", CFG, resume=True)
 
 
@@ -165,7 +168,7 @@ def test_checkpoint_save_keeps_kept_and_last_consistent_and_cleans_temps(tmp_pat
         assert last.read_bytes() == kept.read_bytes()
         f.save_checkpoint(3, torch.nn.Linear(2, 2), None, {"step": 3}, keep=False)
         assert read_checkpoint(kept)[1]["step"] == 2 and read_checkpoint(last)[1]["step"] == 3
-        assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoints", "config.toml", "last.safetensors"]
+        assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoints", "config.toml", "last.safetensors", "run_id"]
 
 
 def test_last_good_checkpoint_skips_a_corrupt_one(tmp_path, capsys):
@@ -191,7 +194,8 @@ def test_resume_hint_is_followable(tmp_path):
     out = tmp_path / "r"
     with RunFolder.open(out, CFG) as f:
         hint = f.resume_hint({"train.lr": 0.0015})
-        assert hint == f"cram train --out {out} --overwrite --set train.lr=0.0015 (no checkpoint was saved yet)"
+        assert hint == f"cram train --resume {out} --set train.lr=0.0015"  # from step 0: no checkpoint yet
+        assert str(f.interrupted(1)).endswith(f"start it again with: cram train --resume {out}")
         _fake_run(f)
         hint = f.resume_hint({"train.lr": 0.0015})
         assert hint == f"cram train --resume {out} --set train.lr=0.0015"
