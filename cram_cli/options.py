@@ -18,6 +18,7 @@ import click
 from cramkit.errors import CramError
 from cramkit.io import check_plot_path
 from cramkit.jsonable import dumps
+from cramkit.result import Result
 
 
 class CommaList(click.ParamType):
@@ -97,15 +98,19 @@ def output_options(*, plot: bool = True, plot_help: str | None = None, json_help
 
 
 def emit(result, *, as_json: bool = False, plot: str | None = None) -> None:
-    """Show ``result``: its plot (when asked), then its JSON or its text report; exit 1 when the
-    result says the run failed (``result.ok`` is False)."""
-    if plot:
-        result.plot(plot)
+    """Show ``result``: its JSON or its text report, then its plot (when asked); exit 1 when the
+    result says the run failed (``result.ok`` is False). The result is printed before the plot is
+    written, so a plot that cannot be written (a full disk, a read-only folder: one error line,
+    exit 2) does not lose what was computed."""
+    if plot and type(result).plot is Result.plot:
+        result.plot(plot)  # the base class: one line saying this result has no plot, before any output
     if as_json:
         click.echo(dumps(result.to_json()))
     else:
         click.echo(result.report())
-        if plot:
+    if plot:
+        result.plot(plot)
+        if not as_json:
             click.echo(f"plot written to {plot}", file=sys.stderr)
     if not result.ok:
         sys.exit(1)

@@ -20,7 +20,7 @@ from cramkit import runs
 from cramkit.errors import CramError
 from cramkit.gpu.run import config as C
 from cramkit.gpu.run.checkpoint import ARCHES, model_state, read_checkpoint
-from cramkit.gpu.run.runfolder import RunFolder, check_resume_changes
+from cramkit.gpu.run.runfolder import RESUMABLE_KEYS, RunFolder, check_resume_changes, diff_configs
 
 
 @dataclass
@@ -82,14 +82,22 @@ def _checkpoint_to_resume(resume: Path, run_dir: Path) -> Path | None:
     return good
 
 
-def check_identity(state: RunState, run_dir: Path, folder_id: str | None) -> None:
-    """Refuse a checkpoint of another run: its run id differs from the folder's. A checkpoint or a
-    folder from before run ids (no id) passes."""
+def check_identity(state: RunState, run_dir: Path, folder_id: str | None, ck_cfg: C.RunConfig,
+                   cfg: C.RunConfig | None) -> None:  # fmt: skip
+    """Refuse a checkpoint of another run: its run id differs from the folder's (a checkpoint or a
+    folder from before run ids, without one, passes). The message names both runs and, when the
+    checkpoint fits the folder's config, the command that adopts it on purpose."""
     ck_id = (state.meta or {}).get("run_id")
-    if folder_id is not None and ck_id is not None and ck_id != folder_id:
-        raise CramError(f"{state.path} is a checkpoint of run {ck_id}, not of the run in {run_dir} (run {folder_id}); "
-                        f"it is not resumed. To continue this folder from it on purpose: cram train --resume "
-                        f"{run_dir} --from {state.path}")  # fmt: skip
+    if folder_id is None or ck_id is None or ck_id == folder_id:
+        return
+    head = f"{state.path} is a checkpoint of run {ck_id}, not of the run in {run_dir} (run {folder_id})"
+    changes = diff_configs(ck_cfg.to_dict(), (cfg or ck_cfg).to_dict())
+    refused = [k for k in changes if k not in RESUMABLE_KEYS]
+    if refused:
+        differs = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in refused[:6])
+        raise CramError(f"{head}, and its config differs in {differs}; it is not resumed")
+    raise CramError(f"{head}; it is not resumed. To continue this folder from it on purpose: cram train "
+                    f"--resume {run_dir} --from {state.path}")  # fmt: skip
 
 
 def _folder_config_toml(cfg: C.RunConfig | None, run_dir: Path, resume: Path) -> str:
@@ -116,7 +124,7 @@ def _read_state(resume: Path, run_dir: Path, cfg: C.RunConfig | None,
     ck_cfg, state = read_resume_state(ck)
     folder_id = runs.read_run_id(run_dir)
     if from_file is None:
-        check_identity(state, run_dir, folder_id)
+        check_identity(state, run_dir, folder_id, ck_cfg, cfg)
     else:
         state.adopted = {"event": "adopt", "step": state.start_step, "from": str(from_file),
                          "from_run": (state.meta or {}).get("run_id")}  # fmt: skip
@@ -142,6 +150,8 @@ def open_resume(resume: str | Path, cfg: C.RunConfig | None, rank: int,
         if not from_file.is_file():
             raise CramError(f"--from: checkpoint {from_file} does not exist")
     run_dir = run_dir_of(resume)
+    if resume.is_dir() and from_file is None:
+        RunFolder(run_dir, None).check_resumable()  # an unlocked view: reads only
     folder = None
     if rank == 0:
         folder = RunFolder.open(run_dir, _folder_config_toml(cfg, run_dir, from_file or resume), resume=True,

@@ -200,10 +200,7 @@ class RunFolder:
     def _open_resume(self, new_cfg: dict[str, Any], config_toml: str,
                      complete: Callable[[dict], dict] | None = None) -> None:
         cfg_file = self.path / runs.CONFIG
-        if not (self.has_checkpoint() or cfg_file.is_file()):
-            start = f"cram train --out {self.path}" + (" --overwrite" if self.run_files() else "")
-            raise CramError(f"nothing to resume in {self.path}: it holds no checkpoint and no config.toml; "
-                            f"start a new run there with `{start}` and the run's options")  # fmt: skip
+        self.check_resumable()
         self.run_id = runs.read_run_id(self.path)
         if cfg_file.is_file():
             with os_errors(f"reading {cfg_file}"):
@@ -232,6 +229,14 @@ class RunFolder:
         self.close()
 
     # --- what the folder holds ------------------------------------------------------------------
+
+    def check_resumable(self) -> None:
+        """Refuse (one line, with the command that starts a run there) a folder that holds neither
+        a checkpoint nor a config.toml: there is no run to continue."""
+        if not (self.has_checkpoint() or (self.path / runs.CONFIG).is_file()):
+            start = f"cram train --out {self.path}" + (" --overwrite" if self.run_files() else "")
+            raise CramError(f"nothing to resume in {self.path}: it holds no checkpoint and no config.toml; "
+                            f"start a new run there with `{start}` and the run's options")  # fmt: skip
 
     def has_checkpoint(self) -> bool:
         """Whether the folder holds a checkpoint file (verified or not)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -74,7 +75,8 @@ def _one_line_error(r, code: int = 2) -> str:
 def _hint(line: str) -> list[str]:
     """The arguments of the `cram ...` command a message ends with (after ``cram``)."""
     assert "cram " in line, line
-    cmd = line[line.rindex("cram ") :].strip().strip("`").split(" (")[0].rstrip(".`)")
+    quoted = re.findall(r"`(cram [^`]*)`", line)
+    cmd = quoted[-1] if quoted else line[line.rindex("cram ") :].split(" (")[0].rstrip(".")
     args = shlex.split(cmd)
     assert args[0] == "cram", cmd
     return args[1:]
@@ -197,6 +199,28 @@ def test_the_interrupt_hint_before_the_first_checkpoint_continues_this_run(refer
     _same_run(out, reference)
 
 
+def test_a_folder_with_neither_checkpoint_nor_config_gives_a_working_hint(reference, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / runs.METRICS).write_text((reference / runs.METRICS).read_text().splitlines()[0] + "\n")
+    line = _one_line_error(_cram("train", "--resume", str(out), "--quiet"))
+    args = _hint(line)
+    assert args == ["train", "--out", str(out), "--overwrite"]  # "... and the run's options"
+    r = _cram(*args, *_sets(), "--quiet")
+    assert r.exit_code == 0, r.output
+    _same_run(out, reference)
+
+
+def test_the_max_steps_hint_finishes_the_run(reference, tmp_path):
+    out = tmp_path / "r"
+    r = _cram("train", *_sets(), "--out", str(out), "--max-steps", "4", "--quiet")
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.stderr.splitlines() if "--max-steps" in ln)
+    assert _hint(line) == ["train", "--resume", str(out)]
+    assert _cram(*_hint(line), "--quiet").exit_code == 0
+    _same_run(out, reference)
+
+
 # --- 2. a checkpoint of another run -------------------------------------------------------------
 
 
@@ -218,6 +242,30 @@ def test_a_checkpoint_of_another_run_is_refused_naming_both(two_runs, tmp_path):
     assert _snapshot(out) == before  # nothing of A's rewritten, nothing of B's added
     line = _one_line_error(_cram("train", "--resume", str(out), "--set", "train.steps=8", "--quiet"))
     assert id_b in line and _snapshot(out) == before
+    # its hint adopts B's checkpoint on purpose, and works
+    args = _hint(_one_line_error(_cram("train", "--resume", str(out), "--quiet")))
+    assert args == ["train", "--resume", str(out), "--from", str(out / runs.LAST)]
+    r = _cram(*args, "--quiet", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["step"] == 6 and _run_id(out) == id_a
+
+
+def test_a_checkpoint_of_another_model_is_refused_as_another_run(two_runs, tmp_path):
+    """The issue's case: run B has another d_model and seed. The refusal names both runs and the
+    differing keys, and offers no --from (the weights cannot fit this run)."""
+    a, b = two_runs
+    out = tmp_path / "A"
+    shutil.copytree(a, out)
+    (out / runs.LAST).unlink()
+    tensors, meta = _read_checkpoint(b / runs.LAST)
+    meta["config"]["model"]["d_model"] = 64
+    meta["config"]["train"]["seed"] = 3
+    _checkpoint_module().write_checkpoint_file(out / runs.LAST, tensors, meta)
+    before = _snapshot(out)
+    line = _one_line_error(_cram("train", "--resume", str(out), "--quiet"))
+    assert _run_id(a) in line and _run_id(b) in line
+    assert "model.d_model (64 -> 32)" in line and "train.seed (3 -> 0)" in line and "--from" not in line
+    assert _snapshot(out) == before
 
 
 def test_a_checkpoint_of_another_run_is_adopted_on_purpose_with_from(two_runs, tmp_path):
@@ -312,6 +360,28 @@ def test_a_full_disk_during_training_is_named_with_its_own_hint(reference, tmp_p
     monkeypatch.setenv("H19_FULL", "0")  # space freed
     r = _cram(*_hint(line), "--quiet")
     assert r.exit_code == 0, r.output
+    _same_run(out, reference)
+
+
+def test_a_full_disk_at_the_summary_names_it_and_the_hint_writes_it(reference, tmp_path, monkeypatch):
+    real_mkstemp = tempfile.mkstemp
+    full = {"on": True}
+
+    def mkstemp(*args, prefix=None, **kw):
+        if prefix and runs.SUMMARY in prefix and full["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkstemp(*args, prefix=prefix, **kw)
+
+    out = tmp_path / "r"
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    line = _one_line_error(_cram("train", *_sets(), "--out", str(out), "--quiet"))
+    assert line.startswith(f"Error: no space left on device while writing {out / runs.SUMMARY}"), line
+    assert "non-finite" not in line and "train.lr" not in line
+    full["on"] = False
+    r = _cram(*_hint(line), "--quiet", "--json")
+    assert r.exit_code == 0, r.output
+    got, want = (json.loads((d / runs.SUMMARY).read_text()) for d in (out, reference))
+    assert got.pop("wall_s") > 0 and got == {k: v for k, v in want.items() if k != "wall_s"}
     _same_run(out, reference)
 
 
