@@ -15,6 +15,7 @@ Each test goes through the ``cram`` command line (click's CliRunner or a subproc
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -28,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -476,3 +478,86 @@ def test_writing_into_a_read_only_run_names_the_cause(reference, read_only, tmp_
             assert r.exit_code == 2 and "Traceback" not in r.output, r.output
             errs = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
             assert len(errs) == 1 and "read-only file system" in errs[0] and str(ro / "p.png") in errs[0], r.output
+
+
+def _corpus(path: Path) -> Path:
+    import random
+
+    rnd = random.Random(0)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda".split()
+    path.write_text("\n\n\n".join(" ".join(rnd.choice(words) for _ in range(60)) for _ in range(12)))
+    return path
+
+
+def _fit_gamma_run(path: Path) -> Path:
+    """A run folder whose metrics.jsonl holds a consolidation curve (what fit-gamma reads)."""
+    path.mkdir(parents=True)
+    with open(path / runs.METRICS, "w") as fh:
+        for s in sorted({int(x) for x in np.geomspace(10, 1e5, 30)}):
+            e = 0.1 + 0.9 * (1 + s / 100) ** -0.43
+            fh.write(json.dumps({"step": s, "exposures": s * 0.25, "lr": 1e-3, "cum_lr": s * 1e-3, "rho_q": e,
+                                 "rec_attended": int(2000 * e), "rec_total": 2000}) + "\n")  # fmt: skip
+    return path
+
+
+def test_every_read_only_command_works_on_a_read_only_run(reference, tiny_text_run, read_only, tmp_path):
+    ro = read_only(reference)
+    r = _cram("transfer", str(ro / runs.LAST), "--overlap", "0,1", "--sequences", "8", "--chunk", "4",
+              "--bootstrap", "0", "--json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    ro_fit = read_only(_fit_gamma_run(tmp_path / "fit"))
+    r = _cram("fit-gamma", str(ro_fit), "--resamples", "20", "--no-human", "--models", "M1,M2", "--json")
+    assert r.exit_code == 0, r.output
+    ro_text = read_only(tiny_text_run / "r")
+    r = _cram("redundancy", str(ro_text), "--text", str(_corpus(tmp_path / "c.txt")), "--min-pos", "4",
+              "--max-tokens", "2000", "--predictors", "p0,p1", "--no-gate", "--no-per-layer", "--bootstrap", "20",
+              "--quiet", "--json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A tmpfs with no space left."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    why = _mount(["-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)])
+    if why:
+        pytest.skip(f"full-disk test skipped: {why}")
+    with contextlib.suppress(OSError), open(mnt / "filler", "wb", buffering=0) as fh:
+        while True:
+            fh.write(b"x" * 4096)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_plot_on_a_full_or_read_only_target_names_the_cause_and_keeps_the_result(
+        reference, read_only, full_disk, tmp_path, as_json):  # fmt: skip
+    ro = read_only(reference)
+    fit = _fit_gamma_run(tmp_path / "fit")
+    commands = {"train": ["train", "--resume", str(reference), "--quiet"],
+                "eval": ["eval", str(reference), "--sequences", "16"],
+                "fit-gamma": ["fit-gamma", str(fit), "--resamples", "20", "--no-human", "--models", "M1,M2"]}  # fmt: skip
+    for name, args in commands.items():
+        for target, cause in ((ro / "sub" / "p.svg", "read-only file system"),
+                              (full_disk / "p.png", "no space left on device")):  # fmt: skip
+            r = _cram(*args, *(["--json"] if as_json else []), "--plot", str(target))
+            assert r.exit_code == 2 and "Traceback" not in r.output, (name, r.output)
+            errs = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+            assert errs == [f"Error: {cause} while writing {target}"], (name, r.stderr)
+            assert not target.exists()
+            if as_json:  # the result was printed before the plot failed: nothing computed is lost
+                assert json.loads(r.stdout), name
+            else:
+                assert r.stdout.strip(), name
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]  # no temp left behind
+
+
+def test_an_out_folder_on_a_full_or_read_only_disk_names_the_cause(read_only, full_disk, tmp_path):
+    ro = read_only(_fit_gamma_run(tmp_path / "any"))
+    for args, cause in ((["train", *_sets(), "--out", str(ro / "r")], "read-only file system"),
+                        (["train", *_sets(), "--out", str(full_disk / "r")], "no space left on device"),
+                        (["reproduce", "--out", str(ro / "rep")], "read-only file system")):  # fmt: skip
+        for extra in ([], ["--json"]):
+            line = _one_line_error(_cram(*args, *extra, "--quiet"))
+            assert cause in line.lower() and ("/r" in line or "/rep" in line), line
