@@ -394,15 +394,20 @@ def _mount(args: list[str]) -> str | None:
     return None if r.returncode == 0 else f"mount {' '.join(args)} failed: {r.stderr.strip() or r.returncode}"
 
 
+def _mounted(request, args: list[str], mnt: Path, what: str) -> None:
+    """Mount (``mount ARGS``) at ``mnt``, unmounted when the test ends, whatever happens after."""
+    why = _mount(args)
+    if why:
+        pytest.skip(f"{what} test skipped: {why}")
+    request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(mnt)], check=False))
+
+
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmp_path, request):
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    why = _mount(["-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)])
-    if why:
-        pytest.skip(f"full-disk test skipped: {why}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    _mounted(request, ["-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], mnt, "full-disk")
+    return mnt
 
 
 def test_a_real_full_disk_is_named_and_the_run_finishes_once_space_is_freed(reference, small_disk):
@@ -422,19 +427,16 @@ def test_a_real_full_disk_is_named_and_the_run_finishes_once_space_is_freed(refe
 
 
 @pytest.fixture
-def read_only(tmp_path):
+def read_only(tmp_path, request):
     """``read_only(src)``: a read-only view (a read-only bind mount) of a copy of ``src``."""
-    mounts = []
+    count = [0]
 
     def make(src: Path) -> Path:
-        copy = tmp_path / f"copy{len(mounts)}"
+        count[0] += 1
+        copy, view = tmp_path / f"copy{count[0]}", tmp_path / f"ro{count[0]}"
         shutil.copytree(src, copy)
-        view = tmp_path / f"ro{len(mounts)}"
         view.mkdir()
-        why = _mount(["--bind", str(copy), str(view)])
-        if why:
-            pytest.skip(f"read-only test skipped: {why}")
-        mounts.append(view)
+        _mounted(request, ["--bind", str(copy), str(view)], view, "read-only")
         why = _mount(["-o", "remount,ro,bind", str(view)])
         if why:
             pytest.skip(f"read-only test skipped: {why}")
@@ -442,9 +444,7 @@ def read_only(tmp_path):
             (view / "probe").write_text("x")
         return view
 
-    yield make
-    for m in mounts:
-        subprocess.run(["umount", "-l", str(m)], check=False)
+    return make
 
 
 def test_reprinting_a_finished_run_needs_no_write(reference, read_only):
@@ -516,18 +516,15 @@ def test_every_read_only_command_works_on_a_read_only_run(reference, tiny_text_r
 
 
 @pytest.fixture
-def full_disk(tmp_path):
+def full_disk(tmp_path, request):
     """A tmpfs with no space left."""
     mnt = tmp_path / "full"
     mnt.mkdir()
-    why = _mount(["-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)])
-    if why:
-        pytest.skip(f"full-disk test skipped: {why}")
+    _mounted(request, ["-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], mnt, "full-disk")
     with contextlib.suppress(OSError), open(mnt / "filler", "wb", buffering=0) as fh:
         while True:
             fh.write(b"x" * 4096)
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    return mnt
 
 
 @pytest.mark.parametrize("as_json", [False, True])
