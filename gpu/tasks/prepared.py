@@ -10,7 +10,9 @@ version; a tokenizer file: its hash) and the split settings:
 
 (``CRAM_CACHE_DIR`` defaults to ``~/.cache/cram``). A second run on the same corpus maps the same
 files and trains no tokenizer; a folder is written under a temporary name and renamed into place
-(atomic), and one whose files do not match its ``meta.json`` is rebuilt.
+(atomic), and one whose files do not match its ``meta.json`` is rebuilt. A cache that cannot be
+written (a read-only home, a full disk) costs a warning on stderr, not the command: the encoded
+corpus is then used from memory.
 
 Splits (``text.split``): ``tail`` = the last ``val_frac`` of the text (cut at a newline between two
 non-space characters at or after that point, so no token spans the cut); ``documents`` = blank-line
@@ -29,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +41,7 @@ import numpy as np
 
 from cramkit.errors import CramError
 from cramkit.gpu.tasks.tokenizer import BYTES, Tokenizer, parse_spec
-from cramkit.io import atomic_write_json, atomic_write_text
+from cramkit.io import atomic_write_json, atomic_write_text, describe_os_error
 
 CACHE_ENV = "CRAM_CACHE_DIR"
 FORMAT = "cram-prepared-v1"
@@ -187,15 +190,21 @@ def prepare(path: str | Path, tokenizer: str | Tokenizer = BYTES, *, split: str 
         ids[name] = tok.encode(part).astype(token_dtype(tok.vocab_size))
         meta[f"n_tokens_{name}"] = int(len(ids[name]))
         meta[f"n_bytes_{name}"] = len(part.encode("utf-8", errors="surrogateescape"))
-    _publish(folder, ids, tok, meta)
+    try:
+        _publish(folder, ids, tok, meta)
+    except CramError as exc:  # an unwritable cache (a read-only home, a full disk): the corpus is in memory
+        print(f"warning: {exc}; using the corpus from memory", file=sys.stderr)
+        return PreparedCorpus(folder, tok, ids["train"], ids["val"], meta)
     return _load(folder) or PreparedCorpus(folder, tok, ids["train"], ids["val"], meta)
 
 
 def _publish(folder: Path, ids: dict[str, np.ndarray], tok: Tokenizer, meta: dict[str, Any]) -> None:
-    """Write the corpus into a temporary folder beside ``folder`` and rename it into place."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    """Write the corpus into a temporary folder beside ``folder`` and rename it into place; one
+    CramError line (naming the cache and how to choose another) when the cache cannot be written."""
+    tmp = None
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
         for name, arr in ids.items():
             with open(tmp / f"{name}.bin", "wb") as fh:
                 fh.write(arr.tobytes())
@@ -213,10 +222,12 @@ def _publish(folder: Path, ids: dict[str, np.ndarray], tok: Tokenizer, meta: dic
             os.rename(folder, aside)
             shutil.rmtree(aside, ignore_errors=True)
         os.rename(tmp, folder)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except (OSError, CramError) as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         if _load(folder) is None:
-            raise CramError(f"cannot write the prepared corpus to {folder}: {exc.strerror or exc} "
+            why = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+            raise CramError(f"cannot write the prepared corpus to {folder}: {why} "
                             f"(set {CACHE_ENV} to a writable folder)") from None  # fmt: skip
 
 

@@ -515,6 +515,28 @@ def test_every_read_only_command_works_on_a_read_only_run(reference, tiny_text_r
     assert r.exit_code == 0, r.output
 
 
+def test_a_subword_text_run_is_read_with_a_read_only_folder_and_cache(read_only, tmp_path, monkeypatch):
+    """`cram eval` on a text run encodes its validation split through the prepared-corpus cache;
+    an unwritable cache (a read-only home) costs a warning, not the command."""
+    data = tmp_path / "t.txt"
+    data.write_text("the quick brown fox jumps over the lazy dog. " * 80)
+    run = tmp_path / "run"
+    r = _cram("train", "--task", "text", "--data", str(data), "--set", 'text.tokenizer="bpe:300"',
+              *[a for s in ("train.steps=2", "train.eval_every=2", "text.seq_len=32", "model.d_model=32",
+                            "train.batch_size=4", "text.eval_batches=1", "train.threads=1") for a in ("--set", s)],
+              "--out", str(run), "--quiet")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    (tmp_path / "cache").mkdir()
+    monkeypatch.setenv("CRAM_CACHE_DIR", str(read_only(tmp_path / "cache") / "cram"))
+    ro = read_only(run)
+    r = _cram("eval", str(ro), "--sequences", "4", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["rows"][0]["tokenizer"] == "bpe:300"
+    assert "read-only file system" in r.stderr and "using the corpus from memory" in r.stderr
+    r = _cram("generate", str(ro), "--prompt", "the ", "--max-new-tokens", "4", "--json")
+    assert r.exit_code == 0, r.output
+
+
 @pytest.fixture
 def full_disk(tmp_path, request):
     """A tmpfs with no space left."""
