@@ -344,23 +344,32 @@ def _check_disk_full_line(line: str, out: Path) -> None:
     assert _hint(line) == ["train", "--resume", str(out)], line
 
 
-def test_a_full_disk_during_training_is_named_with_its_own_hint(reference, tmp_path, monkeypatch):
-    """The disk fills while the step-4 checkpoint is written (ENOSPC from the file system)."""
+@pytest.mark.parametrize("code, words, fix", [(errno.ENOSPC, "no space left on device", "free some space"),
+                                              (errno.EROFS, "read-only file system", "make {out} writable"),
+                                              (errno.EACCES, "permission denied", "make {out} writable")])  # fmt: skip
+@pytest.mark.parametrize("as_json", [False, True])
+def test_an_os_fault_during_training_is_named_with_its_own_hint(reference, tmp_path, monkeypatch, code, words, fix,
+                                                               as_json):  # fmt: skip
+    """The disk fills (or turns read-only, or refuses) while the step-4 checkpoint is written."""
     real_mkstemp = tempfile.mkstemp
+    fault = {"on": True}
 
     def mkstemp(*args, prefix=None, **kw):
-        if prefix and runs.step_checkpoint_name(4) in prefix and os.environ.get("H19_FULL") == "1":
-            raise OSError(errno.ENOSPC, "No space left on device")
+        if prefix and runs.step_checkpoint_name(4) in prefix and fault["on"]:
+            raise OSError(code, os.strerror(code))
         return real_mkstemp(*args, prefix=prefix, **kw)
 
     out = tmp_path / "r"
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
-    monkeypatch.setenv("H19_FULL", "1")
-    line = _one_line_error(_cram("train", *_sets(), "--out", str(out), "--quiet"))
-    _check_disk_full_line(line, out)
+    json_flag = ["--json"] if as_json else []
+    line = _one_line_error(_cram("train", *_sets(), "--out", str(out), "--quiet", *json_flag))
+    assert line.startswith(f"Error: {words} while writing {out / runs.CHECKPOINTS / runs.step_checkpoint_name(4)}")
+    assert "non-finite" not in line and "learning rate" not in line and "train.lr" not in line, line
+    assert "the last good checkpoint is step 2 (last.safetensors)" in line and fix.format(out=out) in line, line
+    assert _hint(line) == ["train", "--resume", str(out)], line
     assert _read_checkpoint(out / runs.LAST)[1]["step"] == 2  # the last good checkpoint is kept
-    monkeypatch.setenv("H19_FULL", "0")  # space freed
-    r = _cram(*_hint(line), "--quiet")
+    fault["on"] = False  # space freed, folder writable again
+    r = _cram(*_hint(line), "--quiet", *json_flag)
     assert r.exit_code == 0, r.output
     _same_run(out, reference)
 
