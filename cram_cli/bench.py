@@ -90,42 +90,72 @@ def kernels(t_values, rhos, repeats, ops, batch, heads, head_dim, d_state, model
 
 
 @bench.command("model", short_help="Per-token time of training, prefill and decode for whole models.")
-@click.option("--t", "t_values", type=CommaList(int, lo=16, hi=2**20, what="integers"), default="512,1024,2048,4096,8192,16384",
-              show_default=True, metavar="LIST", help="Context lengths, comma-separated.")
-@click.option("--rho", "rhos", type=RhoList(), default="1,1/4,1/16,1/64", show_default=True, metavar="LIST",
-              help="Forced routed fractions of the cram model, decimals or fractions.")
-@click.option("--models", type=CommaList(str, what="model names"), default="cram,dense,none,ssm,transformer",
-              show_default=True, help="Models to compare, comma-separated.")
+@click.option("--t", "t_values", type=CommaList(int, lo=16, hi=2**20, what="integers"), default=None,
+              metavar="LIST", help="Context lengths, comma-separated (default 512,1024,2048,4096,8192,16384; "
+              "preset real: 2048,8192).")
+@click.option("--rho", "rhos", type=RhoList(), default=None, metavar="LIST",
+              help="Forced routed fractions of the cram model, decimals or fractions (default 1,1/4,1/16,1/64; "
+              "preset real: 1,1/16,1/64).")
+@click.option("--models", type=CommaList(str, what="model names"), default="cram,hybrid,cram-rho1,none,ssm,transformer",
+              show_default=True, help="Models to compare, comma-separated: cram (routed), hybrid (the plain hybrid: "
+              "S blocks and plain dense attention), cram-rho1 (CRAM attending everywhere; also 'dense'), none, ssm, "
+              "transformer.")
 @click.option("--modes", type=CommaList(str, what="mode names"), default="train,prefill,decode", show_default=True,
               help="What to time: train (forward+backward), prefill, decode.")
+@click.option("--preset", type=click.Choice(["real"]), default=None,
+              help="Sizes users train: width 512,1024 x vocabulary 4096,32768, 12 layers on a GPU; the options "
+              "given explicitly win.")
+@click.option("--width", "widths", type=CommaList(int, lo=8, hi=8192, what="integers"), default=None, metavar="LIST",
+              help="Model widths, comma-separated (default 64); every width runs with every vocabulary.")
+@click.option("--d-model", "d_model", type=click.IntRange(8, 8192), default=None,
+              help="One model width (the older spelling of --width).")
+@click.option("--vocab", "vocabs", type=CommaList(int, lo=2, hi=2**20, what="integers"), default=None, metavar="LIST",
+              help="Vocabulary sizes, comma-separated (default 256).")
+@click.option("--layers", type=click.IntRange(1, 1024), default=None,
+              help="Blocks per model: the pattern tiled (a multiple of its length; default one pattern).")
 @click.option("--repeats", type=click.IntRange(1, 1000), default=3, show_default=True,
               help="Timed repeats per case (interleaved across models); the median is reported.")
 @click.option("--batch", type=click.IntRange(1, 4096), default=1, show_default=True, help="Sequences per batch.")
 @click.option("--decode-steps", type=click.IntRange(1, 4096), default=16, show_default=True,
               help="Timed decode steps after the untimed prefill of T-1 tokens.")
-@click.option("--d-model", type=click.IntRange(8, 8192), default=64, show_default=True,
-              help="Model width (the quick preset's widths scale with it).")
 @click.option("--pattern", default="SA", show_default=True, help="Block pattern of the hybrids (S and A).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to run: auto picks CUDA when it is available.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads for torch (default: torch's own choice).")
 @click.option("--memory/--no-memory", default=True, show_default=True, help="Measure peak memory (one extra run per case).")
+@click.option("--flops/--no-flops", default=True, show_default=True,
+              help="Count FLOPs per token (one extra untimed run per case; docs/kernels.md, FLOP model).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of weights, tokens and routes.")
-@output_options(plot_help="Write per-token time against T (one line per model, one panel per mode) to this image.")
-def model(t_values, rhos, models, modes, repeats, batch, decode_steps, d_model, pattern, device, threads, memory,
-          seed, as_json, plot, quiet) -> None:
+@output_options(plot_help="Write per-token time against T (one line per model, one panel per size and mode) to this image.")
+def model(t_values, rhos, models, modes, preset, widths, d_model, vocabs, layers, repeats, batch, decode_steps, pattern,
+          device, threads, memory, flops, seed, as_json, plot, quiet) -> None:
     """Time whole models per token: training steps, prefill and decode, at several context lengths.
 
-    cram at each forced routed fraction, the dense hybrid, the no-attention floor, a pure-SSM
-    stack and a plain causal-SDPA transformer of the same width and depth run side by side in
-    one process, interleaved repeat by repeat. Prints per-token tables, speed-ups over the dense
-    hybrid, peak memory, the crossover context length and the issue #9 targets.
+    cram at each forced routed fraction, the plain hybrid (the same S blocks with plain dense
+    attention), CRAM at rho=1, the no-attention floor, a pure-SSM stack and a plain causal-SDPA
+    transformer of the same width, depth and vocabulary run side by side in one process,
+    interleaved repeat by repeat. Prints per-token tables, every speed-up over the plain hybrid
+    and CRAM rho=1 beside its FLOP-predicted ratio and measured/predicted, CRAM's FLOPs by part,
+    peak memory, the crossover context length and the issue #9 targets.
     """
-    from cramkit.gpu.bench.model import ModelBenchConfig, run
+    from cramkit.gpu.bench.model import PRESETS, ModelBenchConfig, preset_config, run
 
-    cfg = ModelBenchConfig(t_values=t_values, rhos=rhos, models=models, modes=modes, repeats=repeats, batch=batch,
-                           decode_steps=decode_steps, d_model=d_model, pattern=pattern,
-                           device=None if device == "auto" else device, threads=threads, memory=memory, seed=seed)  # fmt: skip
+    if widths is not None and d_model is not None:
+        raise click.UsageError("give --width or --d-model, not both")
+    if d_model is not None:
+        widths = (d_model,)
+    sizes = None
+    if widths is not None or vocabs is not None:
+        base = PRESETS[preset] if preset else {"widths": (64,), "vocabs": (256,)}
+        sizes = tuple((w, v) for w in (widths or base["widths"]) for v in (vocabs or base["vocabs"]))
+    dev = None if device == "auto" else device
+    common = dict(t_values=t_values, rhos=rhos, models=models, modes=modes, repeats=repeats, batch=batch,
+                  decode_steps=decode_steps, pattern=pattern, threads=threads, memory=memory, flops=flops, seed=seed,
+                  sizes=sizes, layers=layers)  # fmt: skip
+    if preset:
+        cfg = preset_config(preset, dev, **common)
+    else:
+        cfg = ModelBenchConfig(device=dev, **{k: v for k, v in common.items() if v is not None})
     with progress_bar(enabled=not quiet and not as_json) as progress:
         result = _guarded(run, config=cfg, progress=progress)
     emit(result, as_json=as_json, plot=plot)
