@@ -182,15 +182,25 @@ def _compute(m: dict) -> tuple[str, V.Verdict, dict]:
     if s:
         parts.append(f"model step at T = {s['T']}, ρ = {s['rho']:.4f}: {_f(s['speedup'], 2)}× the model at ρ = 1")
     model_speedup = s["speedup"] if s else None
+    sizes = [z for z in (m.get("bench_model_sizes") or []) if isinstance(z, dict)]
+    for z in sizes:
+        if z.get("train_vs_hybrid") is None:
+            continue
+        parts.append(f"cram bench model, width {z.get('width')}, vocabulary {z.get('vocab')}, T = {z['T']}, "
+                     f"ρ = {z['rho']:.4f}, per token against the plain hybrid (measured, FLOP-predicted): training "
+                     f"{_f(z['train_vs_hybrid'], 2)}×, {_f(z.get('train_vs_hybrid_flops'), 2)}×; decode "
+                     f"{_f(z.get('decode_vs_hybrid'), 2)}×, {_f(z.get('decode_vs_hybrid_flops'), 2)}×; training "
+                     f"{_f(z.get('speedup'), 2)}× CRAM at ρ = 1 and {_f(z.get('vs_transformer'), 2)}× a transformer")  # fmt: skip
     if bm and isinstance(bm, dict) and bm.get("speedup") is not None:
         model_speedup = bm["speedup"]
-        parts.append(f"cram bench model at T = {bm['T']}, ρ = {bm['rho']:.4f}, per token: training {_f(bm['speedup'], 2)}×, "
-                     f"prefill {_f(bm.get('prefill_speedup'), 2)}×, decode {_f(bm.get('decode_speedup'), 2)}× the dense "
-                     f"hybrid; training {_f(bm.get('over_floor'), 2)}× the no-attention floor's time and "
-                     f"{_f(bm.get('vs_transformer'), 2)}× faster than a transformer")  # fmt: skip
-    else:
+        if not sizes:
+            parts.append(f"cram bench model at T = {bm['T']}, ρ = {bm['rho']:.4f}, per token: training {_f(bm['speedup'], 2)}×, "
+                         f"prefill {_f(bm.get('prefill_speedup'), 2)}×, decode {_f(bm.get('decode_speedup'), 2)}× the dense "
+                         f"hybrid; training {_f(bm.get('over_floor'), 2)}× the no-attention floor's time and "
+                         f"{_f(bm.get('vs_transformer'), 2)}× faster than a transformer")  # fmt: skip
+    elif not sizes:
         parts.append(m["bench_model_reason"] or "cram bench model: no speedup reported")
-    v = V.compute_verdict(k["speedup"] if k else None, model_speedup)
+    v = V.compute_verdict(k["speedup"] if k else None, model_speedup, sizes or None)
     return "; ".join(parts), v, {"speedup_min": V.SPEEDUP_MIN}
 
 

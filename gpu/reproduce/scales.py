@@ -34,8 +34,10 @@ class Scale:
     bound: dict[str, Any] = field(default_factory=dict)
     #: `cram bench kernels` settings (bench_kernels keywords)
     bench: dict[str, Any] = field(default_factory=dict)
-    #: `cram bench model` settings (ModelBenchConfig fields; empty = do not run it)
+    #: `cram bench model` settings (ModelBenchConfig fields; empty = do not run it): width 64
     bench_model: dict[str, Any] = field(default_factory=dict)
+    #: `cram bench model` at a real width (ModelBenchConfig fields with ``sizes``; empty = do not run it)
+    bench_model_real: dict[str, Any] = field(default_factory=dict)
     #: the small text model of the redundancy step: train --set overrides, and RedundancyConfig fields
     text_sets: tuple[str, ...] = ()
     redundancy: dict[str, Any] = field(default_factory=dict)
@@ -59,8 +61,10 @@ SCALES: dict[str, Scale] = {
                "stream_P": 16, "Ks": (2,), "n_boot": 200},  # fmt: skip
         bench={"t_values": (256,), "rhos": (1 / 16, 1.0), "repeats": 1, "model_t": 128,
                "ops": ("routed_attention", "model_step")},  # fmt: skip
-        bench_model={"t_values": (64,), "rhos": (1 / 16,), "models": ("cram", "dense", "none"),
+        bench_model={"t_values": (64,), "rhos": (1 / 16,), "models": ("cram", "hybrid", "cram-rho1", "none"),
                      "modes": ("train", "decode"), "repeats": 1, "decode_steps": 2, "memory": False, "threads": 1},
+        bench_model_real={"t_values": (64,), "rhos": (1 / 16,), "sizes": ((32, 512),), "models": ("cram", "hybrid"),
+                          "modes": ("train", "decode"), "repeats": 1, "decode_steps": 2, "memory": False, "threads": 1},
         text_sets=("model.d_model=32", "model.n_heads=2", 'model.pattern="GG"', "train.steps=10",
                    "train.ckpt_every=5", "train.eval_every=5", "train.batch_size=4", "text.seq_len=64",
                    "model.max_len=64", "train.threads=1"),  # fmt: skip
@@ -78,8 +82,12 @@ SCALES: dict[str, Scale] = {
         transfer={"overlaps": (0.0, 0.5, 1.0), "sequences": 512, "bootstrap": 1000, "conflict": True},
         bound={},
         bench={"ops": ("routed_attention", "ssm_scan", "model_step")},
-        bench_model={"t_values": (4096,), "rhos": (1 / 64,), "models": ("cram", "dense", "none", "transformer"),
+        bench_model={"t_values": (4096,), "rhos": (1 / 64,),
+                     "models": ("cram", "hybrid", "cram-rho1", "none", "transformer"),
                      "repeats": 5, "decode_steps": 16, "memory": False, "threads": 1},
+        bench_model_real={"t_values": (2048,), "rhos": (1 / 64,), "sizes": ((512, 4096),),
+                          "models": ("cram", "hybrid", "transformer"), "modes": ("train", "decode"), "repeats": 2,
+                          "decode_steps": 8, "memory": False, "threads": 1},
         text_sets=_QUICK_TEXT,
         redundancy={"max_tokens": 3000, "bootstrap": 300, "gate": False, "context_swap": False},
     ),
@@ -95,6 +103,8 @@ SCALES: dict[str, Scale] = {
         bound={},
         bench={"ops": ("routed_attention", "ssm_scan", "model_step"), "repeats": 5},
         bench_model={"t_values": (4096, 16384), "rhos": (1.0, 1 / 16, 1 / 64), "repeats": 3},
+        bench_model_real={"t_values": (4096, 16384), "rhos": (1 / 16, 1 / 64), "sizes": ((512, 4096), (1024, 32768)),
+                          "models": ("cram", "hybrid", "cram-rho1", "transformer"), "repeats": 3},
         text_sets=("train.steps=2000", "train.ckpt_every=250", "train.eval_every=250"),
         redundancy={"max_tokens": 30000, "bootstrap": 1000},
     ),

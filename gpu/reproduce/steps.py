@@ -294,26 +294,42 @@ def redundancy_step(ctx: Context) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 
 
-def bench_model_summary(rows: list[dict], t_len: int, rho: float) -> dict[str, Any]:
-    """Per-token speedups of routed cram (forced ``rho``) at context ``t_len`` from ``cram bench
-    model`` rows: against the dense hybrid in each mode, and the training step against the
-    no-attention floor and the transformer."""
-    us = {(r["mode"], r["model"], r["rho"]): r["us_per_token"] for r in rows if r["T"] == t_len}
+def bench_model_summary(rows: list[dict], t_len: int, rho: float, size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Per-token speedups of routed cram (forced ``rho``) at context ``t_len`` (and ``size``, width
+    and vocabulary, when the rows have sizes) from ``cram bench model`` rows: against the plain
+    hybrid in each mode with the FLOP-predicted ratio beside each, against CRAM rho=1 (``dense``)
+    as before, and the training step against the no-attention floor and the transformer."""
+    def at(r):
+        return r["T"] == t_len and (size is None or (r.get("width"), r.get("vocab")) == tuple(size))
 
-    def ratio(mode: str, base: str, base_rho=None) -> float | None:
-        a, b = us.get((mode, "cram", rho)), us.get((mode, base, base_rho))
+    alias = {"dense": "cram-rho1"}
+    us = {(r["mode"], alias.get(r["model"], r["model"]), r["rho"]): r["us_per_token"] for r in rows if at(r)}
+    fl = {(r["mode"], alias.get(r["model"], r["model"]), r["rho"]): r.get("flops_per_token") for r in rows if at(r)}
+
+    def ratio(mode: str, base: str, table=us) -> float | None:
+        a, b = table.get((mode, "cram", rho)), table.get((mode, base, None))
         return b / a if a and b else None
 
     floor = us.get(("train", "none", None))
     cram_train = us.get(("train", "cram", rho))
-    return {"T": t_len, "rho": rho, "speedup": ratio("train", "dense"), "prefill_speedup": ratio("prefill", "dense"),
-            "decode_speedup": ratio("decode", "dense"), "vs_transformer": ratio("train", "transformer"),
-            "over_floor": cram_train / floor if cram_train and floor else None}  # fmt: skip
+    out = {"T": t_len, "rho": rho, "speedup": ratio("train", "cram-rho1"), "prefill_speedup": ratio("prefill", "cram-rho1"),
+           "decode_speedup": ratio("decode", "cram-rho1"), "vs_transformer": ratio("train", "transformer"),
+           "over_floor": cram_train / floor if cram_train and floor else None}  # fmt: skip
+    if size is not None:
+        out["width"], out["vocab"] = size
+    for mode in ("train", "prefill", "decode"):
+        out[f"{mode}_vs_hybrid"] = ratio(mode, "hybrid")
+        out[f"{mode}_vs_hybrid_flops"] = ratio(mode, "hybrid", fl)
+    return out
+
+
+def _bench_sizes(rows: list[dict], bcfg) -> list[dict[str, Any]]:
+    return [bench_model_summary(rows, max(bcfg.t_values), min(bcfg.rhos), size) for size in bcfg.sizes]
 
 
 def compute_step(ctx: Context) -> dict[str, Any]:
     """``cram bench kernels``: :func:`cramkit.gpu.bench.bench_kernels`; and ``cram bench model``
-    when present."""
+    at width 64 and at a real width when the scale asks for them."""
     from cramkit.errors import CramError
     from cramkit.gpu.bench import bench_kernels
 
@@ -327,19 +343,26 @@ def compute_step(ctx: Context) -> dict[str, Any]:
     pick = ("T", "rho", "ms", "baseline_ms", "speedup")
     out = {"kernel": {k: kernel[k] for k in pick} if kernel else None,
            "model_step": {k: model[k] for k in pick} if model else None,
-           "machine": res["machine"], "bench_model": None,
+           "machine": res["machine"], "bench_model": None, "bench_model_sizes": [],
            "bench_model_reason": "not measured: needs cram bench model"}  # fmt: skip
-    if ctx.scale.bench_model:
-        from cramkit.gpu.bench.model import ModelBenchConfig
-        from cramkit.gpu.bench.model import run as bench_model_run
+    from cramkit.gpu.bench.model import ModelBenchConfig
+    from cramkit.gpu.bench.model import run as bench_model_run
 
+    for which in ("bench_model", "bench_model_real"):
+        settings = getattr(ctx.scale, which, None)
+        if not settings:
+            continue
         try:
-            bcfg = ModelBenchConfig(**ctx.scale.bench_model)
+            bcfg = ModelBenchConfig(**settings)
             rows = bench_model_run(bcfg, lambda _stage, d, t: ctx.tick(d, t)).to_json()["cases"]
-            out["bench_model"] = bench_model_summary(rows, max(bcfg.t_values), min(bcfg.rhos))
-            out["bench_model_reason"] = None
         except CramError as exc:
             out["bench_model_reason"] = f"not measured: cram bench model could not run ({exc})"
+            continue
+        sizes = _bench_sizes(rows, bcfg)
+        out["bench_model_sizes"] += sizes
+        if which == "bench_model":
+            out["bench_model"] = sizes[0]
+            out["bench_model_reason"] = None
     return out
 
 
@@ -378,5 +401,5 @@ STEPS: Mapping[str, Step] = {
     "gamma": Step("gamma", _settings(*_TRAIN, "fit"), gamma_step),
     "transfer": Step("transfer", _settings(*_TRAIN, "transfer"), transfer_step),
     "redundancy": Step("redundancy", _scale_and_gpt2, redundancy_step),
-    "compute": Step("compute", _settings("bench", "bench_model"), compute_step),
+    "compute": Step("compute", _settings("bench", "bench_model", "bench_model_real"), compute_step),
 }

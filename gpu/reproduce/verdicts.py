@@ -248,20 +248,52 @@ def redundancy_verdict(gpt2_measured: bool, reason: str, fraction_ci: Sequence[f
 SPEEDUP_MIN = 1.1
 
 
-def compute_verdict(kernel_speedup: float | None, model_speedup: float | None) -> Verdict:
-    """Wall-time speedups at the smallest routed fraction measured, candidate and dense baseline
-    interleaved in one run (``cram bench``): the routed attention op against dense SDPA, and a
-    whole model step (``cram bench model`` when present, else the kernel benchmark's
-    ``model_step``) against the same model attending everywhere.
+def _cheaper(sizes: list[dict], mode: str) -> tuple[list[str], list[str]]:
+    """Sizes where routed CRAM runs ``mode`` more than SPEEDUP_MIN faster than the plain hybrid,
+    and the others (as text, with the measured and FLOP-predicted ratios)."""
+    yes, no = [], []
+    for s in sizes:
+        meas, pred = s.get(f"{mode}_vs_hybrid"), s.get(f"{mode}_vs_hybrid_flops")
+        if meas is None:
+            continue
+        text = f"width {s.get('width')} ({meas:.3g}x" + ("" if pred is None else f", FLOPs predict {pred:.3g}x") + ")"
+        (yes if meas > SPEEDUP_MIN else no).append(text)
+    return yes, no
 
-    Holds when both exceed :data:`SPEEDUP_MIN`; fails when either does not; not measured when
-    neither was measured. With only the kernel measured, a kernel speedup alone does not show
-    that a model saves compute: not measured.
+
+def compute_verdict(kernel_speedup: float | None, model_speedup: float | None,
+                    vs_hybrid: list[dict] | None = None) -> Verdict:  # fmt: skip
+    """Wall-time speedups at the smallest routed fraction measured, candidate and baseline
+    interleaved in one run (``cram bench``): the routed attention op against dense SDPA, and
+    routed CRAM against what a user would train instead: the plain hybrid (the same S blocks and
+    a plain dense attention layer), at every size ``cram bench model`` measured (``vs_hybrid``:
+    one dict per size with ``width`` and ``train_vs_hybrid``, ``decode_vs_hybrid`` and their
+    ``..._flops`` predictions). Without sizes (older caches), the model step against the same
+    model attending everywhere (``model_speedup``).
+
+    Holds when the kernel (if timed) and routed CRAM's training step at every size measured are
+    more than :data:`SPEEDUP_MIN` faster; fails when either is not; not measured when nothing was
+    measured. The reason says at which widths CRAM trains and decodes cheaper and where not.
     """
-    if kernel_speedup is None and model_speedup is None:
+    if kernel_speedup is None and model_speedup is None and not vs_hybrid:
         return Verdict(NOT_MEASURED, "no benchmark ran")
     if kernel_speedup is not None and kernel_speedup <= SPEEDUP_MIN:
         return Verdict(FAILS, f"routed attention is only {kernel_speedup:.3g}x dense SDPA at the smallest rho")
+    sizes = [s for s in (vs_hybrid or []) if s.get("train_vs_hybrid") is not None]
+    if sizes:
+        train_yes, train_no = _cheaper(sizes, "train")
+        dec_yes, dec_no = _cheaper(sizes, "decode")
+        parts = []
+        if train_yes:
+            parts.append("trains cheaper than the plain hybrid at " + ", ".join(train_yes))
+        if train_no:
+            parts.append("does not train cheaper at " + ", ".join(train_no))
+        if dec_yes:
+            parts.append("decodes cheaper at " + ", ".join(dec_yes))
+        if dec_no:
+            parts.append("does not decode cheaper at " + ", ".join(dec_no))
+        text = "routed CRAM " + "; ".join(parts)
+        return Verdict(FAILS if train_no else HOLDS, text)
     if model_speedup is None:
         return Verdict(NOT_MEASURED, "only the kernel was timed; the whole model's step was not")
     if model_speedup <= SPEEDUP_MIN:

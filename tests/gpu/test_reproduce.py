@@ -362,4 +362,11 @@ def test_every_scale_builds_valid_library_configs(name, tmp_path):
     BoundConfig(**scale.bound)
     RedundancyConfig(**scale.redundancy)
     assert set(scale.bench) <= set(inspect.signature(bench_kernels).parameters)
+    from cramkit.gpu.bench.model import ModelBenchConfig
+
+    ModelBenchConfig(**scale.bench_model)
+    real = ModelBenchConfig(**scale.bench_model_real)
+    assert "hybrid" in real.models and "hybrid" in ModelBenchConfig(**scale.bench_model).models
+    if name != "tiny":
+        assert min(w for w, _ in real.sizes) >= 512  # a real width
     assert set(scale.fit["models"]) <= {f"M{i}" for i in range(1, 9)} and scale.fit["resamples"] >= 0

@@ -143,3 +143,21 @@ def test_redundancy_not_measured_keeps_the_reason():
 )
 def test_compute(args, expected):
     assert _v(V.compute_verdict(*args)) == expected
+
+
+def _size(width, train, decode, train_flops=None):
+    return {"width": width, "vocab": 256, "train_vs_hybrid": train, "decode_vs_hybrid": decode,
+            "train_vs_hybrid_flops": train_flops, "decode_vs_hybrid_flops": None}  # fmt: skip
+
+
+def test_compute_is_judged_against_the_plain_hybrid_at_every_width():
+    both = [_size(64, 1.9, 0.8, 2.1), _size(512, 1.3, 1.2)]
+    v = V.compute_verdict(18.0, 5.0, both)
+    assert _v(v) == HOLDS and "trains cheaper than the plain hybrid at width 64 (1.9x, FLOPs predict 2.1x)" in v.reason
+    assert "does not decode cheaper at width 64" in v.reason and "decodes cheaper at width 512" in v.reason
+    # a large speed-up over CRAM rho=1 does not rescue a step slower than the plain hybrid at 512
+    v = V.compute_verdict(18.0, 5.0, [_size(64, 1.9, 0.8), _size(512, 0.7, 1.0)])
+    assert _v(v) == FAILS and "does not train cheaper at width 512 (0.7x)" in v.reason
+    assert _v(V.compute_verdict(0.9, 5.0, both)) == FAILS  # the kernel is not faster
+    assert _v(V.compute_verdict(None, None, both)) == HOLDS
+    assert _v(V.compute_verdict(None, None, [])) == NOT_MEASURED

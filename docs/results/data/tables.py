@@ -6,6 +6,10 @@ Usage (from the repository root, any Python 3, no dependencies):
     python3 docs/results/data/tables.py kernels docs/results/data/kernels-cuda.json
 
 Every number in the printed tables is read from the JSON file; nothing is typed in by hand.
+JSON of `cram bench model` runs since issue 23 (rows with width, vocabulary and FLOPs per token) get
+the tables of :func:`model_tables_flops`: per size and mode, µs and MFLOP per token, every speed-up
+over the plain hybrid and over CRAM ρ=1 beside its FLOP-predicted ratio and their quotient, CRAM's
+FLOPs by part, and the crossover T measured and predicted by FLOPs.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ def _row_key(c: dict) -> tuple:
 
 def model_tables(data: dict, modes: tuple[str, ...] = ("train", "prefill", "decode")) -> str:
     cases = data["cases"]
+    if cases and "width" in cases[0]:  # a run with sizes and FLOPs (issue 23)
+        return model_tables_flops(data)
     out = []
     for mode in modes:
         rows = [c for c in cases if c["mode"] == mode]
@@ -85,6 +91,122 @@ def model_tables(data: dict, modes: tuple[str, ...] = ("train", "prefill", "deco
     return "\n".join(out)
 
 
+NEW_ORDER = ("cram", "hybrid", "cram-rho1", "none", "ssm", "transformer")
+NEW_NAMES = {"hybrid": "plain hybrid", "cram-rho1": "CRAM ρ=1", "none": "none (floor)"}
+PARTS = ("backbone", "attention", "memory", "router", "readouts")
+
+
+def new_label(model: str, rho: float | None) -> str:
+    if model == "cram" and rho is not None:
+        return f"cram ρ={rho_text(rho)}"
+    return NEW_NAMES.get(model, model)
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return num / den if num and den else None
+
+
+def model_tables_flops(data: dict) -> str:
+    """Tables of a run with sizes and FLOPs (see the module docstring)."""
+    cases = [dict(c, model="cram-rho1" if c["model"] == "dense" else c["model"]) for c in data["cases"]]
+    out = []
+    sizes = sorted({(c["width"], c["vocab"]) for c in cases})
+    layers = sorted({c.get("layers") for c in cases if c.get("layers")})
+    cross_rows = []
+    for width, vocab in sizes:
+        at = [c for c in cases if (c["width"], c["vocab"]) == (width, vocab)]
+        for mode in ("train", "prefill", "decode"):
+            rows = [c for c in at if c["mode"] == mode]
+            if not rows:
+                continue
+            ts = sorted({c["T"] for c in rows})
+            keys = sorted({(NEW_ORDER.index(c["model"]), -(c["rho"] or 0), c["model"], c["rho"]) for c in rows})
+            head = "| model | " + " | ".join(f"T={t}" for t in ts) + " |"
+            sep = "|---" * (len(ts) + 1) + "|"
+            where = f"width {width}, vocabulary {vocab}" + (f", {layers[0]} blocks" if len(layers) == 1 else "")
+
+            def cell(model, rho, t, rows=rows):
+                return next((c for c in rows if c["model"] == model and c["rho"] == rho and c["T"] == t), None)
+
+            def base(model, t, key, rows=rows):
+                c = cell(model, None, t)
+                return None if c is None else c.get(key)
+
+            def time_cell(c, t):
+                if c is None or c["us_per_token"] is None:
+                    return "-" if c is None or not c.get("note") else "skipped"
+                mf = "-" if c.get("flops_per_token") is None else f"{c['flops_per_token'] / 1e6:.3g}"
+                return f"{num(c['us_per_token'])} µs · {mf} MF"
+
+            def ratio_cell(c, t, baseline):
+                if c is None or c["us_per_token"] is None:
+                    return "-"
+                meas = _ratio(base(baseline, t, "us_per_token"), c["us_per_token"])
+                pred = _ratio(base(baseline, t, "flops_per_token"), c.get("flops_per_token"))
+                q = _ratio(meas, pred)
+                return (f"{'-' if meas is None else f'{meas:.2f}×'} / {'-' if pred is None else f'{pred:.2f}×'} "
+                        f"({'-' if q is None else f'{q:.2f}'})")
+
+            tables = [(f"{mode}, {where}: µs and MFLOP per token", time_cell)]
+            for b in ("hybrid", "cram-rho1"):
+                if any(c["model"] == b for c in rows):
+                    tables.append((f"{mode}, {where}: speed-up over the {NEW_NAMES[b]}, measured / FLOP-predicted "
+                                   "(measured ÷ predicted)", lambda c, t, b=b: ratio_cell(c, t, b)))
+            if any(c["peak_mb"] is not None for c in rows):
+                tables.append((f"{mode}, {where}: peak MB",
+                               lambda c, t: "-" if c is None or c["peak_mb"] is None else f"{c['peak_mb']:.1f}"))
+            for title, fmt in tables:
+                out += [f"**{title}**", "", head, sep]
+                for _, _, model, rho in keys:
+                    out.append(f"| {new_label(model, rho)} | " + " | ".join(fmt(cell(model, rho, t), t) for t in ts) + " |")
+                out.append("")
+            parts = [c for c in rows if c.get("flop_parts")]
+            if parts:
+                out += [f"**{mode}, {where}: CRAM MFLOP per token by part**", "",
+                        "| model | T | " + " | ".join(PARTS) + " | total |", "|---" * (len(PARTS) + 3) + "|"]
+                for c in sorted(parts, key=lambda c: (NEW_ORDER.index(c["model"]), -(c["rho"] or 0), c["T"])):
+                    p = c["flop_parts"]
+                    out.append(f"| {new_label(c['model'], c['rho'])} | {c['T']} | "
+                               + " | ".join(f"{p.get(k, 0.0) / 1e6:.3g}" for k in PARTS)
+                               + f" | {c['flops_per_token'] / 1e6:.3g} |")
+                out.append("")
+            cross = {}
+            for key in ("us_per_token", "flops_per_token"):
+                wins = {}
+                for t in ts:
+                    crams = [c for c in rows if c["model"] == "cram" and c["T"] == t and c.get(key) is not None]
+                    routed = [c for c in crams if c["rho"] < 1] or crams
+                    rivals = [base(m, t, key) for m in ("hybrid", "transformer")]
+                    rivals = [r for r in rivals if r is not None]
+                    if routed and rivals:
+                        wins[t] = min(c[key] for c in routed) < min(rivals)
+                found = None
+                for t in sorted(wins, reverse=True):
+                    if not wins[t]:
+                        break
+                    found = t
+                cross[key] = "not measured" if not wins else ("none" if found is None else f"T={found}")
+                cross[key + "_wins"] = ", ".join(f"{t}: {'yes' if w else 'no'}" for t, w in wins.items()) or "-"
+            cross_rows.append(f"| {width} | {vocab} | {mode} | {cross['us_per_token']} | {cross['us_per_token_wins']} | "
+                              f"{cross['flops_per_token']} | {cross['flops_per_token_wins']} |")
+    if cross_rows:
+        out += ["**crossover: the smallest T from which routed cram (best ρ < 1) is cheaper than both the plain hybrid "
+                "and the transformer at every larger measured T, by measured time and by FLOPs**", "",
+                "| width | vocabulary | mode | measured | cheaper at T (measured) | FLOP-predicted | cheaper at T (FLOPs) |",
+                "|---|---|---|---|---|---|---|", *cross_rows, ""]
+    targets = data.get("targets") or []
+    if targets and any(t["ratio"] is not None for t in targets):
+        out += ["**issue #9 targets (width 64, vocabulary 256), as computed by the benchmark from this run**", "",
+                "| target | ratio | bound | met? |", "|---|---|---|---|"]
+        for t in targets:
+            ratio = "not measured" if t["ratio"] is None else f"{t['ratio']:.2f}×"
+            met = "not measured" if t["met"] is None else ("**met**" if t["met"] else "**missed**")
+            bound = ("≥ " if t["kind"] == "min" else "≤ ") + f"{t['bound']:g}×"
+            out.append(f"| {t['target']} | {ratio} | {bound} | {met} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def kernel_table(data: dict) -> str:
     out = ["| op | T | ρ | dtype | algorithm | ms | baseline | baseline ms | speed-up | FLOP limit |",
            "|----|---|---|-------|-----------|----|----------|-------------|----------|------------|"]
@@ -99,7 +221,10 @@ def machine_line(data: dict) -> str:
     m = data["machine"]
     keys = ("date", "device", "gpu", "platform", "cpu_count", "torch_threads", "python", "torch", "triton",
             "load_average_1min", "omp_wait_policy")
-    return "machine: " + ", ".join(f"{k} {m[k]}" for k in keys if m.get(k) is not None)
+    line = "machine: " + ", ".join(f"{k} {m[k]}" for k in keys if m.get(k) is not None)
+    if m.get("elapsed_s") is not None:
+        line += f", wall {m['elapsed_s']:.0f} s"
+    return line
 
 
 def main(argv: list[str]) -> int:
