@@ -50,3 +50,12 @@ def test_tables_catch_an_edited_number():
     before = mod.model_tables(data)
     data["cases"][0]["us_per_token"] *= 2
     assert mod.model_tables(data) != before
+
+
+def test_linear_flop_crossover():
+    mod = _tables()
+    # cram: 10 + 0.1 T, plain hybrid: 4 + 1 T -> equal at T = 6/0.9
+    assert mod.linear_crossover({"cram": {1: 10.1, 2: 10.2}, "hybrid": {1: 5, 2: 6}}) == pytest.approx(6 / 0.9)
+    assert mod.linear_crossover({"cram": {1: 10, 2: 11}, "hybrid": {1: 5, 2: 6}}) is None  # same slope, dearer
+    assert mod.linear_crossover({"cram": {1: 1, 2: 1}, "hybrid": {1: 5, 2: 6}}) == 0.0  # cheaper everywhere
+    assert mod.linear_crossover({"cram": {2: 1}, "hybrid": {1: 5, 2: 6}}) is None  # one T: no fit

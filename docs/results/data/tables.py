@@ -106,6 +106,29 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return num / den if num and den else None
 
 
+def linear_crossover(points: dict[str, dict[int, float]]) -> float | None:
+    """FLOPs per token are a + b·T for each model (attention is the only term that grows with T):
+    fit each from its two largest measured T and return the T from which ``cram`` costs less than
+    every rival, or None (never, or fewer than two T). ``points``: model -> {T: FLOPs per token}."""
+    lines = {}
+    for model, pts in points.items():
+        ts = sorted(pts)
+        if len(ts) < 2:
+            return None
+        t0, t1 = ts[-2], ts[-1]
+        b = (pts[t1] - pts[t0]) / (t1 - t0)
+        lines[model] = (pts[t1] - b * t1, b)
+    ac, bc = lines.pop("cram")
+    worst = 0.0
+    for a, b in lines.values():
+        if bc >= b:  # cram's cost grows at least as fast as the rival's
+            if ac < a:
+                continue  # cheaper at every T
+            return None  # the gap never closes
+        worst = max(worst, (ac - a) / (b - bc))
+    return worst
+
+
 def model_tables_flops(data: dict) -> str:
     """Tables of a run with sizes and FLOPs (see the module docstring)."""
     cases = [dict(c, model="cram-rho1" if c["model"] == "dense" else c["model"]) for c in data["cases"]]
@@ -187,13 +210,30 @@ def model_tables_flops(data: dict) -> str:
                     found = t
                 cross[key] = "not measured" if not wins else ("none" if found is None else f"T={found}")
                 cross[key + "_wins"] = ", ".join(f"{t}: {'yes' if w else 'no'}" for t, w in wins.items()) or "-"
+            crams = [c for c in rows if c["model"] == "cram" and c.get("flops_per_token")]
+            est = None
+            if crams:
+                rho = min(c["rho"] for c in crams)
+                pts = {"cram": {c["T"]: c["flops_per_token"] for c in crams if c["rho"] == rho}}
+                for m in ("hybrid", "transformer"):
+                    got = {c["T"]: c["flops_per_token"] for c in rows if c["model"] == m and c.get("flops_per_token")}
+                    if got:
+                        pts[m] = got
+                est = linear_crossover(pts) if len(pts) > 1 else None
+                est_text = "-" if len(pts["cram"]) < 2 or len(pts) < 2 else (
+                    "never" if est is None else f"T ≈ {max(est, 0):.0f} (ρ={rho_text(rho)})")
+            else:
+                est_text = "-"
             cross_rows.append(f"| {width} | {vocab} | {mode} | {cross['us_per_token']} | {cross['us_per_token_wins']} | "
-                              f"{cross['flops_per_token']} | {cross['flops_per_token_wins']} |")
+                              f"{cross['flops_per_token']} | {cross['flops_per_token_wins']} | {est_text} |")
     if cross_rows:
         out += ["**crossover: the smallest T from which routed cram (best ρ < 1) is cheaper than both the plain hybrid "
                 "and the transformer at every larger measured T, by measured time and by FLOPs**", "",
-                "| width | vocabulary | mode | measured | cheaper at T (measured) | FLOP-predicted | cheaper at T (FLOPs) |",
-                "|---|---|---|---|---|---|---|", *cross_rows, ""]
+                "(last column: FLOPs per token fitted as a + b·T from the two largest T, the T beyond which the "
+                "smallest ρ is cheaper than both)", "",
+                "| width | vocabulary | mode | measured | cheaper at T (measured) | FLOP-predicted | cheaper at T (FLOPs) "
+                "| FLOP crossover, linear fit |",
+                "|---|---|---|---|---|---|---|---|", *cross_rows, ""]
     targets = data.get("targets") or []
     if targets and any(t["ratio"] is not None for t in targets):
         out += ["**issue #9 targets (width 64, vocabulary 256), as computed by the benchmark from this run**", "",
