@@ -407,6 +407,8 @@ def _part_counter(stack: list[str], parts: dict[str, float]):
     """A FlopCounterMode that also adds each counted op to the CRAM part it belongs to: in the
     forward pass the part module open around it, in the backward pass the part tagged on the
     autograd node being run. Kernel ops are left to the ledger."""
+    # imported here, not at module level: importing torch.utils.flop_counter imports triton, and
+    # triton imported before tests/ops/conftest.py sets TRITON_INTERPRET breaks the kernel tests
     from torch.utils.flop_counter import FlopCounterMode
 
     class PartCounter(FlopCounterMode):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from cramkit.gpu.bench.common import routed_mask
 from cramkit.gpu.bench.flops import (
@@ -20,6 +19,15 @@ from cramkit.gpu.bench.flops import (
 from cramkit.gpu.bench.model import ModelBenchConfig, build_models, make_cases
 
 B, T, H, D = 2, 13, 3, 5
+
+
+def _counter():
+    """FlopCounterMode, imported at test time: importing torch.utils.flop_counter imports triton,
+    and triton imported at collection time (before tests/ops/conftest.py sets TRITON_INTERPRET)
+    breaks the interpreted kernel tests."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    return FlopCounterMode(display=False)
 
 
 def _explicit_attention(q, k, v, route):
@@ -46,7 +54,7 @@ def test_routed_attention_flops_match_a_count_of_explicit_attention(rho):
 
     route = routed_mask(B, T, rho, torch.Generator().manual_seed(1))
     q, k, v = _qkv()
-    with FlopCounterMode(display=False) as fc:
+    with _counter() as fc:
         _explicit_attention(q, k, v, route).sum().backward()
     explicit = fc.get_total_flops()
     pairs = routed_pairs(route) * H
@@ -62,7 +70,7 @@ def test_routed_attention_flops_match_a_count_of_explicit_attention(rho):
 def test_causal_sdpa_flops_match_a_count_of_explicit_attention():
     q, k, v = _qkv()
     full = torch.ones(B, T, dtype=torch.bool)
-    with FlopCounterMode(display=False) as fc:
+    with _counter() as fc:
         _explicit_attention(q, k, v, full).sum().backward()
     assert causal_pairs(T) * B * H * 12 * D == fc.get_total_flops()
     qt, kt, vt = (x.detach().transpose(1, 2).requires_grad_() for x in _qkv())
