@@ -56,6 +56,7 @@ METRICS_FIELDS: dict[str, str] = {
     "attn_share_recall": "text: share of all routed positions that are recall hits",
     "heldout_bpb": "text with text.eval_data: bits per byte on the held-out corpus (also heldout_val_loss, "
                    "heldout_rho_all, heldout_bpb_recall, ...)",
+    "val_jump": "text and token tasks: val_loss exceeds train.jump_factor times the best earlier val_loss (the jump guard)",
 }
 
 

@@ -118,3 +118,13 @@ class RouterConfig(Section):
     static_frac: float = setting(0.3, lo=0.0, hi=1.0, lo_open=True, hi_open=True)  # learned-static: share of steps training the router on another pool
     static_scope: str = setting("all", choices=("all", "queries"))  # learned-static top-k over all positions or only query slots
     loss_weight: float = setting(1.0, lo=0.0)
+    # what the CRAM layer's own losses may train (docs/training.md, "The losses"): "own" (default)
+    # only the layer's own modules -- the memory on sg(h), the episodic readout through the output
+    # projection on the detached attention result, both readouts through a stop-gradient copy of the
+    # shared head; "memory": only the memory's losses and the head isolated (the episodic loss still
+    # reaches q/k/v and the backbone); "shared": the formulation before issue 24 (every loss reaches
+    # the backbone and the head)
+    aux_grad: str = setting("own", choices=("own", "memory", "shared"))
+    # share of target positions (drawn afresh each training step) at which the readout losses and
+    # router labels are computed; 1 = every target position. Evaluation always uses every position.
+    aux_share: float = setting(0.25, lo=0.0, hi=1.0, lo_open=True)

@@ -8,7 +8,8 @@ CRAM retrieval layer at position t with normalised hidden state h_t:
   every earlier key). Keys see the previous position through an exact token shift, which is
   what an induction-style lookup ``key -> next token`` needs;
 - semantic memory m_t = M(h_t): an MLP that predicts a_t from h_t alone, run only where its
-  output or a loss uses it (non-routed rows, and target rows in training);
+  output or a loss uses it (non-routed rows; the losses run it on sg(h_t) at their sampled target
+  rows unless ``router.aux_grad = "shared"``);
 - router: one of :data:`cramkit.gpu.model.routers.ROUTERS`; the learned ones read
   r_t = R(sg(h_t)) (an MLP on the detached state), bias initialised so that every position
   attends at step 0;
@@ -80,6 +81,22 @@ def router_loss(
     return on_t + off_t
 
 
+def _place(rows: torch.Tensor, values: torch.Tensor, fill: float) -> torch.Tensor:
+    """An (N,) tensor: ``values`` at the True entries of ``rows`` (N,) bool, ``fill`` elsewhere."""
+    out = values.new_full(rows.shape, fill)
+    out[rows] = values
+    return out
+
+
+def _scatter_mask(tmask: torch.Tensor, sample: torch.Tensor | None) -> torch.Tensor:
+    """(B, T) bool: the target positions of ``tmask`` chosen by ``sample`` (N,) (all when None)."""
+    if sample is None:
+        return tmask
+    out = torch.zeros_like(tmask)
+    out[tmask] = sample
+    return out
+
+
 def _scatter_rows(rows: torch.Tensor, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A (B, T, d) tensor shaped like ``like``: ``values`` (n, d) at the True rows of ``rows``, 0 elsewhere."""
     out = like.new_zeros(like.shape)
@@ -124,16 +141,18 @@ class CramAttention(Mixer):
         k = (self.k(h) + self.k_prev(shifted)).view(bsz, t_len, self.h, d // self.h)
         return k, self.v(h).view(bsz, t_len, self.h, d // self.h)
 
-    def attend(self, h: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
+    def attend(self, h: torch.Tensor, route: torch.Tensor, core: bool = False):
         """The episodic path a (B, T, d): exact zeros at non-routed rows; the query and output
-        projections run on the routed rows only."""
+        projections run on the routed rows only. ``core``: also return the attention result before
+        the output projection (B, T, d), zeros at non-routed rows."""
         if not bool(route.any()):
-            return torch.zeros_like(h)
+            return (torch.zeros_like(h), torch.zeros_like(h)) if core else torch.zeros_like(h)
         bsz, t_len, d = h.shape
         k, v = self.keys_values(h)
         q = _scatter_rows(route, self.q(h[route]), h).view(bsz, t_len, self.h, d // self.h)
-        a = routed_attention(q, k, v, route)  # (B, T, H, D), zero at non-routed rows
-        return _scatter_rows(route, self.o(a.reshape(bsz, t_len, d)[route]), h)
+        c = routed_attention(q, k, v, route).reshape(bsz, t_len, d)  # zero at non-routed rows
+        a = _scatter_rows(route, self.o(c[route]), h)
+        return (a, c) if core else a
 
     def memory_rows(self, h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """The semantic memory m (B, T, d) at ``rows`` only (zeros elsewhere)."""
@@ -164,36 +183,62 @@ class CramAttention(Mixer):
             return MixerOut(torch.zeros_like(h), trace)
         tmask = ctx.tmask
         attn_rows = route | tmask if (ctx.oracle and tmask is not None) else route
-        mem_rows = ~route if tmask is None else (~route | tmask)
-        a = self.attend(h, attn_rows)
+        shared = self.rcfg.aux_grad == "shared"
+        if tmask is None or not shared or not ctx.aux:  # "memory"/"own": the losses run the memory on sg(h) themselves
+            mem_rows = ~route
+        else:
+            mem_rows = ~route | _scatter_mask(tmask, ctx.sample)
+        a, c = self.attend(h, attn_rows, core=True)
         m = self.memory_rows(h, mem_rows)
         y = torch.where(route[..., None], a, m)
         trace = LayerTrace(route=route.detach(), router_route=router_route.detach(), logits=_detach(logits))
-        losses = self.losses(a, m, route, attn_rows, logits, trace, ctx) if tmask is not None else {}
+        losses = self.losses(h, a, c, m, route, attn_rows, logits, trace, ctx) if (tmask is not None and ctx.aux) else {}
         return MixerOut(y, trace, losses)
 
-    def losses(self, a, m, route, attn_rows, logits, trace: LayerTrace, ctx: ForwardContext) -> dict:
-        """The layer's own losses (and the trace's per-target fields) at the target positions."""
+    def losses(self, h, a, c, m, route, attn_rows, logits, trace: LayerTrace, ctx: ForwardContext) -> dict:
+        """The layer's own losses (and the trace's per-target fields) at the sampled target positions
+        (``ctx.sample``; every target position when None): the semantic readout there, the episodic
+        readout and the consolidation distance only where a is also known. Fields of the trace are
+        NaN (-1 for predictions) where they were not computed.
+
+        ``router.aux_grad`` says what these losses train: "shared" (every loss reaches the head and,
+        through h and a, the backbone), "memory" (the memory's losses on sg(h), both readouts
+        through a stop-gradient copy of the head), "own" (as "memory", and the episodic readout
+        reads o(sg(c)), so that it trains the output projection and norm_a alone)."""
         tmask, tgt = ctx.tmask, ctx.tgt
+        mode = self.rcfg.aux_grad
+        n = tgt.shape[0]
+        sel = ctx.sample if ctx.sample is not None else torch.ones(n, dtype=torch.bool, device=tgt.device)
         known = attn_rows[tmask]  # (N,) a is known here
         att_t = route[tmask]  # attended target positions (training gate)
-        a_t, m_t = a[tmask], m[tmask]
-        lm_logits = ctx.readout(m_t, self.norm_m)
-        lm = F.cross_entropy(lm_logits, tgt, reduction="none")
-        la_logits = ctx.readout(a_t, self.norm_a)
-        la = F.cross_entropy(la_logits, tgt, reduction="none")
-        a_sg = a_t.detach().float()
-        dist = (m_t.float() - a_sg).pow(2).sum(-1) / a_sg.pow(2).sum(-1).clamp_min(1e-8)
-        nan = torch.full_like(la, float("nan"))
-        trace.loss_m = lm.detach()
-        trace.loss_a = torch.where(known, la.detach(), nan)
-        trace.distill = torch.where(known, dist.detach(), nan)
-        trace.pred_m = lm_logits.detach().argmax(-1)
-        trace.pred_a = torch.where(known, la_logits.detach().argmax(-1), torch.full_like(tgt, -1))
-        trace.z = router_targets(lm, la, known, self.rcfg)
-        out = {"epi": episodic_loss(la, att_t), "sem": semantic_loss(lm), "distill": consolidation_loss(dist, att_t)}
+        rows_a = sel & known  # episodic readout and distance rows
+        read = ctx.readout if (mode == "shared" or ctx.aux_readout is None) else ctx.aux_readout
+        if mode == "shared":
+            m_s = m[tmask][sel]
+        else:
+            m_s = self.memory(h[tmask][sel].detach())
+        if mode == "own":
+            a_s = self.o(c[tmask][rows_a].detach())
+        else:
+            a_s = a[tmask][rows_a]
+        tgt_s, tgt_a = tgt[sel], tgt[rows_a]
+        lm_logits = read(m_s, self.norm_m)
+        lm_s = F.cross_entropy(lm_logits, tgt_s, reduction="none")
+        la_logits = read(a_s, self.norm_a)
+        la_s = F.cross_entropy(la_logits, tgt_a, reduction="none")
+        a_sg = a[tmask][rows_a].detach().float()
+        dist_s = (m_s[known[sel]].float() - a_sg).pow(2).sum(-1) / a_sg.pow(2).sum(-1).clamp_min(1e-8)
+        lm = _place(sel, lm_s, float("nan"))
+        la = _place(rows_a, la_s, float("nan"))
+        dist = _place(rows_a, dist_s, float("nan"))
+        trace.loss_m, trace.loss_a, trace.distill = lm.detach(), la.detach(), dist.detach()
+        trace.pred_m = _place(sel, lm_logits.detach().argmax(-1), -1)
+        trace.pred_a = _place(rows_a, la_logits.detach().argmax(-1), -1)
+        trace.z = router_targets(lm.nan_to_num(0.0), la.nan_to_num(0.0), rows_a, self.rcfg) & sel
+        att_s = att_t[rows_a].float()
+        out = {"epi": episodic_loss(la_s, att_s), "sem": semantic_loss(lm_s), "distill": consolidation_loss(dist_s, att_s)}
         if logits is not None:
-            defined_t = known if self.rcfg.target == "utility" else torch.ones_like(known)
+            defined_t = rows_a if self.rcfg.target == "utility" else sel
             out["router"] = router_loss(logits, trace.z, tmask, defined_t)
         return out
 

@@ -47,10 +47,15 @@ class ForwardContext:
 
     ``tmask`` (B, T) bool target positions and ``tgt`` (N,) their targets (in readout indices),
     None without targets; ``route`` (B, T) forces every CRAM layer's decision; ``readout(x, norm)``
-    is the model's head (the CRAM layer's own losses read a_t and m_t through it)."""
+    is the model's head (the CRAM layer's own losses read a_t and m_t through it, or through
+    ``aux_readout``, a stop-gradient copy of it); ``sample`` (N,) bool the target positions at which
+    the layer's readout losses and router labels are computed this step (None: every one)."""
 
     readout: Callable[[torch.Tensor, nn.Module | None], torch.Tensor]
     n_targets: torch.Tensor  # (B,) target positions per sequence (the budget's denominator)
+    aux_readout: Callable[[torch.Tensor, nn.Module], torch.Tensor] | None = None  # the head, frozen
+    sample: torch.Tensor | None = None  # (N,) bool target positions of the readout losses (None: all)
+    aux: bool = True  # compute the layers' own losses (False when every one of them has weight 0)
     tmask: torch.Tensor | None = None
     tgt: torch.Tensor | None = None
     query_mask: torch.Tensor | None = None

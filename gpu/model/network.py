@@ -15,6 +15,7 @@ Launch (see docs/training.md): ``cram train`` (quick preset, CPU) or, on GPUs,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -147,6 +148,30 @@ class CramModel(nn.Module):
             logits = logits[..., self.target_range[0] : self.target_range[1]]
         return logits
 
+    def aux_readout(self, x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
+        """The head as the CRAM layers' own readout losses see it: the same logits as
+        :meth:`readout` with ``norm``, through a stop-gradient copy of the head weight (those losses
+        train their own modules, never the shared head), restricted to the target range first."""
+        w = self.head.weight.detach()
+        if self.target_range is not None:
+            w = w[self.target_range[0] : self.target_range[1]]
+        return F.linear(norm(x), w).float()
+
+    def aux_sample(self, n: int, generator: torch.Generator | None, device=None) -> torch.Tensor | None:
+        """(n,) bool: the target positions at which the CRAM layers compute their readout losses and
+        router labels this step, ``ceil(router.aux_share * n)`` of them drawn uniformly without
+        replacement (so a mean over them is an unbiased estimate of the mean over all n); None
+        (every position) at share 1, in evaluation mode or without a generator. The draw uses its
+        own generator seeded from ``generator``'s seed, so it leaves the step's other draws alone."""
+        share = self.rcfg.aux_share
+        if share >= 1.0 or not self.training or generator is None or not self.cram_layers or n == 0:
+            return None
+        k = min(n, max(1, math.ceil(share * n)))
+        g = torch.Generator().manual_seed((generator.initial_seed() * 2_654_435_761 + 97) % (2**63))
+        keep = torch.zeros(n, dtype=torch.bool)
+        keep[torch.randperm(n, generator=g)[:k]] = True
+        return keep.to(device)
+
     def n_targets(self, bsz: int, t_len: int, targets=None, query_mask=None, device=None) -> torch.Tensor:
         """(B,) target positions per sequence, the budget's denominator: counted from the targets,
         else from the query mask, else ``n_q``, else every position."""
@@ -188,12 +213,16 @@ class CramModel(nn.Module):
         oracle: also compute the episodic path at target positions for measurement only (the
             model output still uses only the router's positions).
         route: (B, T) bool forces every CRAM layer's decision (no exploration is added).
+        weights: the CRAM layers' own losses' weights by name (:data:`LOSS_NAMES`; default 1, the
+            router's ``router.loss_weight``); when every one is 0 the layers compute none of them
+            (the task loss alone, and no per-target trace fields).
         """
         bsz, t_len = tokens.shape
         w = {"epi": 1.0, "sem": 1.0, "distill": 1.0, "router": self.rcfg.loss_weight}
         w.update(weights or {})
         x = self.embed_tokens(tokens)
         ctx = self._context(tokens, targets, query_mask, explore, generator, oracle, route)
+        ctx.aux = any(w[name] != 0 for name in LOSS_NAMES)  # all weights 0: the task loss alone, none computed
         aux = x.new_zeros((), dtype=torch.float32)
         parts: dict[str, float] = {}
         traces: list[LayerTrace] = []
@@ -217,12 +246,14 @@ class CramModel(nn.Module):
     def _context(self, tokens, targets, query_mask, explore, generator, oracle, route) -> ForwardContext:
         bsz, t_len = tokens.shape
         ctx = ForwardContext(self.readout, self.n_targets(bsz, t_len, targets, query_mask, tokens.device),
+                             aux_readout=self.aux_readout,
                              query_mask=query_mask, explore=explore, generator=generator, oracle=oracle,
                              route=check_route(route, (bsz, t_len), tokens.device))  # fmt: skip
         if targets is not None:
             ctx.tmask = targets >= 0
             tgt = targets[ctx.tmask]
             ctx.tgt = tgt - self.target_range[0] if self.target_range is not None else tgt
+            ctx.sample = self.aux_sample(int(tgt.shape[0]), generator, tokens.device)
         return ctx
 
     # -- recurrent inference (docs/inference.md) ------------------------------------------------

@@ -74,6 +74,9 @@ class TrainConfig(Section):
     epi_weight: float = setting(1.0, lo=0.0)  # weight of the episodic path's own loss
     sem_weight: float = setting(1.0, lo=0.0)  # weight of the semantic memory's own loss
     distill_weight: float = setting(1.0, lo=0.0)
+    # the jump guard: an evaluation whose validation loss exceeds this factor times the best earlier
+    # one is flagged (metrics "val_jump", summary "val_jumps")
+    jump_factor: float = setting(1.05, lo=1.0, lo_open=True)
     device: str = setting("auto", choices=DEVICES)
 
 

@@ -44,7 +44,7 @@ from cramkit.gpu.run.distributed import dist_info, init_distributed, pick_device
 from cramkit.gpu.run.resume import RunState, finished_run, open_resume, run_dir_of
 from cramkit.gpu.run.runfolder import RunFolder
 from cramkit.gpu.run.textrun import check_resumed_tokenizer, write_run_files
-from cramkit.gpu.run.trainer import _Trainer
+from cramkit.gpu.run.trainer import _Trainer, is_val_jump  # noqa: F401 (is_val_jump: re-exported)
 from cramkit.gpu.tasks import Task, check_task
 from cramkit.io import atomic_write_json, save_figure
 from cramkit.memory import check_fits, check_training_fits, tensor_bytes
@@ -102,7 +102,12 @@ class TrainResult(Result):
         table.add_column("value", justify="right")
         for k, v in self.summary.items():
             table.add_row(k, "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)))
-        return render_text(table)
+        text = render_text(table)
+        if self.summary.get("val_jumps"):
+            factor = self.config.train.jump_factor if self.config else "train.jump_factor"
+            text += (f"\nwarning: the validation loss jumped above {factor}x its best "
+                     f"at step(s) {', '.join(map(str, self.summary['val_jumps']))} (the jump guard)\n")
+        return text
 
     def plot(self, path: str | os.PathLike) -> None:
         save_figure(_training_figure(self.metrics), path)
@@ -193,6 +198,8 @@ def summarize_run(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("step", "exposures", "acc_r", "acc_e", "acc", "rho_q", "rho_all", "rho_target", "phi", "floor_rho_q",
             "router_precision", "router_recall", "wall_s", "val_loss", "bpb")  # fmt: skip
     s = {k: last[k] for k in keys if k in last}
+    if any("val_loss" in m for m in metrics):
+        s["val_jumps"] = [m["step"] for m in metrics if m.get("val_jump")]
     if "rho_q" in last:
         s.update(attention_reduction(metrics))
     return s

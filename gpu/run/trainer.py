@@ -49,6 +49,12 @@ def _divergence_advice(folder: RunFolder | None, tcfg: C.TrainConfig) -> str:
     return f"; the last good checkpoint is {good}; lower the learning rate: {folder.resume_hint({'train.lr': lr})}"
 
 
+def is_val_jump(earlier: list[float], value: float, factor: float) -> bool:
+    """The jump guard: whether validation loss ``value`` exceeds ``factor`` times the best (lowest)
+    of the ``earlier`` ones (False when there are none)."""
+    return bool(earlier) and value > factor * min(earlier)
+
+
 class TrainingDiverged(CramError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -121,6 +127,9 @@ class _Trainer:
     def record(self, step: int, wall: float, train_stats: dict[str, Any]) -> dict[str, Any]:
         m = {"step": step, **self.task.evaluate(self.model, step=step), **train_stats,
              "lr": lr_at(self.tcfg, max(step - 1, 0)), "cum_lr": self.cum_lr, "wall_s": wall}  # fmt: skip
+        if m.get("val_loss") is not None:
+            earlier = [r["val_loss"] for r in self.metrics if r.get("val_loss") is not None]
+            m["val_jump"] = is_val_jump(earlier, m["val_loss"], self.tcfg.jump_factor)
         self.metrics.append(m)
         if self.folder is not None:
             self.folder.append_metrics(m)

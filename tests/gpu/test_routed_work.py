@@ -26,8 +26,12 @@ TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_h
         "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16", "model.pattern=SAA"]  # fmt: skip
 
 
+# the formulation before issue 24: every loss at every target position, reaching the backbone and head
+V0_LOSSES = ["router.aux_grad=shared", "router.aux_share=1.0"]
+
+
 def _pair(*extra):
-    cfg = load_config(None, [*TINY, *extra])
+    cfg = load_config(None, [*TINY, *V0_LOSSES, *extra])
     torch.manual_seed(0)
     new = build_model(cfg)
     old = v0.CramModel(cfg.model, cfg.router, new.vocab_size, target_range=new.target_range,
