@@ -118,13 +118,15 @@ class RouterConfig(Section):
     static_frac: float = setting(0.3, lo=0.0, hi=1.0, lo_open=True, hi_open=True)  # learned-static: share of steps training the router on another pool
     static_scope: str = setting("all", choices=("all", "queries"))  # learned-static top-k over all positions or only query slots
     loss_weight: float = setting(1.0, lo=0.0)
-    # what the CRAM layer's own losses may train (docs/training.md, "The losses"): "own" (default)
-    # only the layer's own modules -- the memory on sg(h), the episodic readout through the output
-    # projection on the detached attention result, both readouts through a stop-gradient copy of the
-    # shared head; "memory": only the memory's losses and the head isolated (the episodic loss still
-    # reaches q/k/v and the backbone); "shared": the formulation before issue 24 (every loss reaches
-    # the backbone and the head)
-    aux_grad: str = setting("own", choices=("own", "memory", "shared"))
-    # share of target positions (drawn afresh each training step) at which the readout losses and
-    # router labels are computed; 1 = every target position. Evaluation always uses every position.
+    # what the CRAM layer's own losses may train (docs/training.md, "Losses"): "isolated" (default)
+    # only the layer's own modules -- the memory on sg(h), the episodic readout of sg(a), both
+    # readouts through a stop-gradient copy of the shared head, so the backbone, attention and head
+    # get the task loss's gradient alone; "own": as isolated, but the episodic readout of o(sg(c))
+    # also trains attention's output projection; "memory": only the memory's losses and the head
+    # isolated (the episodic loss reaches q/k/v and the backbone); "shared": the formulation before
+    # issue 24 (every loss reaches the backbone and the head; the SRCD presets keep it)
+    aux_grad: str = setting("isolated", choices=("isolated", "own", "memory", "shared"))
+    # the readout losses and router labels are computed at ceil(aux_share * the batch's positions)
+    # target positions, drawn afresh each training step (every target when that is as many); the
+    # evaluation always uses every target position
     aux_share: float = setting(0.25, lo=0.0, hi=1.0, lo_open=True)

@@ -217,7 +217,9 @@ class CramAttention(Mixer):
             m_s = m[tmask][sel]
         else:
             m_s = self.memory(h[tmask][sel].detach())
-        if mode == "own":
+        if mode == "isolated":
+            a_s = a[tmask][rows_a].detach()
+        elif mode == "own":
             a_s = self.o(c[tmask][rows_a].detach())
         else:
             a_s = a[tmask][rows_a]

@@ -139,6 +139,12 @@ class CramModel(nn.Module):
     def cram_layers(self) -> list[CramAttention]:
         return [b.mixer for b in self.blocks if isinstance(b.mixer, CramAttention)]
 
+    def own_parameters(self) -> list[nn.Parameter]:
+        """The CRAM layers' own modules that only their losses and the memory's output train:
+        memory, router and the two readout norms."""
+        mods = [mod for m in self.cram_layers for mod in (m.memory, m.router, m.norm_m, m.norm_a)]
+        return [p for mod in mods for p in mod.parameters()]
+
     def router_parameters(self) -> list[nn.Parameter]:
         return [p for m in self.cram_layers for p in m.router.parameters()]
 
@@ -157,16 +163,17 @@ class CramModel(nn.Module):
             w = w[self.target_range[0] : self.target_range[1]]
         return F.linear(norm(x), w).float()
 
-    def aux_sample(self, n: int, generator: torch.Generator | None, device=None) -> torch.Tensor | None:
-        """(n,) bool: the target positions at which the CRAM layers compute their readout losses and
-        router labels this step, ``ceil(router.aux_share * n)`` of them drawn uniformly without
-        replacement (so a mean over them is an unbiased estimate of the mean over all n); None
-        (every position) at share 1, in evaluation mode or without a generator. The draw uses its
-        own generator seeded from ``generator``'s seed, so it leaves the step's other draws alone."""
-        share = self.rcfg.aux_share
-        if share >= 1.0 or not self.training or generator is None or not self.cram_layers or n == 0:
+    def aux_sample(self, n: int, positions: int, generator: torch.Generator | None, device=None) -> torch.Tensor | None:
+        """(n,) bool: the n target positions at which the CRAM layers compute their readout losses
+        and router labels this step: ``ceil(router.aux_share * positions)`` of them (``positions``:
+        the batch's positions, so the cost is a share of the forward pass's whatever the share of
+        targets), drawn uniformly without replacement, so a mean over them is an unbiased estimate
+        of the mean over all n. None (every target) when that count reaches n, in evaluation mode or
+        without a generator. The draw uses its own generator seeded from ``generator``'s seed, so it
+        leaves the step's other draws alone."""
+        k = max(1, math.ceil(self.rcfg.aux_share * positions))
+        if k >= n or not self.training or generator is None or not self.cram_layers:
             return None
-        k = min(n, max(1, math.ceil(share * n)))
         g = torch.Generator().manual_seed((generator.initial_seed() * 2_654_435_761 + 97) % (2**63))
         keep = torch.zeros(n, dtype=torch.bool)
         keep[torch.randperm(n, generator=g)[:k]] = True
@@ -253,7 +260,7 @@ class CramModel(nn.Module):
             ctx.tmask = targets >= 0
             tgt = targets[ctx.tmask]
             ctx.tgt = tgt - self.target_range[0] if self.target_range is not None else tgt
-            ctx.sample = self.aux_sample(int(tgt.shape[0]), generator, tokens.device)
+            ctx.sample = self.aux_sample(int(tgt.shape[0]), tokens.numel(), generator, tokens.device)
         return ctx
 
     # -- recurrent inference (docs/inference.md) ------------------------------------------------

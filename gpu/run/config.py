@@ -77,6 +77,9 @@ class TrainConfig(Section):
     # the jump guard: an evaluation whose validation loss exceeds this factor times the best earlier
     # one is flagged (metrics "val_jump", summary "val_jumps")
     jump_factor: float = setting(1.05, lo=1.0, lo_open=True)
+    # clip the gradient of the CRAM layers' own modules (memory, router, their norms) apart from the
+    # rest, so that their losses' gradient never scales the task's down through the shared norm
+    clip_apart: bool = False
     device: str = setting("auto", choices=DEVICES)
 
 

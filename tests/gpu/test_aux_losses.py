@@ -20,8 +20,10 @@ from cramkit.gpu.run.train import is_val_jump, summarize_run
 from cramkit.gpu.tasks.srcd import to_tensors, train_world
 from cramkit.sim.srcd import generate, split_seeds
 
+# the SRCD presets keep aux_grad = "shared"; these tests use the default, "isolated"
 TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
-        "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16", "router.init_bias=0.0"]  # fmt: skip
+        "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16", "router.init_bias=0.0",
+        "router.aux_grad=isolated"]  # fmt: skip
 AUX_OFF = {"epi": 0.0, "sem": 0.0, "distill": 0.0, "router": 0.0}
 
 
@@ -42,20 +44,22 @@ def _grads(model, tb, weights=None, step=3):
     return out, {n: (None if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()}
 
 
-def _own_module(name: str) -> bool:
-    """Parameters the layer's own losses may train under ``aux_grad = "own"``."""
-    return any(f".mixer.{part}" in name for part in ("memory.", "router.", "norm_m.", "norm_a.", "o."))
+def _own_module(name: str, mode: str) -> bool:
+    """Parameters the layer's own losses may train: memory, router, the readout norms; under
+    ``aux_grad = "own"`` also attention's output projection."""
+    parts = ("memory.", "router.", "norm_m.", "norm_a.") + (("o.",) if mode == "own" else ())
+    return any(f".mixer.{part}" in name for part in parts)
 
 
-@pytest.mark.parametrize("share", [1.0, 0.5])
-def test_own_losses_put_no_gradient_into_the_backbone_or_the_head(share):
-    model, tb = _setup("router.aux_grad=own", f"router.aux_share={share}")
+@pytest.mark.parametrize("mode, share", [("isolated", 1.0), ("isolated", 0.05), ("own", 1.0), ("own", 0.05)])
+def test_own_losses_put_no_gradient_into_the_backbone_or_the_head(mode, share):
+    model, tb = _setup(f"router.aux_grad={mode}", f"router.aux_share={share}")
     out, with_aux = _grads(model, tb)
     route = out.traces[0].route
     assert 0 < int(route.sum()) < route.numel()  # a routed layer: both paths in use
     _, task_only = _grads(model, tb, AUX_OFF)
     for name, g in with_aux.items():
-        if _own_module(name):
+        if _own_module(name, mode):
             continue
         ref = task_only[name]
         assert (g is None) == (ref is None), name
@@ -116,11 +120,12 @@ def test_episodic_readout_runs_only_on_attended_target_rows():
 
 
 def test_sampled_share_sets_the_readout_rows_and_leaves_the_other_draws_alone():
-    model, tb = _setup("router.aux_share=0.25", "router.name=random", "router.budget=0.5")
+    model, tb = _setup("router.aux_share=0.05", "router.name=random", "router.budget=0.5")
     rows, out = _count_readouts(model, tb)
     tmask = tb.targets >= 0
     n = int(tmask.sum())
-    k = math.ceil(0.25 * n)
+    k = math.ceil(0.05 * tb.tokens.numel())  # a share of the batch's positions, fewer than the targets
+    assert k < n
     tr = out.traces[0]
     sel = ~torch.isnan(tr.loss_m)
     assert int(sel.sum()) == k and rows[0] == k
@@ -140,19 +145,20 @@ def test_the_sample_is_deterministic_per_step_and_uniform():
     cfg = load_config(None, [*TINY, "router.aux_share=0.3"])
     model = build_model(cfg).train()
     n, k = 40, math.ceil(0.3 * 40)
-    a = model.aux_sample(n, step_generator(0, 5, 0))
-    b = model.aux_sample(n, step_generator(0, 5, 0))
-    c = model.aux_sample(n, step_generator(0, 6, 0))
+    a = model.aux_sample(n, n, step_generator(0, 5, 0))
+    b = model.aux_sample(n, n, step_generator(0, 5, 0))
+    c = model.aux_sample(n, n, step_generator(0, 6, 0))
+    assert model.aux_sample(n, 4 * n, step_generator(0, 5, 0)) is None  # the share covers every target
     assert torch.equal(a, b) and not torch.equal(a, c) and int(a.sum()) == k
     # each position is drawn with probability k/n: the mean over the sample is unbiased
-    draws = torch.stack([model.aux_sample(n, step_generator(1, s, 0)) for s in range(4000)]).double()
+    draws = torch.stack([model.aux_sample(n, n, step_generator(1, s, 0)) for s in range(4000)]).double()
     freq = draws.mean(0)
     assert float((freq - k / n).abs().max()) < 4.5 * math.sqrt((k / n) * (1 - k / n) / 4000)
     values = torch.linspace(0.0, 3.0, n, dtype=torch.float64) ** 2
     est = (draws * values).sum(1) / k
     assert float(est.mean()) == pytest.approx(float(values.mean()), rel=0.01)
     model.eval()
-    assert model.aux_sample(n, step_generator(0, 5, 0)) is None
+    assert model.aux_sample(n, n, step_generator(0, 5, 0)) is None
 
 
 def test_task_loss_alone_computes_none_of_the_layer_losses():
@@ -203,3 +209,11 @@ def test_jump_guard_flags_a_validation_loss_above_its_best():
     metrics = [{"step": 50 * i, "val_loss": v, "val_jump": f} for i, (v, f) in enumerate(zip(series, flags))]
     assert summarize_run(metrics)["val_jumps"] == [200, 300]
     assert summarize_run([{"step": 1, "acc": 1.0}]).get("val_jumps") is None
+
+
+def test_presets_isolate_the_losses_on_language_and_keep_srcd_as_it_was():
+    assert load_config(None, [], preset="lm").router.aux_grad == "isolated"
+    assert RouterConfig().aux_grad == "isolated"
+    for preset in ("quick", "paper"):
+        r = load_config(None, [], preset=preset).router
+        assert (r.aux_grad, r.aux_share) == ("shared", 1.0)
