@@ -118,14 +118,16 @@ class RouterConfig(Section):
     static_frac: float = setting(0.3, lo=0.0, hi=1.0, lo_open=True, hi_open=True)  # learned-static: share of steps training the router on another pool
     static_scope: str = setting("all", choices=("all", "queries"))  # learned-static top-k over all positions or only query slots
     loss_weight: float = setting(1.0, lo=0.0)
-    # what the CRAM layer's own losses may train (docs/training.md, "Losses"): "isolated" (default)
-    # only the layer's own modules -- the memory on sg(h), the episodic readout of sg(a), both
+    # what the CRAM layer's own losses may train (docs/training.md, "Losses"): "auto" (default):
+    # "shared" on SRCD, "isolated" on text and token files (resolved when a run config is loaded; a
+    # model built from a RouterConfig directly takes "auto" as "isolated"); "isolated": only the
+    # layer's own modules -- the memory on sg(h), the episodic readout of sg(a), both
     # readouts through a stop-gradient copy of the shared head, so the backbone, attention and head
     # get the task loss's gradient alone; "own": as isolated, but the episodic readout of o(sg(c))
     # also trains attention's output projection; "memory": only the memory's losses and the head
     # isolated (the episodic loss reaches q/k/v and the backbone); "shared": the formulation before
-    # issue 24 (every loss reaches the backbone and the head; the SRCD presets keep it)
-    aux_grad: str = setting("isolated", choices=("isolated", "own", "memory", "shared"))
+    # issue 24 (every loss reaches the backbone and the head; SRCD needs it)
+    aux_grad: str = setting("auto", choices=("auto", "isolated", "own", "memory", "shared"))
     # the readout losses and router labels are computed at ceil(aux_share * the batch's positions)
     # target positions, drawn afresh each training step (every target when that is as many); the
     # evaluation always uses every target position

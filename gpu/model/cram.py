@@ -206,7 +206,7 @@ class CramAttention(Mixer):
         through a stop-gradient copy of the head), "own" (as "memory", and the episodic readout
         reads o(sg(c)), so that it trains the output projection and norm_a alone)."""
         tmask, tgt = ctx.tmask, ctx.tgt
-        mode = self.rcfg.aux_grad
+        mode = "isolated" if self.rcfg.aux_grad == "auto" else self.rcfg.aux_grad
         n = tgt.shape[0]
         sel = ctx.sample if ctx.sample is not None else torch.ones(n, dtype=torch.bool, device=tgt.device)
         known = attn_rows[tmask]  # (N,) a is known here

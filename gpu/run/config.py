@@ -79,7 +79,8 @@ class TrainConfig(Section):
     jump_factor: float = setting(1.05, lo=1.0, lo_open=True)
     # clip the gradient of the CRAM layers' own modules (memory, router, their norms) apart from the
     # rest, so that their losses' gradient never scales the task's down through the shared norm
-    clip_apart: bool = False
+    # (only where those losses are isolated, router.aux_grad != "shared")
+    clip_apart: bool = True
     device: str = setting("auto", choices=DEVICES)
 
 
@@ -260,6 +261,9 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
             kw[name] = _build_section(name, cls, data[name])
     cfg = RunConfig(**kw)
     cfg.validate()
+    if cfg.router.aux_grad == "auto":  # SRCD needs its losses in the backbone; language is hurt by them
+        aux = "shared" if cfg.task == "srcd" else "isolated"
+        cfg = dataclasses.replace(cfg, router=dataclasses.replace(cfg.router, aux_grad=aux))
     return cfg
 
 

@@ -184,7 +184,7 @@ class _Trainer:
         if self.ws > 1:
             allreduce_grads(self.params, self.ws)
         if self.tcfg.grad_clip:
-            if self.tcfg.clip_apart and self.model.cram_layers:
+            if self.tcfg.clip_apart and self.model.cram_layers and self.model.rcfg.aux_grad != "shared":
                 own = {id(p) for p in self.model.own_parameters()}
                 torch.nn.utils.clip_grad_norm_([p for p in self.params if id(p) in own], self.tcfg.grad_clip)
                 torch.nn.utils.clip_grad_norm_([p for p in self.params if id(p) not in own], self.tcfg.grad_clip)

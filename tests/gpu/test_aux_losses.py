@@ -211,9 +211,32 @@ def test_jump_guard_flags_a_validation_loss_above_its_best():
     assert summarize_run([{"step": 1, "acc": 1.0}]).get("val_jumps") is None
 
 
-def test_presets_isolate_the_losses_on_language_and_keep_srcd_as_it_was():
+def test_auto_isolates_the_losses_on_language_and_keeps_srcd_as_it_was():
     assert load_config(None, [], preset="lm").router.aux_grad == "isolated"
-    assert RouterConfig().aux_grad == "isolated"
+    assert load_config(None, ['task="tokens"', 'tokens.data="x.npy"']).router.aux_grad == "isolated"
+    assert RouterConfig().aux_grad == "auto"
     for preset in ("quick", "paper"):
-        r = load_config(None, [], preset=preset).router
-        assert (r.aux_grad, r.aux_share) == ("shared", 1.0)
+        cfg = load_config(None, [], preset=preset)
+        assert cfg.router.aux_grad == "shared"
+        # the share counts the batch's positions: every SRCD target, as before issue 24
+        n = cfg.srcd.m_r + cfg.srcd.m_e
+        model = build_model(cfg).train()
+        assert model.aux_sample(n * 64, cfg.srcd.n * 64, step_generator(0, 1, 0)) is None
+
+
+def test_dense_training_with_isolated_losses_follows_the_task_loss_alone(tmp_path):
+    from cramkit.gpu.run.train import train
+
+    data = tmp_path / "t.txt"
+    data.write_text("in the beginning was the word, and the word was with god. " * 60)
+    common = ['task="text"', f'text.data="{data}"', "text.seq_len=32", "text.eval_batches=1", "model.d_model=32",
+              "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16", "model.memory_hidden=32",
+              "router.name=dense", "train.steps=6", "train.batch_size=4", "train.eval_every=2", "train.warmup_steps=2",
+              "train.lr=0.01", "train.grad_clip=0.05", "router.aux_share=0.5"]  # fmt: skip
+    off = ["train.epi_weight=0.0", "train.sem_weight=0.0", "train.distill_weight=0.0"]
+    runs = {name: train(load_config(None, [*common, *extra])).metrics
+            for name, extra in (("task", off), ("apart", []), ("joint", ["train.clip_apart=false"]))}  # fmt: skip
+    val = {name: [m["val_loss"] for m in ms] for name, ms in runs.items()}
+    assert val["apart"] == pytest.approx(val["task"], rel=1e-5, abs=1e-6)
+    # clipped together, the memory's and router's gradient shrinks the task's: another trajectory
+    assert val["joint"] != pytest.approx(val["task"], rel=1e-5, abs=1e-6)
