@@ -46,8 +46,9 @@ def step_flops(d: int, vocab: int, t_len: int, weights: dict | None, **router: o
 
 def main() -> None:
     torch.set_num_threads(1)
-    variants = [("own, share 0.25 (default)", {}), ("own, share 1", {"aux_share": 1.0}),
-                ("isolated, share 0.25", {"aux_grad": "isolated"}),
+    variants = [("isolated, share 0.25 (text default)", {"aux_grad": "isolated"}),
+                ("isolated, share 1", {"aux_grad": "isolated", "aux_share": 1.0}),
+                ("own, share 0.25", {"aux_grad": "own"}),
                 ("shared, share 1", {"aux_grad": "shared", "aux_share": 1.0})]  # fmt: skip
     for d, vocab, t_len in ((64, 256, 256), (512, 4096, 256), (512, 4096, 1024)):
         base = step_flops(d, vocab, t_len, OFF)

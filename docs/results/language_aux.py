@@ -54,9 +54,19 @@ def fmt(v, nd=3) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("runs", nargs="*", type=Path)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--compare", nargs=2, type=Path, metavar=("RUN_A", "RUN_B"),
+                    help="largest difference of val_loss between two runs over their common evaluations")  # fmt: skip
     args = ap.parse_args()
+    if args.compare:
+        a, b = ({m["step"]: m["val_loss"] for m in map(json.loads, (f / "metrics.jsonl").read_text().splitlines())
+                 if "val_loss" in m} for f in args.compare)  # fmt: skip
+        common = sorted(set(a) & set(b))
+        print(f"{len(common)} common evaluations; max |val_loss difference| = "
+              f"{max(abs(a[s] - b[s]) for s in common):.3g} nats")  # fmt: skip
+    if not args.runs:
+        return
     rows = [row(f) for f in args.runs]
     print("| run | data | seed | router | losses | bpb | rho_all | bpb at " + " / ".join(map(str, CURVE_STEPS))
           + " | val_jumps | wall s |")  # fmt: skip
