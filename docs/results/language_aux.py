@@ -76,7 +76,7 @@ def main() -> None:
             continue
         router = r["router"] + (f" (tau {r['tau']})" if r["router"] == "cram" else "")
         curve = " / ".join(fmt(r["curve"].get(s)) for s in CURVE_STEPS)
-        print(f"| {r['run']} | {r['data']} | {r['seed']} | {router} | {r['losses']} | {fmt(r['bpb'])} | "
+        print(f"| {r['run']} | {r['data']} | {r['seed']} | {router} | {r['losses']} | {fmt(r['bpb'], 4)} | "
               f"{fmt(r['rho_all'])} | {curve} | {r['val_jumps']} | {fmt(r['wall_s'], 0)} |")  # fmt: skip
     srcd = [r for r in rows if r["bpb"] is None]
     if srcd:
