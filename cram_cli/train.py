@@ -130,4 +130,4 @@ def _resume_config(resume: Path, overrides: list[str]):
     run_dir = run_dir_of(resume)
     if RunFolder.saved_config(run_dir) is None:
         raise click.UsageError(f"--resume --set needs the run's config.toml, and {run_dir} has none")
-    return load_config(run_dir / runs.CONFIG, overrides)
+    return load_config(run_dir / runs.CONFIG, overrides, record=True)

@@ -267,6 +267,35 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+#: settings added after runs were first recorded, each with the value that reproduces how a run
+#: recorded without it was trained: before ``router.aux_grad`` existed, CRAM's own losses reached the
+#: backbone ("shared"), at every target position, under one clipping norm
+RECORD_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("router", "aux_grad"): "shared",
+    ("router", "aux_share"): 1.0,
+    ("train", "clip_apart"): False,
+}
+
+
+def with_record_defaults(data: Any) -> Any:
+    """A run's recorded config (its config.toml, a checkpoint's metadata) with the keys it was
+    recorded without set to :data:`RECORD_DEFAULTS`, not to today's defaults: an older run resumes
+    and evaluates as it was trained."""
+    if not isinstance(data, dict):
+        return data
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for (sec, key), value in RECORD_DEFAULTS.items():
+        section = out.setdefault(sec, {})
+        if isinstance(section, dict):
+            section.setdefault(key, value)
+    return out
+
+
+def from_record(data: Any) -> RunConfig:
+    """:func:`from_dict` for a run's recorded config (see :func:`with_record_defaults`)."""
+    return from_dict(with_record_defaults(data))
+
+
 def validate(cfg: RunConfig) -> None:
     """Check a run config built in Python (``from_dict`` and ``load_config`` already do)."""
     cfg.validate()
@@ -344,14 +373,17 @@ def load_config(
     overrides: list[str] | tuple[str, ...] = (),
     *,
     preset: str | None = None,
+    record: bool = False,
 ) -> RunConfig:
     """Resolve a configuration: preset (default ``quick``) or TOML file, then ``--set`` overrides.
 
     A TOML file is complete by itself (missing keys take the dataclass defaults; the ``srcd``
     defaults are :class:`cramkit.sim.srcd.SRCDConfig`'s); ``preset`` and ``config`` are mutually
-    exclusive.
+    exclusive. ``record``: ``config`` is a run's own config.toml (:func:`with_record_defaults`).
     """
     if config is not None and preset is not None:
         raise CramError("give either a preset or a config file, not both")
     data = load_toml(_preset_path(preset or "quick") if config is None else config)
+    if record:
+        data = with_record_defaults(data)
     return from_dict(apply_overrides(data, overrides))

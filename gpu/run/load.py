@@ -38,7 +38,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     if meta.get("arch") not in ARCHES:
         raise CramError(f"{path} is a checkpoint of architecture {meta.get('arch')!r}, not a cram model")
     try:
-        cfg = C.from_dict(meta["config"])
+        cfg = C.from_record(meta["config"])
     except (KeyError, TypeError):
         raise CramError(f"checkpoint {path} has no valid config in its metadata") from None
     model = checkpoint_model(cfg, tensors, meta)

@@ -55,7 +55,7 @@ def read_resume_state(resume: str | Path) -> tuple[C.RunConfig, RunState]:
         raise CramError(f"{resume} is not a cram training checkpoint")
     bad = f"checkpoint {resume} has corrupt training metadata; it cannot be resumed"
     try:
-        cfg = C.from_dict(meta["config"])
+        cfg = C.from_record(meta["config"])
         state = RunState(int(meta["step"]), list(meta.get("metrics", [])), float(meta.get("wall_s", 0.0)),
                          float(meta.get("cum_lr", 0.0)), dict(meta.get("pending", {})), tensors, meta, resume)  # fmt: skip
     except (KeyError, TypeError, ValueError):
@@ -118,7 +118,7 @@ def _read_state(resume: Path, run_dir: Path, cfg: C.RunConfig | None,
     a config that differs from the checkpoint's outside the resumable keys is refused by name."""
     ck = from_file if from_file is not None else _checkpoint_to_resume(resume, run_dir)
     if cfg is None and (run_dir / runs.CONFIG).is_file():
-        cfg = C.load_config(run_dir / runs.CONFIG)  # the folder's config is the run's
+        cfg = C.load_config(run_dir / runs.CONFIG, record=True)  # the folder's config is the run's
     if ck is None:  # stopped before its first checkpoint: start again from step 0
         return cfg, RunState()
     ck_cfg, state = read_resume_state(ck)
@@ -155,7 +155,7 @@ def open_resume(resume: str | Path, cfg: C.RunConfig | None, rank: int,
     folder = None
     if rank == 0:
         folder = RunFolder.open(run_dir, _folder_config_toml(cfg, run_dir, from_file or resume), resume=True,
-                                complete=lambda saved: C.from_dict(saved).to_dict())  # fmt: skip
+                                complete=lambda saved: C.from_record(saved).to_dict())  # fmt: skip
     try:
         cfg, state = _read_state(resume, run_dir, cfg, from_file)
         if folder is not None:

@@ -240,3 +240,24 @@ def test_dense_training_with_isolated_losses_follows_the_task_loss_alone(tmp_pat
     assert val["apart"] == pytest.approx(val["task"], rel=1e-5, abs=1e-6)
     # clipped together, the memory's and router's gradient shrinks the task's: another trajectory
     assert val["joint"] != pytest.approx(val["task"], rel=1e-5, abs=1e-6)
+
+
+def test_a_run_recorded_before_aux_grad_resumes_as_it_was_trained(tmp_path):
+    """A config.toml or checkpoint written before router.aux_grad existed (a text run: today's
+    default would isolate the losses) is read back with the formulation it was trained with."""
+    from cramkit.gpu.run import config as C
+
+    fresh = C.load_config(preset="lm").to_dict()
+    assert fresh["router"]["aux_grad"] == "isolated"  # today's default for language
+    old = {sec: dict(v) if isinstance(v, dict) else v for sec, v in fresh.items()}
+    for sec, key in C.RECORD_DEFAULTS:
+        del old[sec][key]
+    rec = C.from_record(old)
+    assert (rec.router.aux_grad, rec.router.aux_share, rec.train.clip_apart) == ("shared", 1.0, False)
+    assert C.from_dict(old).router.aux_grad == "isolated"  # a user's TOML without the key: today's default
+    path = tmp_path / "config.toml"
+    import tomli_w
+
+    path.write_text(tomli_w.dumps(old))
+    assert C.load_config(path, record=True).router.aux_grad == "shared"
+    assert C.from_record(fresh).to_dict() == fresh  # a record that has the keys keeps them
