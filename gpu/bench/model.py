@@ -262,9 +262,12 @@ def _train_case(name, model, tokens, targets, route) -> tuple[Callable, str]:
 
     def step(_):
         model.zero_grad(set_to_none=True)
-        model(tokens, targets, explore=route).loss.backward()
+        # a step's generator, as in training: the CRAM layers' readout losses and router labels
+        # then run at their sampled share of positions (router.aux_share), as a training step does
+        gen = torch.Generator(device=tokens.device).manual_seed(0)
+        model(tokens, targets, explore=route, generator=gen).loss.backward()
 
-    return step, "forward+backward, all losses, target at every position"
+    return step, "forward+backward, all losses (readouts at router.aux_share of positions), target at every position"
 
 
 def _prefill_case(name, model, tokens, route) -> tuple[Callable | None, Callable, str]:

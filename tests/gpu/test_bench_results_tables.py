@@ -16,7 +16,7 @@ DATA = ROOT / "docs" / "results" / "data"
 # page -> (kind, JSON files whose tables it holds)
 PAGES = {
     "model-speed.md": ("model", ["model-speed-cpu-hybrid-w64", "model-speed-cpu-hybrid-w512",
-                                 "model-speed-cpu-hybrid-w512-t8192",
+                                 "model-speed-cpu-hybrid-w512-t8192", "model-speed-cpu-w512-sampled",
                                  "model-speed-cpu", "model-speed-cpu-decode", "model-speed-cpu-decode-64steps",
                                  "model-speed-cpu-targets",
                                  "model-speed-cuda", "model-speed-cuda-long"]),
