@@ -1,0 +1,284 @@
+"""The compiled decode step and what runs it (docs/inference.md, "The compiled decode step").
+
+:class:`FastDecoder` runs a prompt through ``model.prefill`` (eager), moves the state into the
+preallocated :class:`~cramkit.gpu.model.decode_step.StepState`, and then calls one graph of
+:class:`~cramkit.gpu.model.decode_step.DecodeStep` per token: one graph per cache bucket (a power
+of two), the bucket doubled when it is full. Backends, in order of preference:
+
+- ``aoti``: ``torch.export`` then AOTInductor (``aoti_compile_and_package``), called through the
+  loaded package's runner; needs a C++ compiler. Packages are cached on disk
+  (:func:`cache_dir`), keyed by the model's config and weights, dtype, device, batch, bucket, the
+  step's source and the torch version (:func:`graph_key`);
+- ``compile``: ``torch.compile(fullgraph=True)`` (inductor's own cache);
+- ``uncompiled``: the same sync-free step, run eagerly.
+
+``auto`` tries them in that order. A backend that fails falls back to the next with one warning
+line (never a traceback); compile time is kept apart (``compile_seconds``) from decode time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from cramkit.errors import CramError
+from cramkit.gpu.model import decode_step as ds
+from cramkit.gpu.model.state import check_route
+from cramkit.io import atomic_link_or_copy
+
+BACKENDS = ("auto", "aoti", "compile", "uncompiled")
+CACHE_ENV = "CRAM_CACHE_DIR"
+INDUCTOR_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}  # one-row matmuls in generated C++
+
+
+def cache_dir() -> Path:
+    """Where compiled packages live: ``$CRAM_CACHE_DIR``, else ``$XDG_CACHE_HOME/cram``, else
+    ``~/.cache/cram``; the packages go in its ``decode/`` folder."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "cram"
+    )
+    return Path(root) / "decode"
+
+
+def has_cxx() -> bool:
+    """A C++ compiler for AOTInductor (inductor's configured one, else c++/g++/clang++)."""
+    try:
+        from torch._inductor import config as ind_config
+
+        names = [ind_config.cpp.cxx[1]] if ind_config.cpp.cxx[1] else []
+    except Exception:  # noqa: BLE001 -- an inductor without that setting: look for the usual names
+        names = []
+    return any(shutil.which(n) for n in [*names, "c++", "g++", "clang++"])
+
+
+def weights_hash(model) -> str:
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str((tuple(t.shape), t.dtype)).encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def graph_key(model, batch: int, bucket: int, weights: str | None = None) -> str:
+    """The disk-cache key of one compiled graph."""
+    ref = model.embed.weight
+    parts = [repr(model.cfg), repr(model.rcfg), model.vocab_size, model.target_range, model.budget,
+             [layer.budget for layer in model.cram_layers], weights or weights_hash(model), str(ref.dtype),
+             str(ref.device), batch, bucket, torch.__version__, inspect.getsource(ds),
+             repr(INDUCTOR_OPTIONS)]  # fmt: skip
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+
+
+def _warn(line: str) -> None:
+    print(f"cram: {line}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence what torch prints while compiling (its own warnings and C++ compiler output)."""
+    import logging
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logger = logging.getLogger("torch")
+        level = logger.level
+        logger.setLevel(logging.CRITICAL)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+        finally:
+            logger.setLevel(level)
+
+
+def example_inputs(step: ds.DecodeStep, state: ds.StepState) -> list[torch.Tensor]:
+    """Fresh, distinct tensors shaped like one call's inputs (export de-duplicates aliased inputs)."""
+    bsz = state.batch_size
+    dev = state.pos.device
+    n_cram = state.kinds.count("A")
+    head = [torch.zeros(bsz, dtype=torch.int64, device=dev), torch.zeros(bsz, dtype=torch.bool, device=dev),
+            torch.zeros((), dtype=torch.bool, device=dev), torch.zeros(n_cram, bsz, device=dev)]  # fmt: skip
+    return head + [t.detach().clone() for t in state.flat()]
+
+
+def _aoti(step, example, key: str, folder: Path) -> Callable:
+    path = folder / f"{key}.pt2"
+    if not path.exists():
+        with torch.no_grad(), _quiet():
+            ep = torch.export.export(step, tuple(example))
+            with tempfile.TemporaryDirectory(prefix="cram-aoti-") as tmp:
+                out = torch._inductor.aoti_compile_and_package(
+                    ep, package_path=os.path.join(tmp, "step.pt2"), inductor_configs=INDUCTOR_OPTIONS
+                )
+                atomic_link_or_copy(out, path)
+    with _quiet():
+        loader = torch._inductor.aoti_load_package(str(path)).loader
+    run = loader.run
+    return lambda args: run(args)[0]
+
+
+def _torch_compile(step, example, key: str, folder: Path) -> Callable:
+    with _quiet():
+        fn = torch.compile(step, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
+        with torch.no_grad():
+            fn(*example)  # compile now, on scratch tensors
+    return lambda args: fn(*args)
+
+
+def _uncompiled(step, example, key: str, folder: Path) -> Callable:
+    return lambda args: step(*args)
+
+
+_COMPILERS = {"aoti": _aoti, "compile": _torch_compile, "uncompiled": _uncompiled}
+
+
+class FastDecoder:
+    """Prefill (eager) then the compiled sync-free step, for one batch of sequences.
+
+    ``backend``: ``auto``, ``aoti``, ``compile`` or ``uncompiled`` (see the module docstring). After
+    a failure the next backend serves (one warning line through ``warn``). ``backend_used`` names
+    the backend of the newest graph, ``compile_seconds`` adds up the compile (and load) time."""
+
+    def __init__(self, model, *, backend: str = "auto", folder: str | os.PathLike | None = None,
+                 warn: Callable[[str], None] = _warn):  # fmt: skip
+        if backend not in BACKENDS:
+            raise CramError(f"the decode backend must be one of {BACKENDS}, got {backend!r}")
+        self.model = model
+        self.step_fn = ds.DecodeStep(model)
+        self.own_reason = ds.own_route_reason(model)
+        chain = ["aoti", "compile", "uncompiled"] if backend == "auto" else [backend, "uncompiled"]
+        if backend == "auto" and not has_cxx():
+            chain.remove("aoti")
+        self.chain = list(dict.fromkeys(chain))
+        self.folder = Path(folder) if folder is not None else cache_dir()
+        self.warn = warn
+        self.graphs: dict[tuple[int, int], tuple[str, Callable]] = {}
+        self.compile_seconds = 0.0
+        self.backend_used = self.chain[0]
+        self.state: ds.StepState | None = None
+        self._weights: str | None = None
+        self._phase_ready = False
+        self._consts: dict = {}
+        self.n_cram = len(model.cram_layers)
+        self.max_len = 0
+
+    # -- graphs ----------------------------------------------------------------------------
+    def _graph(self, state: ds.StepState) -> Callable:
+        spec = (state.batch_size, state.bucket)
+        if spec not in self.graphs:
+            start = time.perf_counter()
+            self._weights = self._weights or weights_hash(self.model)
+            key = graph_key(self.model, *spec, weights=self._weights)
+            example = example_inputs(self.step_fn, state)
+            for name in self.chain:
+                try:
+                    run = _COMPILERS[name](self.step_fn, example, key, self.folder)
+                except Exception as exc:  # noqa: BLE001 -- any compile failure falls back, one line
+                    nxt = self.chain[self.chain.index(name) + 1] if name != self.chain[-1] else None
+                    if nxt is None:
+                        raise CramError(f"the decode step failed ({_one_line(exc)})") from None
+                    self.warn(f"{name} decode step unavailable ({_one_line(exc)}); using {nxt}")
+                    self.chain = self.chain[self.chain.index(name) + 1 :]
+                    continue
+                self.graphs[spec] = (name, run)
+                break
+            self.compile_seconds += time.perf_counter() - start
+        self.backend_used = self.graphs[spec][0]
+        return self.graphs[spec][1]
+
+    def prepare(self, batch: int, n_positions: int) -> None:
+        """Compile (or load) the graph of the bucket holding ``n_positions`` ahead of time."""
+        self._graph(ds.step_state_from(self.model, self.model.init_state(batch, 1), ds.bucket_for(n_positions)))
+
+    # -- decoding --------------------------------------------------------------------------
+    def prefill(self, tokens: torch.Tensor, max_len: int, *, route=None, generator=None) -> torch.Tensor:
+        """Run the prompt (B, T) eagerly into a fresh state for up to ``max_len`` positions; returns
+        logits (B, T, V')."""
+        state = self.model.init_state(tokens.shape[0], max_len)
+        logits = self.model.prefill(tokens, state, route=route, generator=generator)
+        self.max_len = int(max_len)
+        self.state = ds.step_state_from(self.model, state)
+        self._phase_ready = any(st.memo.get("stride_phase") is not None for st in state.layers if hasattr(st, "memo"))
+        self._graph(self.state)
+        return logits
+
+    @property
+    def pos(self) -> int:
+        return 0 if self.state is None else self.state.n
+
+    def routes(self) -> list[torch.Tensor]:
+        return [] if self.state is None else self.state.routes()
+
+    @torch.no_grad()
+    def step(self, token: torch.Tensor, *, route=None, generator=None, check: bool = True) -> torch.Tensor:
+        """Append one position: ``token`` (B,) -> logits (B, V'); ``route`` (B,) bool forces the CRAM
+        layers. ``check=False`` skips the token-range check (a host read), for sampled tokens."""
+        st = self.state
+        if st is None:
+            raise CramError("the decoder has no state yet: call prefill first")
+        bsz = st.batch_size
+        if token.dim() != 1 or token.shape[0] != bsz:
+            raise CramError(f"step takes one token per sequence, shape ({bsz},), got {tuple(token.shape)}")
+        if st.n + 1 > self.max_len:
+            raise CramError(f"the inference state holds max_len={self.max_len} positions; {st.n} are filled and "
+                            f"1 more does not fit (make the state with a larger max_len)")  # fmt: skip
+        if check and token.numel() and (int(token.min()) < 0 or int(token.max()) >= self.model.vocab_size):
+            raise CramError(f"token ids must lie in [0, {self.model.vocab_size}), got {int(token.min())}..{int(token.max())}")
+        token = token.contiguous()  # a compiled graph reads its inputs with the example's strides
+        force = route is not None
+        if force:
+            route = check_route(route, (bsz,), token.device).contiguous()
+        elif self.own_reason and self.n_cram:
+            raise CramError(self.own_reason + "; pass route= to step")
+        if st.n + 1 > st.bucket:
+            st.grow(ds.bucket_for(st.n + 1))
+        run = self._graph(st)
+        uniforms = self._uniforms(bsz, force, generator, token.device)
+        args = [token, route if force else self._no_route(bsz, token.device), self._flag(force), uniforms, *st.flat()]
+        logits = run(args)
+        st.n += 1
+        return logits
+
+    def _uniforms(self, bsz, force, generator, device) -> torch.Tensor:
+        """The ``random`` router's draws (one (B,) row per CRAM layer, in layer order, as the eager
+        step draws them); the stride phase is drawn at the first own-route step when the prefill
+        did not draw it (a forced prefill), as the eager step does."""
+        name = self.model.router_policy.name
+        if not force and name == "random":
+            return torch.stack([torch.rand(bsz, generator=generator, device="cpu") for _ in range(self.n_cram)]).to(device)
+        if not force and name == "stride" and not self._phase_ready:
+            layers = iter(self.model.cram_layers)
+            for kind, layer_st in zip(self.state.kinds, self.state.layers):
+                s = ds.stride_period(next(layers).budget) if kind == "A" else None
+                if s is not None:
+                    layer_st["phase"].copy_(torch.randint(0, s, (bsz,), generator=generator, device="cpu"))
+            self._phase_ready = True
+        return self._const("u", lambda: torch.zeros(self.n_cram, bsz, device=device), bsz, device)
+
+    def _const(self, tag, make, *key):
+        if (tag, *key) not in self._consts:
+            self._consts[(tag, *key)] = make()
+        return self._consts[(tag, *key)]
+
+    def _no_route(self, bsz, device) -> torch.Tensor:
+        return self._const("r", lambda: torch.zeros(bsz, dtype=torch.bool, device=device), bsz, device)
+
+    def _flag(self, force: bool) -> torch.Tensor:
+        return self._const("f", lambda: torch.tensor(force, device=self.state.pos.device), force)
