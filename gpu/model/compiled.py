@@ -203,9 +203,16 @@ class FastDecoder:
         self.backend_used = self.graphs[spec][0]
         return self.graphs[spec][1]
 
-    def prepare(self, batch: int, n_positions: int) -> None:
-        """Compile (or load) the graph of the bucket holding ``n_positions`` ahead of time."""
-        self._graph(ds.step_state_from(self.model, self.model.init_state(batch, 1), ds.bucket_for(n_positions)))
+    def _bucket(self, n_positions: int) -> int:
+        """The power-of-two bucket of ``n_positions``, capped at the state's ``max_len``."""
+        bucket = ds.bucket_for(n_positions)
+        return min(bucket, self.max_len) if self.max_len >= n_positions else bucket
+
+    def prepare(self, batch: int, n_positions: int, max_len: int | None = None) -> None:
+        """Compile (or load) ahead of time the graph that holds ``n_positions`` in a state of
+        ``max_len`` positions (default: no cap)."""
+        self.max_len = int(max_len or 0)
+        self._graph(ds.step_state_from(self.model, self.model.init_state(batch, 1), self._bucket(n_positions)))
 
     # -- decoding --------------------------------------------------------------------------
     def prefill(self, tokens: torch.Tensor, max_len: int, *, route=None, generator=None) -> torch.Tensor:
@@ -214,7 +221,7 @@ class FastDecoder:
         state = self.model.init_state(tokens.shape[0], max_len)
         logits = self.model.prefill(tokens, state, route=route, generator=generator)
         self.max_len = int(max_len)
-        self.state = ds.step_state_from(self.model, state)
+        self.state = ds.step_state_from(self.model, state, self._bucket(state.pos + 1))
         self._phase_ready = any(st.memo.get("stride_phase") is not None for st in state.layers if hasattr(st, "memo"))
         self._graph(self.state)
         return logits
@@ -248,7 +255,7 @@ class FastDecoder:
         elif self.own_reason and self.n_cram:
             raise CramError(self.own_reason + "; pass route= to step")
         if st.n + 1 > st.bucket:
-            st.grow(ds.bucket_for(st.n + 1))
+            st.grow(self._bucket(st.n + 1))
         run = self._graph(st)
         uniforms = self._uniforms(bsz, force, generator, token.device)
         args = [token, route if force else self._no_route(bsz, token.device), self._flag(force), uniforms, *st.flat()]

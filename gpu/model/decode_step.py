@@ -188,10 +188,12 @@ def _branch(pred: torch.Tensor, on: Callable, off: Callable, args: tuple) -> tor
     return on(*args) if bool(pred) else off(*args)
 
 
-def _cache_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """One query per row (B, H, D) against the cache (B, H, L, D), keys where ``valid`` (L,)."""
+def _cache_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """One query per row (B, H, D) against the cache (B, H, L, D), keys at slots ``<= pos``.
+    The mask is made inside the score computation (a stored bool mask of L slots costs more on
+    the CPU than the step's matrix products)."""
     scores = (q[:, :, None, :] @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, 1, L)
-    scores = scores.masked_fill(~valid, float("-inf"))
+    scores = scores.masked_fill(torch.arange(k.shape[2], device=k.device) > pos, float("-inf"))
     return (torch.softmax(scores, dim=-1) @ v)[:, :, 0]
 
 
@@ -216,12 +218,11 @@ def _ssm(mx: SSMMixer, u, st):
 def _dense(mx: DenseAttention, x, st, pos, ring: int | None):
     bsz, d = x.shape
     q, k, v = mx.qkv(x).view(bsz, 3, mx.h, d // mx.h).unbind(1)  # (B, H, D)
-    length = st["k"].shape[2]
     slot = (pos % ring if ring else pos).view(1)
     st["k"].index_copy_(2, slot, k[:, :, None])
     st["v"].index_copy_(2, slot, v[:, :, None])
-    valid = torch.arange(length, device=x.device) <= pos  # a ring slot is filled once pos reached it
-    return mx.proj(_cache_attend(q, st["k"], st["v"], valid).reshape(bsz, d))
+    # a ring slot is filled once pos has reached it: the same mask as the full cache
+    return mx.proj(_cache_attend(q, st["k"], st["v"], pos).reshape(bsz, d))
 
 
 def _cram(layer: CramAttention, h, st, pos, route, force, u, rule: StepRule, mixes: bool):
@@ -236,11 +237,10 @@ def _cram(layer: CramAttention, h, st, pos, route, force, u, rule: StepRule, mix
         st["log"].index_copy_(1, pos.view(1), torch.zeros_like(r)[:, None])
         return torch.zeros_like(h)
     st["log"].index_copy_(1, pos.view(1), r[:, None])
-    valid = torch.arange(st["k"].shape[2], device=h.device) <= pos
 
-    def attend(h, kc, vc, valid):
+    def attend(h, kc, vc, pos):
         q = layer.q(h).view(bsz, layer.h, d // layer.h)
-        return layer.o(_cache_attend(q, kc, vc, valid).reshape(bsz, d))
+        return layer.o(_cache_attend(q, kc, vc, pos).reshape(bsz, d))
 
     def memory(h):
         return layer.memory(h)
@@ -248,7 +248,7 @@ def _cram(layer: CramAttention, h, st, pos, route, force, u, rule: StepRule, mix
     def zeros(h, *rest):
         return torch.zeros_like(h)
 
-    a = _branch(r.any(), attend, zeros, (h, st["k"], st["v"], valid))
+    a = _branch(r.any(), attend, zeros, (h, st["k"], st["v"], pos))
     m = _branch((~r).any(), memory, zeros, (h,))
     return torch.where(r[:, None], a, m)
 
