@@ -12,7 +12,8 @@ of two), the bucket doubled when it is full. Backends, in order of preference:
 - ``compile``: ``torch.compile(fullgraph=True)`` (inductor's own cache);
 - ``uncompiled``: the same sync-free step, run eagerly.
 
-``auto`` tries them in that order. A backend that fails falls back to the next with one warning
+``auto`` tries them in that order (``$CRAM_DECODE_BACKEND`` may name one instead; the test suite
+sets it to ``uncompiled``). A backend that fails falls back to the next with one warning
 line (never a traceback); compile time is kept apart (``compile_seconds``) from decode time.
 """
 
@@ -39,6 +40,7 @@ from cramkit.io import atomic_link_or_copy
 
 BACKENDS = ("auto", "aoti", "compile", "uncompiled")
 CACHE_ENV = "CRAM_CACHE_DIR"
+BACKEND_ENV = "CRAM_DECODE_BACKEND"
 INDUCTOR_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}  # one-row matmuls in generated C++
 
 
@@ -139,11 +141,19 @@ def _torch_compile(step, example, key: str, folder: Path) -> Callable:
         fn = torch.compile(step, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
         with torch.no_grad():
             fn(*example)  # compile now, on scratch tensors
-    return lambda args: fn(*args)
+    return _no_grad(fn)
 
 
 def _uncompiled(step, example, key: str, folder: Path) -> Callable:
-    return lambda args: step(*args)
+    return _no_grad(step)
+
+
+def _no_grad(fn) -> Callable:
+    def run(args):
+        with torch.no_grad():
+            return fn(*args)
+
+    return run
 
 
 _COMPILERS = {"aoti": _aoti, "compile": _torch_compile, "uncompiled": _uncompiled}
@@ -158,6 +168,10 @@ class FastDecoder:
 
     def __init__(self, model, *, backend: str = "auto", folder: str | os.PathLike | None = None,
                  warn: Callable[[str], None] = _warn):  # fmt: skip
+        if backend == "auto" and os.environ.get(BACKEND_ENV):
+            backend = os.environ[BACKEND_ENV]
+            if backend not in BACKENDS:
+                raise CramError(f"{BACKEND_ENV} must be one of {BACKENDS}, got {backend!r}")
         if backend not in BACKENDS:
             raise CramError(f"the decode backend must be one of {BACKENDS}, got {backend!r}")
         self.model = model
@@ -174,8 +188,11 @@ class FastDecoder:
         self.backend_used = self.chain[0]
         self.state: ds.StepState | None = None
         self._weights: str | None = None
-        self._phase_ready = False
+        self._draws = False
         self._consts: dict = {}
+        self._args: list | None = None
+        self._run: Callable | None = None
+        self._bsz = 0
         self.n_cram = len(model.cram_layers)
         self.max_len = 0
 
@@ -222,8 +239,15 @@ class FastDecoder:
         logits = self.model.prefill(tokens, state, route=route, generator=generator)
         self.max_len = int(max_len)
         self.state = ds.step_state_from(self.model, state, self._bucket(state.pos + 1))
-        self._phase_ready = any(st.memo.get("stride_phase") is not None for st in state.layers if hasattr(st, "memo"))
-        self._graph(self.state)
+        phase_ready = any(st.memo.get("stride_phase") is not None for st in state.layers if hasattr(st, "memo"))
+        name = self.model.router_policy.name
+        self._draws = name == "random" or (name == "stride" and not phase_ready)
+        bsz, dev = tokens.shape[0], self.state.pos.device
+        self._bsz = bsz
+        self._consts = {"no_route": torch.zeros(bsz, dtype=torch.bool, device=dev), "u": torch.zeros(self.n_cram, bsz, device=dev),
+                        "true": torch.tensor(True, device=dev), "false": torch.tensor(False, device=dev)}  # fmt: skip
+        self._args = None
+        self._run = self._graph(self.state)
         return logits
 
     @property
@@ -233,59 +257,52 @@ class FastDecoder:
     def routes(self) -> list[torch.Tensor]:
         return [] if self.state is None else self.state.routes()
 
-    @torch.no_grad()
     def step(self, token: torch.Tensor, *, route=None, generator=None, check: bool = True) -> torch.Tensor:
         """Append one position: ``token`` (B,) -> logits (B, V'); ``route`` (B,) bool forces the CRAM
-        layers. ``check=False`` skips the token-range check (a host read), for sampled tokens."""
+        layers. ``check=False`` skips the token-range check (a host read), for sampled tokens.
+        The input list is kept between calls: only the token, route and draws change."""
         st = self.state
         if st is None:
             raise CramError("the decoder has no state yet: call prefill first")
-        bsz = st.batch_size
+        bsz, n = self._bsz, st.n
         if token.dim() != 1 or token.shape[0] != bsz:
             raise CramError(f"step takes one token per sequence, shape ({bsz},), got {tuple(token.shape)}")
-        if st.n + 1 > self.max_len:
-            raise CramError(f"the inference state holds max_len={self.max_len} positions; {st.n} are filled and "
+        if n >= self.max_len:
+            raise CramError(f"the inference state holds max_len={self.max_len} positions; {n} are filled and "
                             f"1 more does not fit (make the state with a larger max_len)")  # fmt: skip
         if check and token.numel() and (int(token.min()) < 0 or int(token.max()) >= self.model.vocab_size):
             raise CramError(f"token ids must lie in [0, {self.model.vocab_size}), got {int(token.min())}..{int(token.max())}")
-        token = token.contiguous()  # a compiled graph reads its inputs with the example's strides
-        force = route is not None
-        if force:
+        if route is None:
+            if self.own_reason and self.n_cram:
+                raise CramError(self.own_reason + "; pass route= to step")
+            route, flag = self._consts["no_route"], self._consts["false"]
+            uniforms = self._uniforms(bsz, generator) if self._draws else self._consts["u"]
+        else:
             route = check_route(route, (bsz,), token.device).contiguous()
-        elif self.own_reason and self.n_cram:
-            raise CramError(self.own_reason + "; pass route= to step")
-        if st.n + 1 > st.bucket:
-            st.grow(self._bucket(st.n + 1))
-        run = self._graph(st)
-        uniforms = self._uniforms(bsz, force, generator, token.device)
-        args = [token, route if force else self._no_route(bsz, token.device), self._flag(force), uniforms, *st.flat()]
-        logits = run(args)
-        st.n += 1
+            flag, uniforms = self._consts["true"], self._consts["u"]
+        if n >= st.bucket or self._args is None:
+            if n >= st.bucket:
+                st.grow(self._bucket(n + 1))
+            self._run = self._graph(st)
+            self._args = [None] * 4 + st.flat()
+        args = self._args
+        args[0], args[1], args[2], args[3] = token.contiguous(), route, flag, uniforms  # example strides
+        logits = self._run(args)
+        st.n = n + 1
         return logits
 
-    def _uniforms(self, bsz, force, generator, device) -> torch.Tensor:
+    def _uniforms(self, bsz, generator) -> torch.Tensor:
         """The ``random`` router's draws (one (B,) row per CRAM layer, in layer order, as the eager
         step draws them); the stride phase is drawn at the first own-route step when the prefill
         did not draw it (a forced prefill), as the eager step does."""
         name = self.model.router_policy.name
-        if not force and name == "random":
-            return torch.stack([torch.rand(bsz, generator=generator, device="cpu") for _ in range(self.n_cram)]).to(device)
-        if not force and name == "stride" and not self._phase_ready:
-            layers = iter(self.model.cram_layers)
-            for kind, layer_st in zip(self.state.kinds, self.state.layers):
-                s = ds.stride_period(next(layers).budget) if kind == "A" else None
-                if s is not None:
-                    layer_st["phase"].copy_(torch.randint(0, s, (bsz,), generator=generator, device="cpu"))
-            self._phase_ready = True
-        return self._const("u", lambda: torch.zeros(self.n_cram, bsz, device=device), bsz, device)
-
-    def _const(self, tag, make, *key):
-        if (tag, *key) not in self._consts:
-            self._consts[(tag, *key)] = make()
-        return self._consts[(tag, *key)]
-
-    def _no_route(self, bsz, device) -> torch.Tensor:
-        return self._const("r", lambda: torch.zeros(bsz, dtype=torch.bool, device=device), bsz, device)
-
-    def _flag(self, force: bool) -> torch.Tensor:
-        return self._const("f", lambda: torch.tensor(force, device=self.state.pos.device), force)
+        if name == "random":
+            rows = [torch.rand(bsz, generator=generator, device="cpu") for _ in range(self.n_cram)]
+            return torch.stack(rows).to(self.state.pos.device)
+        layers = iter(self.model.cram_layers)
+        for kind, layer_st in zip(self.state.kinds, self.state.layers):
+            s = ds.stride_period(next(layers).budget) if kind == "A" else None
+            if s is not None:
+                layer_st["phase"].copy_(torch.randint(0, s, (bsz,), generator=generator, device="cpu"))
+        self._draws = False
+        return self._consts["u"]

@@ -26,6 +26,7 @@ class GenerateConfig:
     temperature: float = 0.0
     top_k: int = 0
     seed: int = 0
+    eager: bool = False  # True: model.step (the eager step) instead of the compiled sync-free step
 
     def __post_init__(self):
         if not self.prompt:
@@ -68,8 +69,11 @@ class GenerateResult(Result):
     def stats(self) -> str:
         """One line: speed and attention use (the CLI prints it on stderr)."""
         att = ", ".join(f"{a:.3f}" for a in self.attention) if self.attention else "no CRAM layers"
+        step = self.settings.get("backend", "eager")
+        compiled = self.settings.get("compile_seconds") or 0.0
+        step += f", compile {compiled:.1f} s not counted" if compiled else ""
         return (f"{self.new_tokens} tokens in {self.seconds:.3f} s ({self.tokens_per_s:.1f} tokens/s, "
-                f"prefill {self.prefill_seconds * 1e3:.1f} ms); attention use per CRAM layer: {att}")  # fmt: skip
+                f"prefill {self.prefill_seconds * 1e3:.1f} ms; step: {step}); attention use per CRAM layer: {att}")  # fmt: skip
 
 
 def encode_bytes(text: str) -> torch.Tensor:
@@ -100,7 +104,7 @@ def generate_text(model, cfg: GenerateConfig, checkpoint: str = "", tokenizer=No
     model.eval()
     try:
         out = generate(model, prompt, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                       top_k=cfg.top_k, generator=gen)  # fmt: skip
+                       top_k=cfg.top_k, generator=gen, backend="eager" if cfg.eager else "auto")  # fmt: skip
     finally:
         model.train(was_training)
     ids = out.tokens[0].tolist()
@@ -108,7 +112,7 @@ def generate_text(model, cfg: GenerateConfig, checkpoint: str = "", tokenizer=No
         else tokenizer.decode(ids)  # fmt: skip
     attention = [float(r.float().mean()) for r in out.routes]
     settings = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_k": cfg.top_k,
-                "seed": cfg.seed}  # fmt: skip
+                "seed": cfg.seed, "backend": out.backend, "compile_seconds": out.compile_seconds}  # fmt: skip
     return GenerateResult(checkpoint, cfg.prompt, text, int(out.tokens.shape[1]), out.seconds,
                           out.prefill_seconds, attention, settings, ids)  # fmt: skip
 
