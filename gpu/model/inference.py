@@ -64,8 +64,9 @@ def generate(
 
     ``backend``: ``eager`` runs ``model.step``; the others run the sync-free step
     (:class:`cramkit.gpu.model.compiled.FastDecoder`: ``auto``, ``aoti``, ``compile``,
-    ``uncompiled``), compiled before the clock starts. A model whose mixers or router have no
-    sync-free step decodes eagerly, with one line through ``warn`` saying why."""
+    ``uncompiled``), compiled before the clock starts. A model with a mixer that has no sync-free
+    step decodes eagerly, with one line through ``warn`` saying why; a router that cannot decide
+    token by token goes to the eager step, whose error says so."""
     from cramkit.gpu.model.compiled import FastDecoder
     from cramkit.gpu.model.decode_step import own_route_reason, step_reason
 
@@ -78,10 +79,12 @@ def generate(
         raise CramError(f"max_len {total} exceeds model.max_len {model.pos.num_embeddings}")
     note = None
     if backend != "eager":
-        note = step_reason(model) or own_route_reason(model)
+        note = step_reason(model)
         if note:
             warn(f"{note}; decoding with the eager step")
             backend = "eager"
+        elif own_route_reason(model):
+            backend = "eager"  # its router decides over whole sequences: the eager step says so
     if backend == "eager":
         return _generate_eager(model, prompt, max_new_tokens, temperature, top_k, generator, total, note)
     dec = FastDecoder(model, backend=backend, folder=cache_folder, warn=warn)
