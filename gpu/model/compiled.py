@@ -232,13 +232,14 @@ class FastDecoder:
         self._graph(ds.step_state_from(self.model, self.model.init_state(batch, 1), self._bucket(n_positions)))
 
     # -- decoding --------------------------------------------------------------------------
-    def prefill(self, tokens: torch.Tensor, max_len: int, *, route=None, generator=None) -> torch.Tensor:
+    def prefill(self, tokens: torch.Tensor, max_len: int, *, route=None, generator=None, reserve: int = 0) -> torch.Tensor:
         """Run the prompt (B, T) eagerly into a fresh state for up to ``max_len`` positions; returns
-        logits (B, T, V')."""
+        logits (B, T, V'). The first bucket holds ``reserve`` positions (default: the prompt and
+        one more); a longer run moves to the next bucket when it is full."""
         state = self.model.init_state(tokens.shape[0], max_len)
         logits = self.model.prefill(tokens, state, route=route, generator=generator)
         self.max_len = int(max_len)
-        self.state = ds.step_state_from(self.model, state, self._bucket(state.pos + 1))
+        self.state = ds.step_state_from(self.model, state, self._bucket(max(state.pos + 1, reserve)))
         phase_ready = any(st.memo.get("stride_phase") is not None for st in state.layers if hasattr(st, "memo"))
         name = self.model.router_policy.name
         self._draws = name == "random" or (name == "stride" and not phase_ready)
