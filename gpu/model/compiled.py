@@ -20,6 +20,7 @@ line (never a traceback); compile time is kept apart (``compile_seconds``) from 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import inspect
 import io
@@ -126,8 +127,8 @@ def _aoti(step, example, key: str, folder: Path) -> Callable:
         with torch.no_grad(), _quiet():
             ep = torch.export.export(step, tuple(example))
             with tempfile.TemporaryDirectory(prefix="cram-aoti-") as tmp:
-                out = torch._inductor.aoti_compile_and_package(
-                    ep, package_path=os.path.join(tmp, "step.pt2"), inductor_configs=INDUCTOR_OPTIONS
+                out = torch._inductor.aoti_compile_and_package(  # it adds its own keys to the options given
+                    ep, package_path=os.path.join(tmp, "step.pt2"), inductor_configs=copy.deepcopy(INDUCTOR_OPTIONS)
                 )
                 atomic_link_or_copy(out, path)
     with _quiet():
@@ -138,7 +139,7 @@ def _aoti(step, example, key: str, folder: Path) -> Callable:
 
 def _torch_compile(step, example, key: str, folder: Path) -> Callable:
     with _quiet():
-        fn = torch.compile(step, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
+        fn = torch.compile(step, fullgraph=True, dynamic=False, options=copy.deepcopy(INDUCTOR_OPTIONS))
         with torch.no_grad():
             fn(*example)  # compile now, on scratch tensors
     return _no_grad(fn)
