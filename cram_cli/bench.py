@@ -126,9 +126,11 @@ def kernels(t_values, rhos, repeats, ops, batch, heads, head_dim, d_state, model
 @click.option("--flops/--no-flops", default=True, show_default=True,
               help="Count FLOPs per token (one extra untimed run per case; docs/kernels.md, FLOP model).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of weights, tokens and routes.")
+@click.option("--eager", is_flag=True, default=False,
+              help="Decode with the eager step instead of the compiled sync-free step.")
 @output_options(plot_help="Write per-token time against T (one line per model, one panel per size and mode) to this image.")
 def model(t_values, rhos, models, modes, preset, widths, d_model, vocabs, layers, repeats, batch, decode_steps, pattern,
-          device, threads, memory, flops, seed, as_json, plot, quiet) -> None:
+          device, threads, memory, flops, seed, eager, as_json, plot, quiet) -> None:
     """Time whole models per token: training steps, prefill and decode, at several context lengths.
 
     cram at each forced routed fraction, the plain hybrid (the same S blocks with plain dense
@@ -151,7 +153,7 @@ def model(t_values, rhos, models, modes, preset, widths, d_model, vocabs, layers
     dev = None if device == "auto" else device
     common = dict(t_values=t_values, rhos=rhos, models=models, modes=modes, repeats=repeats, batch=batch,
                   decode_steps=decode_steps, pattern=pattern, threads=threads, memory=memory, flops=flops, seed=seed,
-                  sizes=sizes, layers=layers)  # fmt: skip
+                  sizes=sizes, layers=layers, compiled=not eager)  # fmt: skip
     if preset:
         cfg = preset_config(preset, dev, **common)
     else:

@@ -8,7 +8,11 @@ For every context length ``T`` and mode it times, interleaved repeat by repeat (
   ``prefill`` API when it has one, else its forward);
 * ``decode``: ``k`` single-token steps at context ``T``: the first ``T - 1`` tokens are prefilled
   untimed, then steps ``T - 1 .. T + k - 2`` are timed. Needs the model's step API
-  (``init_state`` / ``prefill`` / ``step``); a model without it is reported as skipped.
+  (``init_state`` / ``prefill`` / ``step``); a model without it is reported as skipped. With
+  ``compiled`` (the default) a :class:`CramModel` steps through the sync-free step compiled
+  ahead of time (:mod:`.decode_case`; the compile time in the row's ``method``), the prefill
+  stays eager. The timed steps hold exactly ``max(1, round(rho k))`` routed steps, and ``cram``
+  is also timed at ``rho = 0`` (a route that never attends: the step's fixed cost).
 
 Models (one instance each per size, built once; the quick preset's widths scaled to the width):
 ``cram`` (the CRAM hybrid, pattern ``SA`` by default, at forced routed fractions ``rho``),
@@ -52,6 +56,7 @@ from cramkit.memory import available_bytes
 from cramkit.progress import Progress, report_to
 
 from .common import machine_info, resolve_device, routed_mask
+from .decode_case import decode_case
 from .measure import _fix_malloc, memory_method, peak_mb, time_cases
 from .model_result import ModelBenchResult
 
@@ -98,6 +103,7 @@ class ModelBenchConfig:
     pattern: str = "SA"
     memory: bool = True
     flops: bool = True
+    compiled: bool = True  # decode: the compiled sync-free step (False: the eager model.step)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -245,6 +251,7 @@ class Case:
     method: str
     module: torch.nn.Module | None = None  # the model the case runs (for the FLOP count)
     route: torch.Tensor | None = None  # (B, T + decode steps) the forced route of a cram case
+    eager: tuple | None = None  # (setup, timed) of the eager path, for the FLOP count of a compiled case
 
     @property
     def label(self) -> str:
@@ -288,25 +295,6 @@ def _prefill_case(name, model, tokens, route) -> tuple[Callable | None, Callable
     return None, fwd, "forward without gradients (no prefill API)"
 
 
-def _decode_case(model, tokens, route, t_len, steps) -> tuple[Callable, Callable]:
-    bsz = tokens.shape[0]
-
-    def setup():
-        state = model.init_state(bsz, t_len + steps)
-        kw = {} if route is None else {"route": route[:, : t_len - 1]}
-        with torch.no_grad():
-            model.prefill(tokens[:, : t_len - 1], state, **kw)
-        return state
-
-    def decode(state):
-        with torch.no_grad():
-            for i in range(t_len - 1, t_len - 1 + steps):
-                kw = {} if route is None else {"route": route[:, i]}
-                model.step(tokens[:, i], state, **kw)
-
-    return setup, decode
-
-
 def make_cases(cfg, models, mode, t_len, device, gen, size=None) -> tuple[list[Case], list[dict]]:
     """The cases of one (mode, T) at one size and the skipped ones (as result rows with a note)."""
     size = size or cfg.sizes[0]
@@ -314,12 +302,17 @@ def make_cases(cfg, models, mode, t_len, device, gen, size=None) -> tuple[list[C
     total = t_len + steps
     tokens = torch.randint(0, size[1], (cfg.batch, total), generator=gen)
     routes = {rho: routed_mask(cfg.batch, total, rho, gen).to(device) for rho in cfg.rhos}
+    if mode == "decode":  # the timed steps hold exactly max(1, round(rho * steps)) routed steps
+        for rho in cfg.rhos:
+            routes[rho][:, t_len - 1 : total - 1] = routed_mask(cfg.batch, steps, rho, gen).to(device)
+        routes[0.0] = torch.zeros(cfg.batch, total, dtype=torch.bool, device=device)  # never attends
     tokens = tokens.to(device)
     targets = torch.cat([tokens[:, 1:t_len], torch.full((cfg.batch, 1), -1, device=device)], 1)
     cases: list[Case] = []
     skipped: list[dict] = []
     for name, model in models.items():
-        variants = [(rho, routes[rho]) for rho in cfg.rhos] if name == "cram" else [(None, None)]
+        rhos = (*cfg.rhos, 0.0) if mode == "decode" and 0.0 not in cfg.rhos else cfg.rhos
+        variants = [(rho, routes[rho]) for rho in rhos] if name == "cram" else [(None, None)]
         for rho, route in variants:
             r_t = None if route is None else route[:, :t_len]
             if mode == "train":
@@ -329,9 +322,8 @@ def make_cases(cfg, models, mode, t_len, device, gen, size=None) -> tuple[list[C
                 setup, fn, method = _prefill_case(name, model, tokens[:, :t_len], r_t)
                 cases.append(Case(mode, name, rho, setup, fn, cfg.batch * t_len, method, model, route))
             elif has_step_api(model):
-                setup, fn = _decode_case(model, tokens, route, t_len, steps)
-                cases.append(Case(mode, name, rho, setup, fn, cfg.batch * steps,
-                                  f"{steps} steps after a {t_len - 1}-token prefill", model, route))  # fmt: skip
+                setup, fn, method, eager = decode_case(model, tokens, route, t_len, steps, cfg.compiled)
+                cases.append(Case(mode, name, rho, setup, fn, cfg.batch * steps, method, model, route, eager))
             else:
                 skipped.append(_row(cfg, size, mode, name, rho, t_len, None, None,
                                     "skipped: model has no step API (init_state/prefill/step)"))  # fmt: skip
@@ -402,8 +394,9 @@ def count_case(case: Case):
     """The FLOP count of one untimed run of ``case``'s timed part (its setup runs first, uncounted)."""
     from .flops import count_flops
 
-    state = case.setup() if case.setup is not None else None
-    return count_flops(case.module, lambda: case.timed(state))
+    setup, timed = case.eager or (case.setup, case.timed)  # a compiled graph's work is invisible to the counter
+    state = setup() if setup is not None else None
+    return count_flops(case.module, lambda: timed(state))
 
 
 def _count_flops(timed: list[tuple[Case, dict]], models: dict, tick) -> None:

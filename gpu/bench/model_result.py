@@ -111,6 +111,7 @@ class ModelBenchResult(Result):
         """(value, rho) of the cheapest routed cram case by ``key`` (rho < 1 when there is one)."""
         rows = [c for c in self.cases if (c["width"], c["vocab"]) == tuple(size) and c["mode"] == mode
                 and c["model"] == "cram" and c["T"] == t_len and c.get(key) is not None]  # fmt: skip
+        rows = [c for c in rows if c["rho"] > 0]  # rho 0 (decode's never-attending step) is no routing
         routed = [c for c in rows if c["rho"] < 1] or rows
         if not routed:
             return None

@@ -56,6 +56,13 @@ def test_every_case_has_the_schema(tiny_result):
         assert sorted((c["model"], c["rho"] or 0) for c in rows) == sorted(
             [("cram", 1.0), ("cram", 0.25), ("hybrid", 0), ("cram-rho1", 0), ("none", 0), ("ssm", 0), ("transformer", 0)]
         )
+    # decode: cram also at rho 0 (never attends: the step's fixed cost), through the sync-free step
+    rows = [c for c in measured if c["mode"] == "decode"]
+    assert sorted(c["rho"] for c in rows if c["model"] == "cram") == [0.0, 0.25, 1.0]
+    for c in rows:
+        assert ("uncompiled step" in c["method"]) == (c["model"] != "transformer"), c  # the suite's backend
+        assert ("eager step" in c["method"]) == (c["model"] == "transformer"), c
+        assert c["flops_per_token"] > 0  # counted on the eager path
     # every measured row has its ratio against the plain hybrid, first, and against CRAM rho=1
     ratios = data["ratios"]
     for c in measured:
