@@ -172,12 +172,13 @@ def test_flop_model_totals_match_an_independent_count(models, mode):
     cases, _ = make_cases(CFG, models, mode, 24, "cpu", gen)
     assert {c.model for c in cases} == set(models)
     for case in cases:
-        state = case.setup() if case.setup is not None else None
-        counted = count_flops(case.module, lambda case=case, state=state: case.timed(state))
-        state = case.setup() if case.setup is not None else None
+        setup, timed = case.eager or (case.setup, case.timed)  # decode: the eager path (a compiled step is opaque)
+        state = setup() if setup is not None else None
+        counted = count_flops(case.module, lambda timed=timed, state=state: timed(state))
+        state = setup() if setup is not None else None
         hooks = HookCount(case.module, grad=mode == "train")
         try:
-            case.timed(state)
+            timed(state)
         finally:
             hooks.close()
         route = _route_of(case)
