@@ -27,7 +27,8 @@ CRAM's breakdown by part comes from the counter's per-module totals, so it re-me
 the code does: ``router`` (the mixer's ``router`` module), ``memory`` (its ``memory`` module),
 ``attention`` (its ``q``, ``k``, ``k_prev``, ``v``, ``o`` projections plus the attention kernels
 called inside a CRAM layer), ``readouts`` (every call of the model's readout made by a CRAM layer
-for its own losses; a counting-time proxy module wraps ``ForwardContext.readout``), and
+for its own losses; counting-time proxy modules wrap ``ForwardContext.readout`` and
+``aux_readout``), and
 ``backbone`` (everything else: embedding, S blocks, MLPs, the task readout).
 """
 
@@ -286,6 +287,7 @@ class _ReadoutProxy(nn.Module):
 
 
 PROXY_NAME = "flops_readout"
+AUX_PROXY_NAME = "flops_aux_readout"  # the same for ``ForwardContext.aux_readout`` (the frozen head)
 
 
 @contextlib.contextmanager
@@ -299,17 +301,21 @@ def _instrument_cram_layers(model: nn.Module, ledger: Ledger) -> Iterator[list[s
     try:
         for layer in layers:
             mix, decode = layer.mix, layer.decode
-            proxy = _ReadoutProxy(lambda *a, **k: None)
+            proxy, aux_proxy = _ReadoutProxy(lambda *a, **k: None), _ReadoutProxy(lambda *a, **k: None)
             layer.add_module(PROXY_NAME, proxy)
+            layer.add_module(AUX_PROXY_NAME, aux_proxy)
             added.append(layer)
 
-            def wrapped_mix(h, ctx, _mix=mix, _proxy=proxy):
+            def wrapped_mix(h, ctx, _mix=mix, _proxy=proxy, _aux=aux_proxy):
                 prev = ledger.where
                 ledger.where = "cram"
                 try:
                     if ctx is not None and getattr(ctx, "readout", None) is not None:
                         _proxy._readout[0] = ctx.readout
                         ctx = dataclasses.replace(ctx, readout=_proxy)
+                    if ctx is not None and getattr(ctx, "aux_readout", None) is not None:
+                        _aux._readout[0] = ctx.aux_readout
+                        ctx = dataclasses.replace(ctx, aux_readout=_aux)
                     return _mix(h, ctx)
                 finally:
                     ledger.where = prev
@@ -330,6 +336,7 @@ def _instrument_cram_layers(model: nn.Module, ledger: Ledger) -> Iterator[list[s
             for attr in ("mix", "decode"):
                 layer.__dict__.pop(attr, None)
             delattr(layer, PROXY_NAME)
+            delattr(layer, AUX_PROXY_NAME)
 
 
 def _name_modules(counter, model: nn.Module) -> None:
@@ -362,7 +369,7 @@ def _part_modules(model: nn.Module) -> dict[nn.Module, str]:
                 out[mod] = "memory"
             elif name in ATTENTION_PROJECTIONS:
                 out[mod] = "attention"
-            elif name == PROXY_NAME:
+            elif name in (PROXY_NAME, AUX_PROXY_NAME):
                 out[mod] = "readouts"
     return out
 

@@ -190,7 +190,9 @@ def _cram_model(router: str, blocks: str, width: int, vocab: int):
     mcfg = dataclasses.replace(base.model, pattern=blocks, d_model=width, n_heads=heads, ssm_heads=heads,
                                ssm_head_dim=width // heads, memory_hidden=2 * width,
                                router_hidden=max(1, width // 2))  # fmt: skip
-    rcfg = dataclasses.replace(base.router, name=router, budget=0.0, explore=0.0)
+    # the benchmark's task is next-token prediction at every position: CRAM's losses as a language
+    # run trains them (router.aux_grad "auto" means "isolated" on text), not the quick preset's SRCD ones
+    rcfg = dataclasses.replace(base.router, name=router, budget=0.0, explore=0.0, aux_grad="isolated")
     return CramModel(mcfg, rcfg, vocab, budget=0.0)
 
 
