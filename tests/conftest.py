@@ -12,6 +12,31 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, settings
 
+
+def _import_triton_interpreted() -> None:
+    """Import triton under ``TRITON_INTERPRET=1`` before any test module can import it otherwise.
+
+    Triton's own ``@triton.jit`` helpers (``tl.sum``, ``tl.max``, ...) are decorated once, when
+    triton is first imported, in the mode ``TRITON_INTERPRET`` gives then; a kernel run under the
+    interpreter (tests/ops) that calls a helper decorated without it fails with "Cannot call
+    @triton.jit'd outside of the scope of a kernel". Modules such as ``torch.utils.flop_counter``
+    import triton as a side effect, so a test module importing them at collection used to break the
+    op tests that were collected after it. The variable is restored afterwards."""
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton.language  # noqa: F401
+    except ImportError:  # no triton: the kernel tests skip
+        pass
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+_import_triton_interpreted()
+
 settings.register_profile(
     "ci",
     derandomize=True,
