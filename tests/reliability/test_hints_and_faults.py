@@ -33,18 +33,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny_run import tiny_sets
 
 from cramkit import runs
 from cramkit.cli.main import cli
 
-TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_head_dim=16",
-        "model.d_state=8", "model.memory_hidden=32", "model.router_hidden=16", "train.batch_size=8",
-        "train.eval_sequences=32", "train.warmup_steps=2", "train.threads=1", "train.eval_log_points=0",
-        "train.steps=6", "train.eval_every=3", "train.ckpt_every=2"]  # fmt: skip
-
-
-def _sets(*extra: str) -> list[str]:
-    return [a for s in [*TINY, *extra] for a in ("--set", s)]
+_sets = tiny_sets
 
 
 def _cram(*args: str):
