@@ -9,13 +9,11 @@ import sys
 import time
 
 import pytest
+from cli_helpers import one_line_error, tiny_sets
 from click.testing import CliRunner
-from tiny_run import tiny_sets
 
 from cramkit import runs
 from cramkit.cli.main import cli
-
-_sets = tiny_sets
 
 
 def _train(*args: str):
@@ -25,17 +23,10 @@ def _train(*args: str):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "done"
-    r = _train(*_sets(), "--out", str(out), "--json")
+    r = _train(*tiny_sets(), "--out", str(out), "--json")
     assert r.exit_code == 0, r.output
     return out
 
-
-def _one_line_error(r, code: int = 2) -> str:
-    assert r.exit_code == code, r.output
-    assert "Traceback" not in r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1, r.output
-    return lines[0]
 
 
 @pytest.mark.parametrize("command", [["eval"], ["transfer"], ["redundancy"]])
@@ -44,7 +35,7 @@ def test_commands_refuse_a_corrupt_checkpoint_naming_it(finished, tmp_path, comm
     blob = bytearray((finished / runs.LAST).read_bytes())
     blob[-100] ^= 0x10  # one bit in the weights
     bad.write_bytes(bytes(blob))
-    line = _one_line_error(CliRunner().invoke(cli, [*command, str(bad)]))
+    line = one_line_error(CliRunner().invoke(cli, [*command, str(bad)]))
     assert f"{bad}: checksum mismatch: the file is corrupt" in line
 
 
@@ -58,7 +49,7 @@ def test_resume_of_a_corrupt_last_checkpoint_is_one_line(finished, tmp_path):
     (out / runs.LAST).unlink()
     (out / runs.LAST).write_bytes(bytes(data))
     r = _train("--resume", str(out / runs.LAST))
-    assert "checksum mismatch" in _one_line_error(r) and "diverge" not in r.output
+    assert "checksum mismatch" in one_line_error(r) and "diverge" not in r.output
 
 
 def test_a_new_run_in_a_folder_with_a_run_is_refused(finished, tmp_path):
@@ -67,7 +58,7 @@ def test_a_new_run_in_a_folder_with_a_run_is_refused(finished, tmp_path):
     out = tmp_path / "r"
     shutil.copytree(finished, out)
     before = (out / runs.METRICS).read_text()
-    line = _one_line_error(_train(*_sets(), "--out", str(out)))
+    line = one_line_error(_train(*tiny_sets(), "--out", str(out)))
     assert "already holds a run" in line and "--resume" in line and "--overwrite" in line
     assert (out / runs.METRICS).read_text() == before
 
@@ -78,7 +69,7 @@ def test_overwrite_moves_the_old_run_aside(finished, tmp_path):
     out = tmp_path / "r"
     shutil.copytree(finished, out)
     before = (out / runs.METRICS).read_text()
-    r = _train(*_sets(), "--out", str(out), "--overwrite")
+    r = _train(*tiny_sets(), "--out", str(out), "--overwrite")
     assert r.exit_code == 0, r.output
     moved = [p for p in out.iterdir() if p.name.startswith(runs.REPLACED_PREFIX)]
     assert len(moved) == 1 and (moved[0] / runs.METRICS).read_text() == before
@@ -86,8 +77,8 @@ def test_overwrite_moves_the_old_run_aside(finished, tmp_path):
 
 def test_resume_with_set_allows_lr_and_refuses_model_keys(tmp_path):
     out = tmp_path / "r"
-    assert _train(*_sets(), "--out", str(out), "--max-steps", "2").exit_code == 0
-    line = _one_line_error(_train("--resume", str(out), "--set", "model.d_model=64"))
+    assert _train(*tiny_sets(), "--out", str(out), "--max-steps", "2").exit_code == 0
+    line = one_line_error(_train("--resume", str(out), "--set", "model.d_model=64"))
     assert "model.d_model" in line
     r = _train("--resume", str(out), "--set", "train.lr=0.001")
     assert r.exit_code == 0, r.output
@@ -99,21 +90,21 @@ def test_resume_of_a_run_saved_before_a_setting_existed(tmp_path):
     """A run folder written before a config key was added (its config.toml lacks the key) ran
     at the key's default: resuming it is not a config change."""
     out = tmp_path / "r"
-    assert _train(*_sets(), "--out", str(out), "--max-steps", "2").exit_code == 0
+    assert _train(*tiny_sets(), "--out", str(out), "--max-steps", "2").exit_code == 0
     cfg = out / runs.CONFIG
     lines = cfg.read_text().splitlines()
     assert any(ln.startswith("window") for ln in lines)
     cfg.write_text("\n".join(ln for ln in lines if not ln.startswith("window")) + "\n")
     r = _train("--resume", str(out), "--max-steps", "4")
     assert r.exit_code == 0, r.output
-    line = _one_line_error(_train("--resume", str(out), "--set", "model.window=8"))
+    line = one_line_error(_train("--resume", str(out), "--set", "model.window=8"))
     assert "model.window" in line
 
 
 def test_the_divergence_hint_is_a_command_that_works(tmp_path):
     out = tmp_path / "r"
-    r = _train(*_sets("train.lr=1e12", "train.grad_clip=0", "train.ckpt_every=1"), "--out", str(out))
-    line = _one_line_error(r)
+    r = _train(*tiny_sets("train.lr=1e12", "train.grad_clip=0", "train.ckpt_every=1"), "--out", str(out))
+    line = one_line_error(r)
     hint = line[line.index("cram train ") :].split(" (")[0].rstrip(".)")
     args = hint.split()[2:]
     assert "--set" in args and any(a.startswith("train.lr=") for a in args)
@@ -128,7 +119,7 @@ def _cram(*args: str) -> list[str]:
 @pytest.mark.slow
 def test_two_concurrent_runs_into_one_folder_one_is_refused(tmp_path):
     out = tmp_path / "r"
-    args = ["train", *_sets("train.steps=40"), "--out", str(out), "--quiet"]
+    args = ["train", *tiny_sets("train.steps=40"), "--out", str(out), "--quiet"]
     procs = [subprocess.Popen(_cram(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
     codes = sorted(c for c, _ in results)
@@ -142,7 +133,7 @@ def test_two_concurrent_runs_into_one_folder_one_is_refused(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_prints_how_to_resume(tmp_path):
     out = tmp_path / "r"
-    proc = subprocess.Popen(_cram("train", *_sets("train.steps=400"), "--out", str(out), "--quiet"),
+    proc = subprocess.Popen(_cram("train", *tiny_sets("train.steps=400"), "--out", str(out), "--quiet"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 300
     while not (out / runs.LAST).exists() and time.monotonic() < deadline:

@@ -32,40 +32,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import one_line_error, tiny_sets
 from click.testing import CliRunner
-from tiny_run import tiny_sets
 
 from cramkit import runs
 from cramkit.cli.main import cli
-
-_sets = tiny_sets
+from cramkit.gpu.run.checkpoint import read_checkpoint, write_checkpoint_file
 
 
 def _cram(*args: str):
     return CliRunner().invoke(cli, list(args))
 
 
-RUN_ID = getattr(runs, "RUN_ID", "run_id")
 
-
-def _checkpoint_module():
-    try:
-        from cramkit.gpu.run import checkpoint
-    except ImportError:  # before the gpu/run/ layout
-        from cramkit.gpu import checkpoint
-    return checkpoint
-
-
-def _read_checkpoint(path):
-    return _checkpoint_module().read_checkpoint(path)
-
-
-def _one_line_error(r, code: int = 2) -> str:
-    assert r.exit_code == code, r.output
-    assert "Traceback" not in r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1, r.output
-    return lines[0]
 
 
 def _hint(line: str) -> list[str]:
@@ -90,8 +69,8 @@ def _same_run(out: Path, reference: Path) -> None:
     """``out`` ended where the uninterrupted ``reference`` ended: the same evaluations, bit-identical
     weights and optimizer state."""
     assert _strip(_metrics(out)) == _strip(_metrics(reference))
-    a, _ = _read_checkpoint(reference / runs.LAST)
-    b, _ = _read_checkpoint(out / runs.LAST)
+    a, _ = read_checkpoint(reference / runs.LAST)
+    b, _ = read_checkpoint(out / runs.LAST)
     assert a.keys() == b.keys()
     for k in a:
         if k.startswith(("model/", "optim/")):
@@ -106,7 +85,7 @@ def _snapshot(out: Path) -> dict[str, bytes]:
 def reference(tmp_path_factory):
     """An uninterrupted tiny run (6 steps, checkpoints every 2)."""
     out = tmp_path_factory.mktemp("ref") / "r"
-    r = _cram("train", *_sets(), "--out", str(out), "--quiet", "--json")
+    r = _cram("train", *tiny_sets(), "--out", str(out), "--quiet", "--json")
     assert r.exit_code == 0, r.output
     return out
 
@@ -117,8 +96,8 @@ def two_runs(tmp_path_factory):
     (4 of 6 steps): a checkpoint of B passes every config check of A's folder."""
     base = tmp_path_factory.mktemp("two")
     a, b = base / "A", base / "B"
-    assert _cram("train", *_sets(), "--out", str(a), "--max-steps", "2", "--quiet").exit_code == 0
-    assert _cram("train", *_sets("train.lr=0.002"), "--out", str(b), "--max-steps", "4", "--quiet").exit_code == 0
+    assert _cram("train", *tiny_sets(), "--out", str(a), "--max-steps", "2", "--quiet").exit_code == 0
+    assert _cram("train", *tiny_sets("train.lr=0.002"), "--out", str(b), "--max-steps", "4", "--quiet").exit_code == 0
     return a, b
 
 
@@ -130,7 +109,7 @@ def _follow(line_or_result, reference: Path, out: Path) -> None:
     run must end where the uninterrupted reference ended."""
     r = line_or_result
     if r.exit_code != 0:
-        args = _hint(_one_line_error(r))
+        args = _hint(one_line_error(r))
         r = _cram(*args, "--quiet")
         assert r.exit_code == 0, f"the hint `cram {' '.join(args)}` fails: {r.output}"
     _same_run(out, reference)
@@ -151,7 +130,7 @@ def test_new_run_refused_in_a_folder_without_a_checkpoint_gives_a_working_hint(r
     out.mkdir()
     shutil.copy(reference / runs.CONFIG, out / runs.CONFIG)
     (out / runs.METRICS).write_text((reference / runs.METRICS).read_text().splitlines()[0] + "\n")
-    line = _one_line_error(_cram("train", *_sets(), "--out", str(out), "--quiet"))
+    line = one_line_error(_cram("train", *tiny_sets(), "--out", str(out), "--quiet"))
     assert "already holds a run" in line
     r = _cram("train", "--resume", str(out), "--quiet")  # the hint: continue it with --resume
     _follow(r, reference, out)
@@ -163,7 +142,7 @@ def _cram_proc(*args: str) -> list[str]:
 
 def test_a_real_kill_before_the_first_checkpoint_resumes_to_the_same_run(reference, tmp_path):
     out = tmp_path / "r"
-    proc = subprocess.Popen(_cram_proc("train", *_sets("train.ckpt_every=6"), "--out", str(out), "--quiet"),
+    proc = subprocess.Popen(_cram_proc("train", *tiny_sets("train.ckpt_every=6"), "--out", str(out), "--quiet"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 300
     while not (out / runs.METRICS).exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -199,17 +178,17 @@ def test_a_folder_with_neither_checkpoint_nor_config_gives_a_working_hint(refere
     out = tmp_path / "r"
     out.mkdir()
     (out / runs.METRICS).write_text((reference / runs.METRICS).read_text().splitlines()[0] + "\n")
-    line = _one_line_error(_cram("train", "--resume", str(out), "--quiet"))
+    line = one_line_error(_cram("train", "--resume", str(out), "--quiet"))
     args = _hint(line)
     assert args == ["train", "--out", str(out), "--overwrite"]  # "... and the run's options"
-    r = _cram(*args, *_sets(), "--quiet")
+    r = _cram(*args, *tiny_sets(), "--quiet")
     assert r.exit_code == 0, r.output
     _same_run(out, reference)
 
 
 def test_the_max_steps_hint_finishes_the_run(reference, tmp_path):
     out = tmp_path / "r"
-    r = _cram("train", *_sets(), "--out", str(out), "--max-steps", "4", "--quiet")
+    r = _cram("train", *tiny_sets(), "--out", str(out), "--max-steps", "4", "--quiet")
     assert r.exit_code == 0, r.output
     line = next(ln for ln in r.stderr.splitlines() if "--max-steps" in ln)
     assert _hint(line) == ["train", "--resume", str(out)]
@@ -221,7 +200,7 @@ def test_the_max_steps_hint_finishes_the_run(reference, tmp_path):
 
 
 def _run_id(out: Path) -> str:
-    return (out / RUN_ID).read_text().strip()
+    return (out / runs.RUN_ID).read_text().strip()
 
 
 def test_a_checkpoint_of_another_run_is_refused_naming_both(two_runs, tmp_path):
@@ -231,15 +210,15 @@ def test_a_checkpoint_of_another_run_is_refused_naming_both(two_runs, tmp_path):
     (out / runs.LAST).unlink()
     shutil.copy(b / runs.LAST, out / runs.LAST)  # run B's (validly signed) checkpoint in A's folder
     before = _snapshot(out)
-    line = _one_line_error(_cram("train", "--resume", str(out), "--quiet"))
+    line = one_line_error(_cram("train", "--resume", str(out), "--quiet"))
     id_a, id_b = _run_id(a), _run_id(b)
     assert id_a != id_b
     assert id_a in line and id_b in line and str(out / runs.LAST) in line and "--from" in line
     assert _snapshot(out) == before  # nothing of A's rewritten, nothing of B's added
-    line = _one_line_error(_cram("train", "--resume", str(out), "--set", "train.steps=8", "--quiet"))
+    line = one_line_error(_cram("train", "--resume", str(out), "--set", "train.steps=8", "--quiet"))
     assert id_b in line and _snapshot(out) == before
     # its hint adopts B's checkpoint on purpose, and works
-    args = _hint(_one_line_error(_cram("train", "--resume", str(out), "--quiet")))
+    args = _hint(one_line_error(_cram("train", "--resume", str(out), "--quiet")))
     assert args == ["train", "--resume", str(out), "--from", str(out / runs.LAST)]
     r = _cram(*args, "--quiet", "--json")
     assert r.exit_code == 0, r.output
@@ -253,12 +232,12 @@ def test_a_checkpoint_of_another_model_is_refused_as_another_run(two_runs, tmp_p
     out = tmp_path / "A"
     shutil.copytree(a, out)
     (out / runs.LAST).unlink()
-    tensors, meta = _read_checkpoint(b / runs.LAST)
+    tensors, meta = read_checkpoint(b / runs.LAST)
     meta["config"]["model"]["d_model"] = 64
     meta["config"]["train"]["seed"] = 3
-    _checkpoint_module().write_checkpoint_file(out / runs.LAST, tensors, meta)
+    write_checkpoint_file(out / runs.LAST, tensors, meta)
     before = _snapshot(out)
-    line = _one_line_error(_cram("train", "--resume", str(out), "--quiet"))
+    line = one_line_error(_cram("train", "--resume", str(out), "--quiet"))
     assert _run_id(a) in line and _run_id(b) in line
     assert "model.d_model (64 -> 32)" in line and "train.seed (3 -> 0)" in line and "--from" not in line
     assert _snapshot(out) == before
@@ -271,14 +250,14 @@ def test_a_checkpoint_of_another_run_is_adopted_on_purpose_with_from(two_runs, t
     r = _cram("train", "--resume", str(out), "--from", str(b / runs.LAST), "--quiet", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["step"] == 6
-    tensors, meta = _read_checkpoint(out / runs.LAST)
+    tensors, meta = read_checkpoint(out / runs.LAST)
     assert meta["step"] == 6 and meta["run_id"] == _run_id(out) == _run_id(a)  # the folder keeps its identity
     events = [m for m in _metrics(out) if runs.is_event(m)]
     assert any(e.get("from_run") == _run_id(b) and e.get("step") == 4 for e in events), events
     # B's run was continued: the log up to step 4 is B's (its evaluation at step 3, lr 0.002)
     assert _strip(_metrics(out))[:2] == _strip(_metrics(b))[:2] != _strip(_metrics(a))[:2]
     # --from is only for --resume
-    line = _one_line_error(_cram("train", *_sets(), "--out", str(tmp_path / "n"), "--from", str(b / runs.LAST)))
+    line = one_line_error(_cram("train", *tiny_sets(), "--out", str(tmp_path / "n"), "--from", str(b / runs.LAST)))
     assert "--from" in line
 
 
@@ -287,13 +266,12 @@ def test_every_checkpoint_carries_the_folder_run_id(two_runs):
     rid = _run_id(a)
     assert len(rid) >= 8
     for p in [a / runs.LAST, *runs.kept_checkpoints(a)]:
-        assert _read_checkpoint(p)[1]["run_id"] == rid
+        assert read_checkpoint(p)[1]["run_id"] == rid
 
 
 def _strip_run_id(path: Path) -> None:
     """Re-sign a checkpoint without a run id: what cram wrote before run ids existed."""
-    write_checkpoint_file = _checkpoint_module().write_checkpoint_file
-    tensors, meta = _read_checkpoint(path)
+    tensors, meta = read_checkpoint(path)
     meta.pop("run_id", None)
     path.unlink()
     write_checkpoint_file(path, tensors, meta)
@@ -305,11 +283,11 @@ def test_checkpoints_and_folders_from_before_run_ids_still_resume(two_runs, refe
     shutil.copytree(a, out)
     for p in [out / runs.LAST, *runs.kept_checkpoints(out)]:
         _strip_run_id(p)
-    (out / RUN_ID).unlink()  # a folder made before run ids
+    (out / runs.RUN_ID).unlink()  # a folder made before run ids
     r = _cram("train", "--resume", str(out), "--max-steps", "4", "--quiet")
     assert r.exit_code == 0, r.output
     rid = _run_id(out)  # the folder got an identity, written once
-    assert _read_checkpoint(out / runs.LAST)[1]["run_id"] == rid
+    assert read_checkpoint(out / runs.LAST)[1]["run_id"] == rid
     _strip_run_id(out / runs.LAST)  # an old checkpoint in a folder that has an id
     r = _cram("train", "--resume", str(out), "--quiet")
     assert r.exit_code == 0, r.output
@@ -322,7 +300,7 @@ def test_overwrite_gives_the_new_run_a_new_identity(two_runs, tmp_path):
     out = tmp_path / "A"
     shutil.copytree(a, out)
     old = _run_id(out)
-    r = _cram("train", *_sets("train.steps=2"), "--out", str(out), "--overwrite", "--quiet")
+    r = _cram("train", *tiny_sets("train.steps=2"), "--out", str(out), "--overwrite", "--quiet")
     assert r.exit_code == 0, r.output
     moved = [p for p in out.iterdir() if p.name.startswith(runs.REPLACED_PREFIX)]
     assert len(moved) == 1 and _run_id(moved[0]) == old  # the old identity went with the old run
@@ -356,12 +334,12 @@ def test_an_os_fault_during_training_is_named_with_its_own_hint(reference, tmp_p
     out = tmp_path / "r"
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     json_flag = ["--json"] if as_json else []
-    line = _one_line_error(_cram("train", *_sets(), "--out", str(out), "--quiet", *json_flag))
+    line = one_line_error(_cram("train", *tiny_sets(), "--out", str(out), "--quiet", *json_flag))
     assert line.startswith(f"Error: {words} while writing {out / runs.CHECKPOINTS / runs.step_checkpoint_name(4)}")
     assert "non-finite" not in line and "learning rate" not in line and "train.lr" not in line, line
     assert "the last good checkpoint is step 2 (last.safetensors)" in line and fix.format(out=out) in line, line
     assert _hint(line) == ["train", "--resume", str(out)], line
-    assert _read_checkpoint(out / runs.LAST)[1]["step"] == 2  # the last good checkpoint is kept
+    assert read_checkpoint(out / runs.LAST)[1]["step"] == 2  # the last good checkpoint is kept
     fault["on"] = False  # space freed, folder writable again
     r = _cram(*_hint(line), "--quiet", *json_flag)
     assert r.exit_code == 0, r.output
@@ -379,7 +357,7 @@ def test_a_full_disk_at_the_summary_names_it_and_the_hint_writes_it(reference, t
 
     out = tmp_path / "r"
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
-    line = _one_line_error(_cram("train", *_sets(), "--out", str(out), "--quiet"))
+    line = one_line_error(_cram("train", *tiny_sets(), "--out", str(out), "--quiet"))
     assert line.startswith(f"Error: no space left on device while writing {out / runs.SUMMARY}"), line
     assert "non-finite" not in line and "train.lr" not in line
     full["on"] = False
@@ -415,10 +393,10 @@ def small_disk(tmp_path, request):
 
 def test_a_real_full_disk_is_named_and_the_run_finishes_once_space_is_freed(reference, small_disk):
     out = small_disk / "r"
-    line = _one_line_error(_cram("train", *_sets(), "--out", str(out), "--quiet"))
+    line = one_line_error(_cram("train", *tiny_sets(), "--out", str(out), "--quiet"))
     _check_disk_full_line(line, out)
     good = [p for p in [out / runs.LAST, *runs.kept_checkpoints(out)] if p.exists()]
-    assert good and all(_read_checkpoint(p) for p in good)
+    assert good and all(read_checkpoint(p) for p in good)
     assert [p for d in (out, out / runs.CHECKPOINTS) for p in d.glob(".*.tmp")] == []
     assert _mount(["-o", "remount,size=16m", str(small_disk)]) is None
     r = _cram(*_hint(line), "--quiet")
@@ -471,9 +449,9 @@ def test_eval_and_generate_work_on_a_read_only_run(reference, tiny_text_run, rea
 
 def test_writing_into_a_read_only_run_names_the_cause(reference, read_only, tmp_path):
     ro = read_only(reference)
-    line = _one_line_error(_cram("train", "--resume", str(ro), "--set", "train.steps=8", "--quiet"))
+    line = one_line_error(_cram("train", "--resume", str(ro), "--set", "train.steps=8", "--quiet"))
     assert "read-only file system" in line and str(ro) in line
-    line = _one_line_error(_cram("train", *_sets(), "--out", str(ro / "new"), "--quiet"))
+    line = one_line_error(_cram("train", *tiny_sets(), "--out", str(ro / "new"), "--quiet"))
     assert "read-only file system" in line
     for args in (["train", "--resume", str(ro), "--quiet"], ["eval", str(ro), "--sequences", "16"]):
         for extra in ([], ["--json"]):
@@ -577,9 +555,9 @@ def test_a_plot_on_a_full_or_read_only_target_names_the_cause_and_keeps_the_resu
 
 def test_an_out_folder_on_a_full_or_read_only_disk_names_the_cause(read_only, full_disk, tmp_path):
     ro = read_only(_fit_gamma_run(tmp_path / "any"))
-    for args, cause in ((["train", *_sets(), "--out", str(ro / "r")], "read-only file system"),
-                        (["train", *_sets(), "--out", str(full_disk / "r")], "no space left on device"),
+    for args, cause in ((["train", *tiny_sets(), "--out", str(ro / "r")], "read-only file system"),
+                        (["train", *tiny_sets(), "--out", str(full_disk / "r")], "no space left on device"),
                         (["reproduce", "--out", str(ro / "rep")], "read-only file system")):  # fmt: skip
         for extra in ([], ["--json"]):
-            line = _one_line_error(_cram(*args, *extra, "--quiet"))
+            line = one_line_error(_cram(*args, *extra, "--quiet"))
             assert cause in line.lower() and ("/r" in line or "/rep" in line), line

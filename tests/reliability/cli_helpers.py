@@ -1,4 +1,5 @@
-"""The tiny quick-preset run the reliability tests train (a few seconds on one thread)."""
+"""What the reliability tests share: the tiny quick-preset run they train (a few seconds on one
+thread) and the one-error-line check."""
 
 from __future__ import annotations
 
@@ -11,3 +12,12 @@ TINY = ["model.d_model=32", "model.n_heads=2", "model.ssm_heads=2", "model.ssm_h
 def tiny_sets(*extra: str) -> list[str]:
     """``--set`` arguments of the tiny run, then ``extra`` settings (which win)."""
     return [a for s in [*TINY, *extra] for a in ("--set", s)]
+
+
+def one_line_error(r, code: int = 2) -> str:
+    """The one line a CLI result printed, checking the exit code and that there is no traceback."""
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.output
+    return lines[0]
