@@ -45,6 +45,18 @@ _REASONS = {
 }
 
 
+CACHE_ENV = "CRAM_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """cram's cache folder (prepared corpora, tokenizers, compiled decode steps): ``$CRAM_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/cram``, else ``~/.cache/cram``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cram"
+
+
 def describe_os_error(exc: OSError) -> str:
     """The reason of an OSError in words, without a traceback (``"no space left on device"``)."""
     if exc.errno in _REASONS:

@@ -37,21 +37,16 @@ import torch
 from cramkit.errors import CramError
 from cramkit.gpu.model import decode_step as ds
 from cramkit.gpu.model.state import check_route
-from cramkit.io import atomic_link_or_copy
+from cramkit.io import atomic_link_or_copy, cache_root
 
 BACKENDS = ("auto", "aoti", "compile", "uncompiled")
-CACHE_ENV = "CRAM_CACHE_DIR"
 BACKEND_ENV = "CRAM_DECODE_BACKEND"
 INDUCTOR_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}  # one-row matmuls in generated C++
 
 
 def cache_dir() -> Path:
-    """Where compiled packages live: ``$CRAM_CACHE_DIR``, else ``$XDG_CACHE_HOME/cram``, else
-    ``~/.cache/cram``; the packages go in its ``decode/`` folder."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "cram"
-    )
-    return Path(root) / "decode"
+    """Where compiled packages live: the ``decode/`` folder of :func:`cramkit.io.cache_root`."""
+    return cache_root() / "decode"
 
 
 def has_cxx() -> bool:

@@ -8,7 +8,7 @@ version; a tokenizer file: its hash) and the split settings:
 
     $CRAM_CACHE_DIR/corpora/<key>/{train.bin, val.bin, tokenizer.json, meta.json}
 
-(``CRAM_CACHE_DIR`` defaults to ``~/.cache/cram``). A second run on the same corpus maps the same
+(``CRAM_CACHE_DIR`` defaults to ``$XDG_CACHE_HOME/cram``, else ``~/.cache/cram``). A second run on the same corpus maps the same
 files and trains no tokenizer; a folder is written under a temporary name and renamed into place
 (atomic), and one whose files do not match its ``meta.json`` is rebuilt. A cache that cannot be
 written (a read-only home, a full disk) costs a warning on stderr, not the command: the encoded
@@ -41,9 +41,14 @@ import numpy as np
 
 from cramkit.errors import CramError
 from cramkit.gpu.tasks.tokenizer import BYTES, Tokenizer, parse_spec
-from cramkit.io import atomic_write_json, atomic_write_text, describe_os_error
+from cramkit.io import (
+    CACHE_ENV,
+    atomic_write_json,
+    atomic_write_text,
+    cache_root,
+    describe_os_error,
+)
 
-CACHE_ENV = "CRAM_CACHE_DIR"
 FORMAT = "cram-prepared-v1"
 SPLITS = ("tail", "documents")
 ERRORS = ("strict", "replace")
@@ -51,9 +56,9 @@ _DOC_SEP = re.compile(r"\n[ \t]*\n\s*")
 
 
 def cache_dir() -> Path:
-    """The cache root: ``$CRAM_CACHE_DIR``, else ``~/.cache/cram``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path.home() / ".cache" / "cram"
+    """The cache root, :func:`cramkit.io.cache_root` (``$CRAM_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/cram``, else ``~/.cache/cram``)."""
+    return cache_root()
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
