@@ -122,12 +122,11 @@ def _resume_config(resume: Path, overrides: list[str]):
     """``--resume DIR --set K=V``: the run's config.toml with the overrides (the library then
     refuses, by name, any that may not change on resume)."""
     from cramkit.gpu.run.config import load_config
-    from cramkit.gpu.run.resume import run_dir_of
     from cramkit.gpu.run.runfolder import RunFolder
 
     if not resume.exists():
         raise click.UsageError(f"nothing to resume: {resume} does not exist")
-    run_dir = run_dir_of(resume)
+    run_dir = runs.run_dir_of(resume)
     if RunFolder.saved_config(run_dir) is None:
         raise click.UsageError(f"--resume --set needs the run's config.toml, and {run_dir} has none")
     return load_config(run_dir / runs.CONFIG, overrides, record=True)

@@ -97,6 +97,15 @@ RUN_FILES = (CONFIG, METRICS, SUMMARY, LAST, CHECKPOINTS, RUN_ID, "last.json", T
 EVENT = "event"
 
 
+def run_dir_of(path: str | Path) -> Path:
+    """The run folder of a checkpoint file (``DIR/last.safetensors``, ``DIR/checkpoints/step_*``),
+    or the folder itself."""
+    p = Path(path)
+    if p.is_dir():
+        return p
+    return p.parent.parent if p.parent.name == CHECKPOINTS else p.parent
+
+
 def read_run_id(run_dir: str | Path) -> str | None:
     """The run id written in ``run_dir`` (None for a folder made before run ids, or none at all)."""
     from cramkit.io import os_errors

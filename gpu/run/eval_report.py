@@ -55,10 +55,24 @@ class EvalSettings:
             parse_split(self.split)
 
 
-def _fmt(v) -> str:
+def fmt_cell(v) -> str:
+    """A table cell: '-' for None, 4 decimals for a float."""
     if v is None:
         return "-"
     return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def checkpoint_table(title: str, columns, rows: list[dict[str, Any]]) -> str:
+    """One rendered table, a row per checkpoint: its path, then ``columns`` of each row."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("checkpoint")
+    for c in columns:
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(r["checkpoint"], *(fmt_cell(r.get(c)) for c in columns))
+    return render_text(table)
 
 
 @dataclass
@@ -84,13 +98,7 @@ class EvalReport(Result):
         tokens = "data" in res
         cols = TOKEN_COLUMNS if tokens else COLUMNS
         title = f"token file {res['data']}" if tokens else f"split {res['split']} ({self.sequences} sequences)"
-        table = Table(title=title)
-        table.add_column("checkpoint")
-        for c in cols:
-            table.add_column(c, justify="right")
-        for r in res["rows"]:
-            table.add_row(r["checkpoint"], *(_fmt(r.get(c)) for c in cols))
-        parts = [render_text(table)]
+        parts = [checkpoint_table(title, cols, res["rows"])]
         x = "rho_target" if tokens else "rho_q"
         if res["pareto"]:
             pt = Table(title=f"accuracy vs attention: the Pareto front (lower {x}, higher acc)")
@@ -99,7 +107,7 @@ class EvalReport(Result):
                 pt.add_column(c, justify="right")
             for i in res["pareto"]:
                 r = res["rows"][i]
-                pt.add_row(r["checkpoint"], r["router"], *(_fmt(r[c]) for c in (x, "acc", *extra)))
+                pt.add_row(r["checkpoint"], r["router"], *(fmt_cell(r[c]) for c in (x, "acc", *extra)))
             parts.append(render_text(pt))
         for r in res["rows"] if tokens else ():
             if r.get("by_label"):
@@ -107,7 +115,7 @@ class EvalReport(Result):
                 for c in ("label", "n", "acc", "rho"):
                     lt.add_column(c, justify="right")
                 for row in r["by_label"]:
-                    lt.add_row(*(_fmt(row[c]) for c in ("label", "n", "acc", "rho")))
+                    lt.add_row(*(fmt_cell(row[c]) for c in ("label", "n", "acc", "rho")))
                 parts.append(render_text(lt))
         return "\n".join(parts)
 

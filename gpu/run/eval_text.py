@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from cramkit.errors import CramError
+from cramkit.gpu.run.eval_report import checkpoint_table, fmt_cell
 from cramkit.gpu.run.load import LoadedCheckpoint, load_checkpoint
 from cramkit.gpu.run.textrun import run_tokenizer
 from cramkit.gpu.tasks.prepared import prepare
@@ -112,29 +113,17 @@ def evaluate_text(paths: list[str | Path], data: str | Path | None, *, sequences
             "pareto": text_pareto(rows) if len(paths) > 1 else []}  # fmt: skip
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
 def text_report(res: dict[str, Any]) -> str:
     from rich.table import Table
 
     title = f"text file {res['data']}" if res.get("data") else "each run's validation split (and held-out corpus)"
-    table = Table(title=title)
-    table.add_column("checkpoint")
-    for c in TEXT_COLUMNS:
-        table.add_column(c, justify="right")
-    for r in res["rows"]:
-        table.add_row(r["checkpoint"], *(_fmt(r.get(c)) for c in TEXT_COLUMNS))
-    parts = [render_text(table)]
+    parts = [checkpoint_table(title, TEXT_COLUMNS, res["rows"])]
     for r in res["rows"]:
         lt = Table(title=f"recall tokens vs the rest: {r['checkpoint']} ({r['corpus']})")
         for c in ("class", "n", "share", "loss", "bpb", "rho", "attn_share"):
             lt.add_column(c, justify="right")
         for row in r["by_recall"]:
-            lt.add_row(*(_fmt(row[c]) for c in ("class", "n", "share", "loss", "bpb", "rho", "attn_share")))
+            lt.add_row(*(fmt_cell(row[c]) for c in ("class", "n", "share", "loss", "bpb", "rho", "attn_share")))
         parts.append(render_text(lt))
     if res["pareto"]:
         parts.append("Pareto front (lower rho_all, lower bpb): " +

@@ -39,13 +39,6 @@ class RunState:
     adopted: dict[str, Any] | None = None
 
 
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run folder of a checkpoint file (or the folder itself)."""
-    if checkpoint.is_dir():
-        return checkpoint
-    return checkpoint.parent.parent if checkpoint.parent.name == runs.CHECKPOINTS else checkpoint.parent
-
-
 def read_resume_state(resume: str | Path) -> tuple[C.RunConfig, RunState]:
     """The config and training state stored in a checkpoint file (a folder: its last.safetensors);
     one line naming the file for anything corrupt."""
@@ -149,7 +142,7 @@ def open_resume(resume: str | Path, cfg: C.RunConfig | None, rank: int,
                             f"not the file {resume}")  # fmt: skip
         if not from_file.is_file():
             raise CramError(f"--from: checkpoint {from_file} does not exist")
-    run_dir = run_dir_of(resume)
+    run_dir = runs.run_dir_of(resume)
     if resume.is_dir() and from_file is None:
         RunFolder(run_dir, None).check_resumable()  # an unlocked view: reads only
     folder = None
@@ -176,7 +169,7 @@ def finished_run(resume: str | Path, cfg: C.RunConfig | None,
     resume = Path(resume)
     if cfg is not None or from_file is not None or not resume.exists():
         return None
-    run_dir = run_dir_of(resume)
+    run_dir = runs.run_dir_of(resume)
     if not (run_dir / runs.CONFIG).is_file() or not (run_dir / runs.SUMMARY).is_file():
         return None
     cfg, state = _read_state(resume, run_dir, None, None)

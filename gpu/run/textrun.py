@@ -42,14 +42,6 @@ def check_resumed_tokenizer(task: Any, meta: dict[str, Any] | None, where: Any) 
                         f"(sha256 {have[:12]}); the vocabulary does not match the checkpoint")  # fmt: skip
 
 
-def run_folder_of(checkpoint: Path) -> Path:
-    """The run folder of a checkpoint file (``DIR/last.safetensors`` or ``DIR/checkpoints/step_*``)."""
-    p = Path(checkpoint)
-    if p.is_dir():
-        return p
-    return p.parent.parent if p.parent.name == runs.CHECKPOINTS else p.parent
-
-
 def run_tokenizer(checkpoint: Path, meta: dict[str, Any], model_vocab: int) -> Tokenizer:
     """The tokenizer a text checkpoint was trained with: bytes, or the run folder's
     ``tokenizer.json`` (else the cache's copy of the same hash), checked against the hash in the
@@ -60,7 +52,7 @@ def run_tokenizer(checkpoint: Path, meta: dict[str, Any], model_vocab: int) -> T
     if sha == BYTES:
         tok = Tokenizer.bytes()
     else:
-        path = run_folder_of(checkpoint) / runs.TOKENIZER
+        path = runs.run_dir_of(checkpoint) / runs.TOKENIZER
         if path.is_file():
             tok = Tokenizer.from_file(path)
             if tok.sha256 != sha:

@@ -41,7 +41,7 @@ from cramkit import runs
 from cramkit.errors import CramError, OSFault
 from cramkit.gpu.run import config as C
 from cramkit.gpu.run.distributed import dist_info, init_distributed, pick_device
-from cramkit.gpu.run.resume import RunState, finished_run, open_resume, run_dir_of
+from cramkit.gpu.run.resume import RunState, finished_run, open_resume
 from cramkit.gpu.run.runfolder import RunFolder
 from cramkit.gpu.run.textrun import check_resumed_tokenizer, write_run_files
 from cramkit.gpu.run.trainer import _Trainer, is_val_jump  # noqa: F401 (is_val_jump: re-exported)
@@ -117,10 +117,9 @@ def run(config: TrainSettings, progress: Progress | None = None) -> TrainResult:
     """Train (or resume) the run ``config`` describes."""
     logger = None
     if config.tensorboard:
-        from cramkit.gpu.run.resume import run_dir_of
         from cramkit.gpu.run.tensorboard import TensorBoardLogger
 
-        out = config.out if config.resume is None else run_dir_of(Path(config.resume))
+        out = config.out if config.resume is None else runs.run_dir_of(Path(config.resume))
         if out is None:
             raise CramError("--tensorboard writes into the run folder; give --out DIR")
         logger = TensorBoardLogger(out)
@@ -265,12 +264,12 @@ def train(
         done = finished_run(resume, cfg, resume_from)
         if done is not None and _end_step(done[0].train, max_steps, done[1].start_step) == done[1].start_step:
             cfg, state = done
-            return TrainResult(run_dir_of(Path(resume)), state.metrics, summarize_run(state.metrics), False,
+            return TrainResult(runs.run_dir_of(Path(resume)), state.metrics, summarize_run(state.metrics), False,
                                state.start_step, cfg)  # fmt: skip
     try:
         if resume is not None:
             folder, cfg, state = open_resume(resume, cfg, rank, resume_from)
-            out_dir = run_dir_of(Path(resume))
+            out_dir = runs.run_dir_of(Path(resume))
         cfg = cfg or C.load_config()
         end_step = _end_step(cfg.train, max_steps, state.start_step)
         out = Path(out_dir) if out_dir is not None else None
