@@ -79,6 +79,7 @@ class _Trainer:
         torch.manual_seed(self.tcfg.seed)
         self.model = model_for_task(cfg.model, cfg.router, task).to(device)
         self.opt, self.params = make_optimizer(self.model, self.tcfg)
+        self.clip_groups = self._clip_groups()
         self.metrics = state.metrics
         self.cum_lr = state.cum_lr
         p = state.pending
@@ -162,6 +163,15 @@ class _Trainer:
             frac = 1.0 if set("GW") & set(self.cfg.model.pattern) else 0.0  # dense or windowed attention
         return out, frac, tb
 
+    def _clip_groups(self) -> list[list[torch.nn.Parameter]]:
+        """The parameter groups whose gradients are clipped each on its own norm: the CRAM layers'
+        own modules apart from the rest when ``train.clip_apart`` and their losses are isolated
+        (router.aux_grad != "shared"), else all parameters together."""
+        if not (self.tcfg.clip_apart and self.model.cram_layers and self.model.rcfg.aux_grad != "shared"):
+            return [self.params]
+        own = {id(p) for p in self.model.own_parameters()}
+        return [[p for p in self.params if id(p) in own], [p for p in self.params if id(p) not in own]]
+
     def step(self, step: int) -> tuple[float | None, Any]:
         """One optimizer step; returns the (global) training loss, None for a batch without targets."""
         self.model.train()
@@ -184,12 +194,8 @@ class _Trainer:
         if self.ws > 1:
             allreduce_grads(self.params, self.ws)
         if self.tcfg.grad_clip:
-            if self.tcfg.clip_apart and self.model.cram_layers and self.model.rcfg.aux_grad != "shared":
-                own = {id(p) for p in self.model.own_parameters()}
-                torch.nn.utils.clip_grad_norm_([p for p in self.params if id(p) in own], self.tcfg.grad_clip)
-                torch.nn.utils.clip_grad_norm_([p for p in self.params if id(p) not in own], self.tcfg.grad_clip)
-            else:
-                torch.nn.utils.clip_grad_norm_(self.params, self.tcfg.grad_clip)
+            for group in self.clip_groups:
+                torch.nn.utils.clip_grad_norm_(group, self.tcfg.grad_clip)
         self.opt.step()
         self.cum_lr += lr
         loss_val = float(loss.detach()) if has_targets else 0.0
