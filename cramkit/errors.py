@@ -21,3 +21,9 @@ class OSFault(CramError):
     def __init__(self, message: str, errno: int | None = None):
         super().__init__(message)
         self.errno = errno
+
+
+class NonFiniteValues(CramError):
+    """An op's input holds NaN (or another value that only a blown-up model produces) inside a
+    model's forward pass. The trainer reports it as divergence once an optimizer step has been
+    taken; any other :class:`CramError` keeps its own message."""

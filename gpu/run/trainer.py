@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from cramkit.errors import CramError, OSFault
+from cramkit.errors import CramError, NonFiniteValues, OSFault
 from cramkit.gpu.run import config as C
 from cramkit.gpu.run.build import check_vocab_matches, model_for_task, model_meta
 from cramkit.gpu.run.checkpoint import (
@@ -246,10 +246,11 @@ class _Trainer:
             if self.folder is None:
                 raise
             raise OSFault(f"{exc}; {self.folder.fault_hint(exc.errno)}", exc.errno) from None
-        except CramError as exc:
-            # Once this process has taken an optimizer step, an op's input check failing inside the
-            # model (training or evaluation forward) means the weights blew up before a loss existed.
-            if not stepped or isinstance(exc, TrainingDiverged):
+        except NonFiniteValues as exc:
+            # Once this process has taken an optimizer step, NaN reaching an op inside the model
+            # (training or evaluation forward) means the weights blew up before a loss existed.
+            # Any other CramError (bad data, a corrupt file) keeps its own message.
+            if not stepped:
                 raise
             raise TrainingDiverged(
                 f"training stopped: non-finite values inside the model after step {step + 1} ({exc})"

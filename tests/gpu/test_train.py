@@ -242,6 +242,24 @@ def test_blow_up_inside_the_model_is_reported_as_divergence(tmp_path):
         train(cfg, tmp_path / "r")
 
 
+
+def test_bad_data_after_a_step_is_not_reported_as_divergence(tmp_path, monkeypatch):
+    # Only NaN reaching an op inside the model reads as divergence; a CramError from the data (a
+    # corrupt corpus noticed at step 3, say) keeps its own message and its own (absent) hint.
+    from cramkit.gpu.tasks.srcd import SRCDTask
+
+    real = SRCDTask.batch
+
+    def batch(self, step, *args, **kwargs):
+        if step == 2:
+            raise CramError("corpus.bin: checksum mismatch")
+        return real(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(SRCDTask, "batch", batch)
+    with pytest.raises(CramError, match="^corpus.bin: checksum mismatch$") as err:
+        train(tiny("train.steps=4", "train.eval_every=2"), tmp_path / "r")
+    assert not isinstance(err.value, TrainingDiverged)
+
 def _rewrite_meta(path, edit):
     """Re-sign ``path`` with edited metadata (an atomic replace: last.safetensors is a hard link to
     the kept checkpoint, which stays as it was)."""

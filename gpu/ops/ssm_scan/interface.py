@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cramkit.errors import CramError
+from cramkit.errors import CramError, NonFiniteValues
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -67,8 +67,10 @@ def ssm_scan(
         )
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise CramError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    if log_a.numel() and bool((log_a > 0).any() | torch.isnan(log_a).any()):
-        raise CramError("log_a must be <= 0 everywhere (a log decay) and not NaN")
+    if log_a.numel() and bool(torch.isnan(log_a).any()):  # what a blown-up model gives
+        raise NonFiniteValues("log_a holds NaN")
+    if log_a.numel() and bool((log_a > 0).any()):
+        raise CramError("log_a must be <= 0 everywhere (a log decay)")
     if x.is_cuda and x.dtype != torch.float64:
         from .triton import ssm_scan_triton
 
