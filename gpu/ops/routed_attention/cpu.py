@@ -359,6 +359,16 @@ def _scatter_rows(rows: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, t_
     return out.scatter_(1, sidx, rows.transpose(1, 2))[:, :t_len]
 
 
+def _bmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, add: bool = False) -> None:
+    """``out (+)= a @ b`` for ``(B, H, ., .)`` operands, written into ``out`` (a strided view of
+    a larger buffer) without a temporary or a copy: one batched call per batch row."""
+    for i in range(out.shape[0]):
+        if add:
+            out[i].baddbmm_(a[i], b[i])
+        else:
+            torch.bmm(a[i], b[i], out=out[i])
+
+
 class KeyBlockRoutedAttention(torch.autograd.Function):
     """Exact routed attention walking the keys in blocks; see the module docstring."""
 
@@ -377,7 +387,7 @@ class KeyBlockRoutedAttention(torch.autograd.Function):
             sj = s[..., j0:j1]
             if r:
                 sj[:, :, :r].fill_(float("-inf"))
-            sj[:, :, r:] = torch.matmul(qs[:, :, r:], kh[:, :, j0:j1].transpose(-1, -2))
+            _bmm_into(sj[:, :, r:], qs[:, :, r:], kh[:, :, j0:j1].transpose(-1, -2))
             if e > r:
                 hidden = pos[:, r:e, None] < torch.arange(j0, j1, device=q.device)
                 sj[:, :, r:e].masked_fill_(hidden[:, None], float("-inf"))
@@ -386,7 +396,7 @@ class KeyBlockRoutedAttention(torch.autograd.Function):
         p = torch.softmax(s, -1, out=s)
         og = q.new_zeros(bsz, h, m, d)
         for j0, j1, r, _ in plan:
-            og[:, :, r:] += torch.matmul(p[:, :, r:, j0:j1], vh[:, :, j0:j1])
+            _bmm_into(og[:, :, r:], p[:, :, r:, j0:j1], vh[:, :, j0:j1], add=True)
         ctx.plan, ctx.scale, ctx.in_dtype = plan, scale, in_dtype
         ctx.save_for_backward(k, v, qs, og, p, pos, valid)
         return _scatter_rows(og, pos, valid, t_len).to(in_dtype)
@@ -406,11 +416,11 @@ class KeyBlockRoutedAttention(torch.autograd.Function):
         dqs = k.new_zeros(bsz, h, m, d)
         for j0, j1, r, _ in ctx.plan:
             pj, doj = p[:, :, r:, j0:j1], dog[:, :, r:]
-            dvh[:, :, j0:j1] = torch.matmul(pj.transpose(-1, -2), doj)
+            _bmm_into(dvh[:, :, j0:j1], pj.transpose(-1, -2), doj)
             ds = torch.matmul(doj, vh[:, :, j0:j1].transpose(-1, -2))
             ds.sub_(delta[:, :, r:]).mul_(pj)  # dS = P * (dP - dO . O)
-            dqs[:, :, r:] += torch.matmul(ds, kh[:, :, j0:j1])
-            dkh[:, :, j0:j1] = torch.matmul(ds.transpose(-1, -2), qs[:, :, r:])
+            _bmm_into(dqs[:, :, r:], ds, kh[:, :, j0:j1], add=True)
+            _bmm_into(dkh[:, :, j0:j1], ds.transpose(-1, -2), qs[:, :, r:])
         seen = ctx.plan[-1][1] if ctx.plan else 0
         dkh[:, :, seen:].zero_()
         dvh[:, :, seen:].zero_()
