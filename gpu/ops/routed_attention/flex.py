@@ -94,6 +94,8 @@ def routed_attention_flex(
             )
         if compiled and q.dtype == torch.float64:
             raise CramError("compiled FlexAttention on the CPU has no float64; use compiled=False")
+    if not torch.is_grad_enabled():  # flex_attention rejects leaves that require grad on the CPU
+        q, k, v = q.detach(), k.detach(), v.detach()
     bsz, t_len, h, d = q.shape
     pos, valid = routed_positions(mask)
     m = pos.shape[1]
