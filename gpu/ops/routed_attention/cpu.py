@@ -43,10 +43,10 @@ _GATHER_PAIR_DIM = 0.3e-9  # gathered masked SDPA: per (query, key, head, head-d
 _GATHER_PAIR = 4e-9  # gathered masked SDPA: per (query, key, head) element (the mask)
 _GATHER_CALL = 1.5e-3
 _KB_PAIR_DIM = 0.3e-9  # key-block: per (query, key, head, head-dim) element, all six matmuls
-_KB_PAIR = 2e-9  # key-block: per (query, key, head) element of the planned blocks (mask, dS)
+_KB_PAIR = 4e-9  # key-block: per (query, key, head) element of the planned blocks (mask, dS, bmm edges)
 _KB_ROW = 3e-9  # key-block: per (query, key, head) element of the full rows (fill, softmax)
-_KB_BLOCK = 150e-6  # key-block: fixed cost of one key block (about 12 small tensor calls)
-_KB_CALL = 1e-3
+_KB_BLOCK = 400e-6  # key-block: fixed cost of one key block (about 12 small tensor calls)
+_KB_CALL = 3e-3  # key-block: gathers, scatters, the plan, the autograd function
 # Score/probability elements kept for the backward pass before it recomputes them instead.
 _SAVE_LIMIT = 1 << 26
 # The key-block path keeps all (B, H, M, T) probabilities; beyond this many it is not a candidate.
@@ -352,11 +352,14 @@ def keyblock_plan(mask: torch.Tensor, block: int):
 
 
 def _scatter_rows(rows: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, t_len: int) -> torch.Tensor:
-    """``(B, H, M, D)`` gathered rows -> ``(B, T, H, D)``, zero elsewhere; padding lanes dropped."""
+    """``(B, H, M, D)`` gathered rows -> ``(B, T, H, D)``, zero elsewhere. Padding lanes add
+    zeros (``accumulate``), so they may share a position with a routed lane; the result is a
+    fresh tensor, not a view (a view returned from an autograd function costs a copy)."""
     bsz, h, m, d = rows.shape
-    out = rows.new_zeros(bsz, t_len + 1, h, d)  # row T: padding lanes
-    sidx = torch.where(valid, pos, t_len)[:, :, None, None].expand(bsz, m, h, d)
-    return out.scatter_(1, sidx, rows.transpose(1, 2))[:, :t_len]
+    out = rows.new_zeros(bsz, t_len, h, d)
+    lanes = rows.transpose(1, 2) * valid[:, :, None, None].to(rows.dtype)
+    batch = torch.arange(bsz, device=pos.device)[:, None].expand(bsz, m)
+    return out.index_put_((batch, pos), lanes, accumulate=True)
 
 
 def _bmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, add: bool = False) -> None:
