@@ -148,6 +148,26 @@ def test_measure_fastest_picks_the_fastest_and_drops_failures():
     assert len(caught) == 1 and "'broken' dropped" in str(caught[0].message)
 
 
+def test_measured_backend_measures_once_per_shape_class(monkeypatch):
+    monkeypatch.setattr(interface, "_MEASURED", {})
+    calls = []
+    real = interface._run_backend
+    monkeypatch.setattr(interface, "_run_backend", lambda name, *a: calls.append(name) or real(name, *a))
+    q, k, v, _ = _inputs()
+    q.requires_grad_()
+    mask = MASKS["random"]
+    chosen = interface.measured_backend(q, k, v, mask, D**-0.5, ["cpu", "gathered"], sync=lambda: None)
+    assert chosen in ("cpu", "gathered")
+    assert sorted(calls) == ["cpu", "cpu", "gathered", "gathered"]  # warm-up + one timed call each
+    assert q.grad is None, "the measurement works on detached copies"
+    assert list(interface._MEASURED.values()) == [chosen]
+    again = interface.measured_backend(q, k, v, mask, D**-0.5, ["cpu", "gathered"], sync=lambda: None)
+    assert again == chosen and len(calls) == 4  # cached: nothing measured the second time
+    with torch.no_grad():  # no gradients needed: another shape class, measured forward only
+        interface.measured_backend(q, k, v, mask, D**-0.5, ["cpu", "gathered"], sync=lambda: None)
+    assert len(interface._MEASURED) == 2 and len(calls) == 8
+
+
 def test_shape_class_rounds_lengths_and_counts_up_to_powers_of_two():
     q = torch.zeros(1, 3000, 4, 64)
     mask = torch.zeros(1, 3000, dtype=torch.bool)

@@ -134,12 +134,17 @@ def _auto_backend(q, k, v, mask, scale: float) -> str:
         return "cpu"
     if torch.compiler.is_compiling():
         return "triton"
+    return measured_backend(q, k, v, mask, scale, _cuda_candidates(q), sync=torch.cuda.synchronize)
+
+
+def measured_backend(q, k, v, mask, scale: float, candidates: list[str], sync: Callable[[], None]) -> str:
+    """The fastest of ``candidates`` for this call's shape class, measured on its first call
+    (on detached copies: the caller's tensors and gradients are untouched) and cached."""
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     key = shape_class(q, mask, needs_grad)
     if key not in _MEASURED:
         _MEASURED[key] = measure_fastest(
-            {name: _timed_call(name, q, k, v, mask, scale, needs_grad) for name in _cuda_candidates(q)},
-            sync=torch.cuda.synchronize,
+            {name: _timed_call(name, q, k, v, mask, scale, needs_grad) for name in candidates}, sync=sync
         )
     return _MEASURED[key]
 
