@@ -66,7 +66,7 @@ def check(device: str, backends: list[str], with_grad: dict[str, bool]) -> list[
             rows.append({"backend": backend, "shape": [bsz, t_len, h, d], "rho": rho, "dtype": str(dt),
                          "rel_err_out_dq_dk_dv": errs, "ok": ok})  # fmt: skip
             print(f"check {backend} B{bsz} T{t_len} H{h} D{d} rho{rho:.3f} {dt}: rel err "
-                  f"{['%.1e' % e for e in errs]} {'OK' if ok else 'FAIL'} ({time.time() - start:.1f}s)", flush=True)  # fmt: skip
+                  f"{[f'{e:.1e}' for e in errs]} {'OK' if ok else 'FAIL'} ({time.time() - start:.1f}s)", flush=True)  # fmt: skip
     return rows
 
 
