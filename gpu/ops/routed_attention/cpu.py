@@ -351,6 +351,13 @@ def keyblock_plan(mask: torch.Tensor, block: int):
     return pos, valid, plan
 
 
+def _gather_rows(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``x [B, T, H, D]`` at the lanes' positions ``pos [B, M]`` -> ``(B, H, M, D)`` contiguous
+    (advanced indexing: ``gather`` with an expanded index is many times slower here)."""
+    batch = torch.arange(x.shape[0], device=x.device)[:, None]
+    return x[batch, pos].transpose(1, 2).contiguous()
+
+
 def _scatter_rows(rows: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, t_len: int) -> torch.Tensor:
     """``(B, H, M, D)`` gathered rows -> ``(B, T, H, D)``, zero elsewhere. Padding lanes add
     zeros (``accumulate``), so they may share a position with a routed lane; the result is a
@@ -366,8 +373,8 @@ def _bmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, add: bool 
     """``out (+)= a @ b`` for ``(B, H, ., .)`` operands, written into ``out`` (a strided view of
     a larger buffer) without a temporary or a copy: one batched call per batch row."""
     for i in range(out.shape[0]):
-        if add:
-            out[i].baddbmm_(a[i], b[i])
+        if add:  # small destinations: one batched product and one add (baddbmm_ loops per head)
+            out[i].add_(torch.bmm(a[i], b[i]))
         else:
             torch.bmm(a[i], b[i], out=out[i])
 
@@ -384,7 +391,7 @@ class KeyBlockRoutedAttention(torch.autograd.Function):
         pos, valid, plan = keyblock_plan(mask, block)
         m = pos.shape[1]
         kh, vh = k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D) views
-        qs = (q.gather(1, pos[:, :, None, None].expand(bsz, m, h, d)) * scale).transpose(1, 2).contiguous()
+        qs = _gather_rows(q, pos).mul_(scale)  # (B, H, M, D)
         s = q.new_empty(bsz, h, m, t_len)
         for j0, j1, r, e in plan:
             sj = s[..., j0:j1]
@@ -410,8 +417,7 @@ class KeyBlockRoutedAttention(torch.autograd.Function):
         bsz, t_len, h, d = k.shape
         m = pos.shape[1]
         kh, vh = k.transpose(1, 2), v.transpose(1, 2)
-        gidx = pos[:, :, None, None].expand(bsz, m, h, d)
-        dog = (grad_out.to(k.dtype).gather(1, gidx) * valid[:, :, None, None]).transpose(1, 2).contiguous()
+        dog = _gather_rows(grad_out.to(k.dtype), pos).mul_(valid[:, None, :, None])
         delta = (dog * og).sum(-1, keepdim=True)  # (B, H, M, 1): rowsum(dP * P) = dO . O
         dk = k.new_empty(bsz, t_len, h, d)
         dv = k.new_empty(bsz, t_len, h, d)
