@@ -79,6 +79,18 @@ def test_compiled_flex_backend_matches_reference_on_the_cpu(dtype):  # ~25 s of 
     _check_forward(fn, MASKS["ragged"], dtype)
 
 
+def test_compiled_flex_pads_the_routed_count_to_a_power_of_two():
+    from cramkit.gpu.ops.routed_attention.flex import routed_positions
+
+    mask = MASKS["ragged"]  # 45 and 2 routed positions
+    pos, valid = routed_positions(mask, bucket=True)
+    assert pos.shape == (B, 63) and valid.sum(1).tolist() == [45, 2]  # 64 lanes, capped at T = 63
+    assert torch.all(pos[~valid] == T - 1)
+    pos, valid = routed_positions(MASKS["one"], bucket=True)
+    assert pos.shape == (B, 16) and valid.sum().item() == 1 and pos[1, 0].item() == 37
+    assert routed_positions(mask)[0].shape == (B, 45)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "gathered"])
 def test_backend_override_matches_reference_with_gradients(backend):
     q, k, v, g = _inputs(torch.float64)

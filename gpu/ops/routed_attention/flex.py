@@ -47,14 +47,17 @@ def _flex(compiled: bool):
     return _compiled_flex() if compiled else flex_attention
 
 
-def routed_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def routed_positions(mask: torch.Tensor, *, bucket: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``mask [B, T]`` -> sorted routed positions ``pos [B, M]`` (padding ``T - 1``) and
-    ``valid [B, M]``."""
+    ``valid [B, M]``. ``bucket`` pads ``M`` up to a power of two (at least 16, at most ``T``):
+    a compiled kernel then sees a few query lengths instead of one per routed count, which
+    would exhaust ``torch.compile``'s recompile limit in training."""
     t_len = mask.shape[1]
     counts = mask.sum(1)
     m = int(counts.max()) if mask.numel() else 0
-    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :m]
-    valid = torch.arange(m, device=mask.device)[None, :] < counts[:, None]
+    lanes = min(max(16, 1 << max(0, m - 1).bit_length()), t_len) if bucket and m else m
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :lanes]
+    valid = torch.arange(lanes, device=mask.device)[None, :] < counts[:, None]
     return torch.where(valid, order, t_len - 1), valid
 
 
@@ -97,7 +100,7 @@ def routed_attention_flex(
     if not torch.is_grad_enabled():  # flex_attention rejects leaves that require grad on the CPU
         q, k, v = q.detach(), k.detach(), v.detach()
     bsz, t_len, h, d = q.shape
-    pos, valid = routed_positions(mask)
+    pos, valid = routed_positions(mask, bucket=compiled)
     m = pos.shape[1]
     if m == 0:
         return q * 0  # nothing routed: zero output, zero gradients
