@@ -1,7 +1,17 @@
 """CPU paths of routed attention.
 
-Three exact algorithms, chosen by a cost model in :func:`routed_attention_cpu`:
+Four exact algorithms, chosen by a cost model in :func:`routed_attention_cpu`:
 
+* **key-block** (:class:`KeyBlockRoutedAttention`): the routed queries of every row gathered
+  once (sorted lanes) and the keys walked in blocks of width ``W``. Forward: the scores
+  ``(B, H, M, T)`` are filled block by block, only for the lanes that see the block (``-inf``
+  elsewhere, the causal mask only on the lanes whose position falls inside it), one softmax,
+  the output accumulated block by block; the probabilities are kept. Backward: one pass over
+  the key blocks, each block's ``dv`` and ``dk`` rows computed whole and written once, straight
+  into their strided place in the ``[B, T, H, D]`` gradients (no read-modify-write of
+  full-size buffers); ``dq`` of the gathered rows accumulates in a small buffer. Work is about
+  ``sum_{t routed} (t + 1) + M W / 2`` pairs; it keeps ``B H M T`` probabilities, so it is a
+  candidate only up to ``_KB_LIMIT`` of them.
 * **blocked** (:class:`BlockedRoutedAttention`): positions are cut into blocks of width ``W``.
   Block ``j`` gathers the routed queries of every batch row that fall in ``[jW, (j+1)W)``
   (rows padded to the block's largest count) and reads only the key prefix up to the block's last
@@ -17,8 +27,8 @@ Three exact algorithms, chosen by a cost model in :func:`routed_attention_cpu`:
 * **dense**: fused causal SDPA on every position, non-routed rows zeroed afterwards; it wins
   only when nearly every position is routed.
 
-The cost model prices each candidate ``W`` (powers of two and ``T``) from the actual routed
-counts per block, the gathered path from the largest routed count and the dense path from
+The cost model prices each candidate ``W`` (powers of two and ``T``) of the blocked and
+key-block paths from the actual routed counts per block, the gathered path from the largest routed count and the dense path from
 ``T``, with per-element and per-call constants measured on a 2-core CPU. Half-precision inputs
 are computed in float32 and cast back.
 """
