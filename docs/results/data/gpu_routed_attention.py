@@ -32,7 +32,7 @@ from cramkit.gpu.ops.routed_attention.reference import routed_attention_referenc
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return float((a - b).abs().max() / (b.abs().max() + 1e-12)) if a.numel() else 0.0
 
 
@@ -45,8 +45,8 @@ def check(device: str, backends: list[str], with_grad: dict[str, bool]) -> list[
         route = (torch.rand(bsz, t_len, generator=gen) < rho).to(device)
         base = [torch.randn(bsz, t_len, h, d, generator=gen) for _ in range(4)]
         ref_leaves = [x.double().requires_grad_() for x in base[:3]]
-        ref = routed_attention_reference(*ref_leaves, route, scale=d**-0.5)
-        ref_grads = torch.autograd.grad(ref, ref_leaves, base[3].double().to(ref.device))
+        ref = routed_attention_reference(*ref_leaves, route.cpu(), scale=d**-0.5)  # float64 on the CPU
+        ref_grads = torch.autograd.grad(ref, ref_leaves, base[3].double())
         for backend in backends:
             grad = with_grad[backend]
             leaves = [x.to(device, dt).requires_grad_(grad) for x in base[:3]]

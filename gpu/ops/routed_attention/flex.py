@@ -38,7 +38,7 @@ def available() -> bool:
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention)  # dynamic after a first recompile: no recompile-limit fallback
 
 
 def _flex(compiled: bool):
@@ -50,8 +50,7 @@ def _flex(compiled: bool):
 def routed_positions(mask: torch.Tensor, *, bucket: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``mask [B, T]`` -> sorted routed positions ``pos [B, M]`` (padding ``T - 1``) and
     ``valid [B, M]``. ``bucket`` pads ``M`` up to a power of two (at least 16, at most ``T``):
-    a compiled kernel then sees a few query lengths instead of one per routed count, which
-    would exhaust ``torch.compile``'s recompile limit in training."""
+    a compiled kernel then sees a few query lengths instead of one per routed count."""
     t_len = mask.shape[1]
     counts = mask.sum(1)
     m = int(counts.max()) if mask.numel() else 0
