@@ -66,10 +66,15 @@ def bench() -> None:
 @click.option("--threads", type=click.IntRange(min=1, max=1024), default=None,
               help="CPU threads for torch (default: torch's own choice).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the random inputs and routes.")
+@click.option("--backends", type=CommaList(str, what="backend names"), default=None, metavar="LIST",
+              help="Routed attention backends to time, each its own row: auto, cpu, gathered, triton, flex "
+              "(default: auto on the CPU; auto,triton,flex on a GPU).")
+@click.option("--forward-only", is_flag=True,
+              help="Time the forward pass alone (all sides); needed for the flex backend on the CPU.")
 @output_options(plot_help="Also save a speedup-versus-rho plot to this file.",
                 json_help="Print one JSON object instead of a table.")
 def kernels(t_values, rhos, repeats, ops, batch, heads, head_dim, d_state, model_t, model_batch, device,
-            threads, seed, as_json, plot, quiet) -> None:
+            threads, seed, backends, forward_only, as_json, plot, quiet) -> None:
     """Time routed attention and the SSM scan (forward + backward) against their baselines.
 
     Routed attention is compared with dense causal SDPA over every position and, on the CPU,
@@ -82,8 +87,8 @@ def kernels(t_values, rhos, repeats, ops, batch, heads, head_dim, d_state, model
 
     cfg = KernelBenchConfig(t_values=t_values, repeats=repeats, device=None if device == "auto" else device, ops=ops,
                             batch=batch, heads=heads, head_dim=head_dim, d_state=d_state, model_t=model_t,
-                            model_batch=model_batch, threads=threads, seed=seed,
-                            **({} if rhos is None else {"rhos": rhos}))  # fmt: skip
+                            model_batch=model_batch, threads=threads, seed=seed, backends=backends,
+                            forward_only=forward_only, **({} if rhos is None else {"rhos": rhos}))  # fmt: skip
     with progress_bar(enabled=not quiet and not as_json) as progress:
         result = _guarded(run, config=cfg, progress=progress)
     emit(result, as_json=as_json, plot=plot)

@@ -8,7 +8,12 @@ shared machine slows both sides alike.
   row, at least one) against dense causal ``scaled_dot_product_attention`` over all positions
   (``baseline = "sdpa_dense"``) and, on the CPU, against masked SDPA over the gathered routed
   queries (``"sdpa_gathered"``, the simple exact scheme). ``flop_limit`` is the ratio of the
-  dense causal work to the routed work, ``(T (T+1) / 2) / sum_{t routed} (t + 1)``.
+  dense causal work to the routed work, ``(T (T+1) / 2) / sum_{t routed} (t + 1)``. Each
+  backend in ``backends`` (default: ``auto`` on the CPU; ``auto``, ``triton``, ``flex`` on a GPU)
+  is its own candidate, timed in the same interleaved run; its rows carry ``"backend"`` and the
+  ``"algorithm"`` it ran (``cpu-keyblock-w512``, ``triton``, ``flex``, ``auto:flex``...).
+  ``forward_only`` times the forward pass alone (all sides; rows carry ``"pass": "fwd"``), the
+  only way to time ``flex`` on the CPU, where torch has no FlexAttention backward.
 * ``ssm_scan`` against the sequential float64 reference (``"reference"``; timed once per case,
   since it is slow and its ratio is large).
 * ``model_step`` (optional): one training step (forward + backward) of the CRAM model of the
@@ -41,7 +46,13 @@ CASE_KEYS = (
     "ms", "baseline", "baseline_ms", "speedup", "flop_limit",
 )
 DEFAULT_RHOS = (1 / 64, 1 / 16, 1 / 4, 1.0)
+BACKENDS = ("auto", "cpu", "gathered", "triton", "flex")
 MAX_T = 1 << 20
+
+
+def default_backends(device: str) -> tuple[str, ...]:
+    """Routed-attention backends measured by default."""
+    return ("auto", "triton", "flex") if device == "cuda" else ("auto",)
 
 
 def default_t_values(device: str) -> tuple[int, ...]:
@@ -71,9 +82,15 @@ class KernelBenchConfig:
     model_batch: int = 2
     threads: int | None = None  # None: torch's own choice
     seed: int = 0
+    backends: tuple[str, ...] | None = None  # None: default_backends(device)
+    forward_only: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "t_values", tuple(self.t_values) if self.t_values else None)
+        object.__setattr__(self, "backends", tuple(self.backends) if self.backends else None)
+        bad = sorted(set(self.backends or ()) - set(BACKENDS))
+        if bad:
+            raise CramError(f"unknown routed attention backend(s) {bad}; choose from {list(BACKENDS)}")
         for name in ("rhos", "ops"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         unknown = sorted(set(self.ops) - set(OPS))
@@ -93,7 +110,9 @@ class KernelBenchConfig:
             raise CramError(f"threads must be an integer in [1, 1024], got {self.threads!r}")
         if not _is_int(self.seed) or self.seed < 0:
             raise CramError(f"seed must be an integer >= 0, got {self.seed!r}")
-        resolve_device(self.device)
+        device = resolve_device(self.device)
+        if device == "cpu" and "flex" in (self.backends or ()) and not self.forward_only:
+            raise CramError("the flex backend has no backward on the CPU: time it with forward_only (--forward-only)")
 
 
 def _fwd_bwd(fn: Callable[[], torch.Tensor], grad: torch.Tensor, leaves: Sequence[torch.Tensor]):
@@ -106,15 +125,43 @@ def _fwd_bwd(fn: Callable[[], torch.Tensor], grad: torch.Tensor, leaves: Sequenc
     return step
 
 
-def _attention_cases(t_len, rhos, repeats, device, dtype, batch, heads, head_dim, gen) -> list[dict]:
+def _fwd(fn: Callable[[], torch.Tensor], grad: torch.Tensor, leaves: Sequence[torch.Tensor]):
+    """The forward pass alone, without autograd (``grad`` and ``leaves`` unused: ``_fwd_bwd``'s
+    signature)."""
+
+    def step() -> None:
+        with torch.no_grad():
+            fn()
+
+    return step
+
+
+def _algorithm(backend: str, mask: torch.Tensor, q: torch.Tensor, needs_grad: bool) -> str:
+    """What a backend runs for this case: the CPU cost model's choice, or the measured winner."""
+    from cramkit.gpu.ops.routed_attention import interface
+    from cramkit.gpu.ops.routed_attention.cpu import choose_cpu_algorithm
+
+    if backend == "auto":
+        chosen = interface._MEASURED.get(interface.shape_class(q, mask, needs_grad))
+        if chosen is None and not q.is_cuda:
+            chosen = "cpu"
+        return "auto" if chosen is None else (_algorithm(chosen, mask, q, needs_grad) if chosen == "cpu" else f"auto:{chosen}")
+    if backend == "cpu":
+        return "cpu-" + "-w".join(str(x) for x in choose_cpu_algorithm(mask, q.shape[2], q.shape[3]))
+    return backend
+
+
+def _attention_cases(t_len, rhos, repeats, device, dtype, batch, heads, head_dim, gen, backends=("auto",),
+                     forward_only=False) -> list[dict]:  # fmt: skip
     from cramkit.gpu.ops.routed_attention import routed_attention
-    from cramkit.gpu.ops.routed_attention.cpu import choose_cpu_algorithm, routed_attention_gathered
+    from cramkit.gpu.ops.routed_attention.cpu import routed_attention_gathered
 
     shape = (batch, t_len, heads, head_dim)
     q, k, v, g = (torch.randn(shape, generator=gen).to(device=device, dtype=dtype) for _ in range(4))
     leaves = [t.requires_grad_() for t in (q, k, v)]
     scale = head_dim**-0.5
-    dense = _fwd_bwd(
+    wrap = _fwd if forward_only else _fwd_bwd
+    dense = wrap(
         lambda: F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
         ).transpose(1, 2),
@@ -127,27 +174,31 @@ def _attention_cases(t_len, rhos, repeats, device, dtype, batch, heads, head_dim
         pos = torch.arange(1, t_len + 1, dtype=torch.float64, device=device)
         routed_work = float((mask.double() * pos).sum()) / batch
         flop_limit = t_len * (t_len + 1) / 2 / routed_work
+        names = {b: "candidate" if i == 0 else f"candidate:{b}" for i, b in enumerate(backends)}
         fns = {
-            "candidate": _fwd_bwd(lambda mask=mask: routed_attention(q, k, v, mask), g, leaves),
-            "sdpa_dense": dense,
+            names[b]: wrap(lambda mask=mask, b=b: routed_attention(q, k, v, mask, backend=b), g, leaves)
+            for b in backends
         }
+        for b in backends[1:]:  # interleaved() warms up only "candidate" on the CPU
+            fns[names[b]]()
+        baselines = {"sdpa_dense": dense}
         if device == "cpu":
-            fns["sdpa_gathered"] = _fwd_bwd(
+            baselines["sdpa_gathered"] = wrap(
                 lambda mask=mask: routed_attention_gathered(q, k, v, mask, scale=scale), g, leaves
             )
-            algo = "cpu-" + "-w".join(str(x) for x in choose_cpu_algorithm(mask, heads, head_dim))
-        else:
-            algo = "triton"
-        ms = _interleaved(fns, repeats, device)
-        for base in [name for name in fns if name != "candidate"]:
-            cases.append(
-                {
-                    "op": "routed_attention", "device": device, "dtype": str(dtype).replace("torch.", ""),
-                    "T": t_len, "rho": rho, "batch": batch, "heads": heads, "head_dim": head_dim,
-                    "algorithm": algo, "ms": ms["candidate"], "baseline": base, "baseline_ms": ms[base],
-                    "speedup": ms[base] / ms["candidate"], "flop_limit": flop_limit,
-                }
-            )
+        ms = _interleaved({**fns, **baselines}, repeats, device)
+        for b in backends:
+            algo = _algorithm(b, mask, q, not forward_only)
+            for base in baselines:
+                cases.append(
+                    {
+                        "op": "routed_attention", "device": device, "dtype": str(dtype).replace("torch.", ""),
+                        "T": t_len, "rho": rho, "batch": batch, "heads": heads, "head_dim": head_dim,
+                        "algorithm": algo, "ms": ms[names[b]], "baseline": base, "baseline_ms": ms[base],
+                        "speedup": ms[base] / ms[names[b]], "flop_limit": flop_limit, "backend": b,
+                        "pass": "fwd" if forward_only else "fwd+bwd",
+                    }
+                )
     return cases
 
 
@@ -223,8 +274,10 @@ def _plan(config: KernelBenchConfig, device: str) -> list[tuple[str, Callable[[]
     t_values = c.t_values or default_t_values(device)
     plan: list[tuple[str, Callable[[], list[dict]]]] = []
     if "routed_attention" in c.ops:
+        backends = c.backends or default_backends(device)
         plan += [(f"routed_attention T={t}", lambda t=t: _attention_cases(
-            t, c.rhos, c.repeats, device, dtype, c.batch, c.heads, c.head_dim, gen)) for t in t_values]  # fmt: skip
+            t, c.rhos, c.repeats, device, dtype, c.batch, c.heads, c.head_dim, gen, backends,
+            c.forward_only)) for t in t_values]  # fmt: skip
     if "ssm_scan" in c.ops:
         plan += [(f"ssm_scan T={t}", lambda t=t: [_ssm_case(
             t, c.repeats, device, dtype, c.batch, c.heads, c.head_dim, c.d_state, c.chunk_size, gen)]) for t in t_values]  # fmt: skip
@@ -265,12 +318,15 @@ def bench_kernels(
     model_batch: int = 2,
     threads: int | None = None,
     seed: int = 0,
+    backends: Sequence[str] | None = None,
+    forward_only: bool = False,
     progress: Progress | None = None,
 ) -> dict:
     """:func:`run` with keywords (the :class:`KernelBenchConfig` fields; ``ops`` without
     ``model_step`` by default), returning ``run(...).to_json()``."""
     config = KernelBenchConfig(t_values=t_values, rhos=rhos, repeats=repeats, device=device, ops=ops, batch=batch,
                                heads=heads, head_dim=head_dim, d_state=d_state, chunk_size=chunk_size,
-                               model_t=model_t, model_batch=model_batch, threads=threads, seed=seed)  # fmt: skip
+                               model_t=model_t, model_batch=model_batch, threads=threads, seed=seed,
+                               backends=backends, forward_only=forward_only)  # fmt: skip
     return run(config, progress).to_json()
 

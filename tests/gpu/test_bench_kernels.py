@@ -35,6 +35,21 @@ def test_every_case_has_the_documented_keys_and_consistent_ratios():
     json.dumps(result, allow_nan=False)
 
 
+def test_each_backend_is_its_own_row_timed_in_the_same_run():
+    cfg = {**TINY, "rhos": [0.25]}
+    cases = bench_kernels(ops=["routed_attention"], backends=["auto", "gathered", "flex"], forward_only=True, **cfg)["cases"]
+    assert [(c["backend"], c["baseline"]) for c in cases] == [
+        (b, base) for b in ("auto", "gathered", "flex") for base in ("sdpa_dense", "sdpa_gathered")
+    ]
+    assert {c["pass"] for c in cases} == {"fwd"}
+    algos = {c["backend"]: c["algorithm"] for c in cases}
+    assert algos["auto"].startswith("cpu-") and algos["gathered"] == "gathered" and algos["flex"] == "flex"
+    dense = {c["baseline_ms"] for c in cases if c["baseline"] == "sdpa_dense"}
+    assert len(dense) == 1  # one baseline measurement shared by every backend's rows
+    both = bench_kernels(ops=["routed_attention"], **cfg)["cases"]
+    assert {c["pass"] for c in both} == {"fwd+bwd"} and {c["backend"] for c in both} == {"auto"}
+
+
 def test_routed_mask_routes_exactly_round_rho_t_per_row():
     gen = torch.Generator().manual_seed(0)
     for rho, want in ((1 / 64, 2), (0.25, 25), (1.0, 100), (1e-4, 1)):
@@ -134,6 +149,8 @@ def test_cli_table_output():
         (["--t", "a,b"], "integers"),
         (["--ops", "bogus"], "unknown op"),
         (["--repeats", "0"], "repeats"),
+        (["--backends", "fastest"], "unknown routed attention backend"),
+        (["--backends", "flex", "--device", "cpu"], "--forward-only"),
     ],
 )
 def test_cli_bad_options_fail_with_one_line(args, message):

@@ -19,6 +19,7 @@ from cramkit.gpu.ops.routed_attention.cpu import (
     routed_attention_blocked,
     routed_attention_dense,
     routed_attention_gathered,
+    routed_attention_keyblock,
 )
 from cramkit.gpu.ops.routed_attention.interface import route_to_mask
 from cramkit.gpu.ops.routed_attention.reference import routed_attention_reference
@@ -101,6 +102,46 @@ def test_triton_kernels_match_reference(ra_triton, case):
 @pytest.mark.parametrize("case", list(MASKS))
 def test_blocked_cpu_path_matches_reference(case, width):
     fn = lambda q, k, v, m: routed_attention_blocked(q, k, v, m, scale=D**-0.5, width=width)  # noqa: E731
+    _check(fn, MASKS[case], torch.float32)
+
+
+@pytest.mark.parametrize("block", [1, 7, 16, 64, None])
+@pytest.mark.parametrize("case", list(MASKS))
+def test_keyblock_cpu_path_matches_reference(case, block):
+    fn = lambda q, k, v, m: routed_attention_keyblock(q, k, v, m, scale=D**-0.5, block=block)  # noqa: E731
+    _check(fn, MASKS[case], torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_keyblock_cpu_path_keeps_the_dtype(dtype):
+    fn = lambda q, k, v, m: routed_attention_keyblock(q, k, v, m, scale=D**-0.5, block=16)  # noqa: E731
+    _check(fn, MASKS["ragged"], dtype)
+
+
+@settings(max_examples=15)
+@given(
+    t_len=st.integers(1, 40),
+    frac=st.floats(0.0, 1.0),
+    block=st.integers(1, 50),
+    seed=st.integers(0, 2**16),
+)
+def test_keyblock_path_matches_reference_on_random_routes(t_len, frac, block, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v, g = (torch.randn(3, t_len, 2, 8, generator=gen, dtype=torch.float64) for _ in range(4))
+    mask = torch.rand(3, t_len, generator=gen) < frac  # rows differ: lanes pad across rows
+    fn = lambda a, b, c, m: routed_attention_keyblock(a, b, c, m, scale=0.5, block=block)  # noqa: E731
+    out, grads = _run(fn, q, k, v, g, mask)
+    ref, ref_grads = _run(lambda a, b, c, m: routed_attention_reference(a, b, c, m, scale=0.5), q, k, v, g, mask)
+    assert rel_err(out, ref) < 1e-10
+    for got, want in zip(grads, ref_grads):
+        assert rel_err(got, want) < 1e-10
+
+
+@pytest.mark.parametrize("case", ["random", "ragged", "one", "empty"])
+def test_keyblock_path_never_reads_uninitialised_memory(monkeypatch, case):
+    real = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda t, *a, **kw: real(t, *a, **kw).fill_(float("nan")))
+    fn = lambda q, k, v, m: routed_attention_keyblock(q, k, v, m, scale=D**-0.5, block=16)  # noqa: E731
     _check(fn, MASKS[case], torch.float32)
 
 
@@ -194,11 +235,14 @@ def test_cost_model_uses_dense_only_when_nearly_everything_is_routed():
     assert choose_cpu_algorithm(torch.ones(1, 4096, dtype=torch.bool), 4, 64)[0] == "dense"
     for rho in (1 / 64, 1 / 16, 1 / 4):
         algo, width = choose_cpu_algorithm(routed_mask(1, 4096, rho, gen), 4, 64)
-        assert algo in ("blocked", "gathered") and 32 <= width <= 4096
+        assert algo in ("blocked", "gathered", "keyblock") and 32 <= width <= 4096
     # sparser routing never picks narrower blocks (fewer queries per block -> wider blocks)
     widths = [choose_cpu_algorithm(routed_mask(1, 4096, r, gen), 4, 64)[1] for r in (1 / 4, 1 / 16, 1 / 64)]
     assert widths == sorted(widths)
-    # long sequences with moderate routing are where blocking pays
+    # the measured case of issue 22 (T=4096, rho=1/64) runs the key-block path
+    assert choose_cpu_algorithm(routed_mask(1, 4096, 1 / 64, gen), 4, 64)[0] == "keyblock"
+    # long sequences with moderate routing: the key-block probabilities would be too large, so
+    # position blocks are where blocking pays
     assert choose_cpu_algorithm(routed_mask(1, 16384, 1 / 16, gen), 4, 64)[0] == "blocked"
 
 

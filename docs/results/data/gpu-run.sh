@@ -7,6 +7,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | grep -v WARNING | tail -2
 python3 -c "import cramkit.gpu.model; print('import ok')" || exit 3
 export CRAM_TRITON_AUTOTUNE=0
+# routed attention as before issue 22 (the auto rule would measure every backend, compiling FlexAttention, per shape class)
+export CRAM_ROUTED_ATTENTION_BACKEND=${CRAM_ROUTED_ATTENTION_BACKEND:-triton}
 echo "== ops check $(date +%T)"
 timeout 75 python3 .devchk/gpu_ops_check.py > $OUT/ops_check.txt 2>&1; echo "ops rc=$?"; cat $OUT/ops_check.txt | tail -12
 echo "== bench kernels $(date +%T)"

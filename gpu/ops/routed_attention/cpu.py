@@ -1,7 +1,17 @@
 """CPU paths of routed attention.
 
-Three exact algorithms, chosen by a cost model in :func:`routed_attention_cpu`:
+Four exact algorithms, chosen by a cost model in :func:`routed_attention_cpu`:
 
+* **key-block** (:class:`KeyBlockRoutedAttention`): the routed queries of every row gathered
+  once (sorted lanes) and the keys walked in blocks of width ``W``. Forward: the scores
+  ``(B, H, M, T)`` are filled block by block, only for the lanes that see the block (``-inf``
+  elsewhere, the causal mask only on the lanes whose position falls inside it), one softmax,
+  the output accumulated block by block; the probabilities are kept. Backward: one pass over
+  the key blocks, each block's ``dv`` and ``dk`` rows computed whole and written once, straight
+  into their strided place in the ``[B, T, H, D]`` gradients (no read-modify-write of
+  full-size buffers); ``dq`` of the gathered rows accumulates in a small buffer. Work is about
+  ``sum_{t routed} (t + 1) + M W / 2`` pairs; it keeps ``B H M T`` probabilities, so it is a
+  candidate only up to ``_KB_LIMIT`` of them.
 * **blocked** (:class:`BlockedRoutedAttention`): positions are cut into blocks of width ``W``.
   Block ``j`` gathers the routed queries of every batch row that fall in ``[jW, (j+1)W)``
   (rows padded to the block's largest count) and reads only the key prefix up to the block's last
@@ -17,8 +27,8 @@ Three exact algorithms, chosen by a cost model in :func:`routed_attention_cpu`:
 * **dense**: fused causal SDPA on every position, non-routed rows zeroed afterwards; it wins
   only when nearly every position is routed.
 
-The cost model prices each candidate ``W`` (powers of two and ``T``) from the actual routed
-counts per block, the gathered path from the largest routed count and the dense path from
+The cost model prices each candidate ``W`` (powers of two and ``T``) of the blocked and
+key-block paths from the actual routed counts per block, the gathered path from the largest routed count and the dense path from
 ``T``, with per-element and per-call constants measured on a 2-core CPU. Half-precision inputs
 are computed in float32 and cast back.
 """
@@ -42,8 +52,15 @@ _DENSE_CALL = 1e-3
 _GATHER_PAIR_DIM = 0.3e-9  # gathered masked SDPA: per (query, key, head, head-dim) element
 _GATHER_PAIR = 4e-9  # gathered masked SDPA: per (query, key, head) element (the mask)
 _GATHER_CALL = 1.5e-3
+_KB_PAIR_DIM = 0.3e-9  # key-block: per (query, key, head, head-dim) element, all six matmuls
+_KB_PAIR = 4e-9  # key-block: per (query, key, head) element of the planned blocks (mask, dS, bmm edges)
+_KB_ROW = 3e-9  # key-block: per (query, key, head) element of the full rows (fill, softmax)
+_KB_BLOCK = 400e-6  # key-block: fixed cost of one key block (about 12 small tensor calls)
+_KB_CALL = 3e-3  # key-block: gathers, scatters, the plan, the autograd function
 # Score/probability elements kept for the backward pass before it recomputes them instead.
 _SAVE_LIMIT = 1 << 26
+# The key-block path keeps all (B, H, M, T) probabilities; beyond this many it is not a candidate.
+_KB_LIMIT = 1 << 25
 
 
 def routed_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,24 +150,68 @@ def _plan_cost(cum: np.ndarray, width: int, t_len: int, heads: int, dim: int) ->
     return compute + int(used.sum()) * _BLOCK + _BLOCKED_CALL
 
 
-def choose_cpu_algorithm(mask: torch.Tensor, heads: int, dim: int) -> tuple[str, int]:
-    """Pick ``("dense", T)``, ``("gathered", T)`` or ``("blocked", W)`` by the cost model in
-    the module docstring (NumPy on the mask: a few microseconds per candidate width)."""
+def _keyblock_cost(cum: np.ndarray, block: int, t_len: int, heads: int, dim: int) -> float:
+    """Estimated seconds of the key-block path for one key block width (``cum`` as in
+    :func:`_plan_cost`)."""
+    bsz = cum.shape[0]
+    m = int(cum[:, -1].max())
+    last = int(np.argmax(cum == cum[:, -1:], axis=1).max())  # 1 + the last routed position
+    starts = np.arange(0, t_len, block)
+    widths = np.minimum(starts + block, t_len) - starts
+    lanes = m - cum[:, starts].min(axis=0)  # lanes that see each block
+    used = (starts < last) & (lanes > 0)
+    pairs = float((lanes * widths)[used].sum()) * bsz
+    rows = float(bsz * m * t_len)
+    compute = pairs * heads * (_KB_PAIR_DIM * dim + _KB_PAIR) + rows * heads * _KB_ROW
+    return compute + int(used.sum()) * _KB_BLOCK + _KB_CALL
+
+
+def _widths(t_len: int, smallest: int) -> list[int]:
+    """Candidate block widths: powers of two from ``smallest`` below ``T``, and ``T``."""
+    widths = {t_len}
+    w = smallest
+    while w < t_len:
+        widths.add(w)
+        w *= 2
+    return sorted(widths)
+
+
+def _routed_prefix_sums(mask: torch.Tensor) -> np.ndarray:
     bsz, t_len = mask.shape
     cum = np.zeros((bsz, t_len + 1), dtype=np.int64)
     np.cumsum(mask.detach().cpu().numpy(), axis=1, out=cum[:, 1:])
+    return cum
+
+
+def keyblock_width(mask: torch.Tensor, heads: int, dim: int) -> tuple[int, float]:
+    """The key-block path's best key block width and its estimated seconds (``inf`` when its
+    ``(B, H, M, T)`` probabilities would exceed ``_KB_LIMIT`` elements)."""
+    return _best_keyblock(_routed_prefix_sums(mask), mask.shape[1], heads, dim)
+
+
+def _best_keyblock(cum: np.ndarray, t_len: int, heads: int, dim: int) -> tuple[int, float]:
+    most = int(cum[:, -1].max()) if cum.size else 0
+    if cum.shape[0] * heads * most * t_len > _KB_LIMIT:
+        return t_len, float("inf")
+    return min(((w, _keyblock_cost(cum, w, t_len, heads, dim)) for w in _widths(t_len, 64)), key=lambda c: c[1])
+
+
+def choose_cpu_algorithm(mask: torch.Tensor, heads: int, dim: int) -> tuple[str, int]:
+    """Pick ``("dense", T)``, ``("gathered", T)``, ``("keyblock", W)`` or ``("blocked", W)`` by
+    the cost model in the module docstring (NumPy on the mask: a few microseconds per candidate
+    width)."""
+    bsz, t_len = mask.shape
+    cum = _routed_prefix_sums(mask)
     dense = bsz * t_len * (t_len + 1) / 2 * heads * (_DENSE_PAIR_DIM * dim + _DENSE_PAIR) + _DENSE_CALL
     best = ("dense", t_len, dense)
     most = int(cum[:, -1].max()) if cum.size else 0
     gathered = bsz * most * t_len * heads * (_GATHER_PAIR_DIM * dim + _GATHER_PAIR) + _GATHER_CALL
     if gathered < best[2]:
         best = ("gathered", t_len, gathered)
-    widths = {t_len}
-    w = 32
-    while w < t_len:
-        widths.add(w)
-        w *= 2
-    for w in sorted(widths):
+    w, cost = _best_keyblock(cum, t_len, heads, dim)
+    if cost < best[2]:
+        best = ("keyblock", w, cost)
+    for w in _widths(t_len, 32):
         cost = _plan_cost(cum, w, t_len, heads, dim)
         if cost < best[2]:
             best = ("blocked", w, cost)
@@ -268,13 +329,151 @@ def routed_attention_blocked(
     return BlockedRoutedAttention.apply(q, k, v, mask, scale, width)
 
 
+def keyblock_plan(mask: torch.Tensor, block: int):
+    """Lanes and key blocks of the key-block path.
+
+    Returns ``(pos [B, M], valid [B, M], plan)``: each row's routed positions sorted, padded
+    with ``T - 1`` (a padding lane never needs the causal mask; its gradient is zero), and for
+    every key block ``[j0, j1)`` that some routed query sees, ``(j0, j1, r, e)``: lanes ``< r``
+    lie before ``j0`` in every row (the block is hidden from them), lanes ``>= e`` lie at or
+    after ``j1 - 1`` in every row (they see all of it), so only lanes ``[r, e)`` need the mask.
+    The planned blocks are consecutive from position 0.
+    """
+    bsz, t_len = mask.shape
+    counts = mask.sum(1)
+    m = int(counts.max()) if mask.numel() else 0
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :m]
+    valid = torch.arange(m, device=mask.device)[None, :] < counts[:, None]
+    pos = torch.where(valid, order, t_len - 1)
+    if m == 0:
+        return pos, valid, []
+    cum = F.pad(mask.cumsum(1), (1, 0))  # (B, T + 1): routed positions before each index
+    starts = torch.arange(0, t_len, block, device=mask.device)
+    ends = (starts + block).clamp(max=t_len)
+    first = cum[:, starts].amin(0).tolist()
+    diag = cum[:, ends - 1].amax(0).tolist()
+    last = int(torch.where(valid, order, -1).max()) + 1
+    plan = []
+    for j0, j1, r, e in zip(starts.tolist(), ends.tolist(), first, diag):
+        if j0 >= last or r >= m:
+            break
+        plan.append((j0, j1, r, max(r, e)))
+    return pos, valid, plan
+
+
+def _gather_rows(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``x [B, T, H, D]`` at the lanes' positions ``pos [B, M]`` -> ``(B, H, M, D)`` contiguous
+    (advanced indexing: ``gather`` with an expanded index is many times slower here)."""
+    batch = torch.arange(x.shape[0], device=x.device)[:, None]
+    return x[batch, pos].transpose(1, 2).contiguous()
+
+
+def _scatter_rows(rows: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, t_len: int) -> torch.Tensor:
+    """``(B, H, M, D)`` gathered rows -> ``(B, T, H, D)``, zero elsewhere. Padding lanes add
+    zeros (``accumulate``), so they may share a position with a routed lane; the result is a
+    fresh tensor, not a view (a view returned from an autograd function costs a copy)."""
+    bsz, h, m, d = rows.shape
+    out = rows.new_zeros(bsz, t_len, h, d)
+    lanes = rows.transpose(1, 2) * valid[:, :, None, None].to(rows.dtype)
+    batch = torch.arange(bsz, device=pos.device)[:, None].expand(bsz, m)
+    return out.index_put_((batch, pos), lanes, accumulate=True)
+
+
+def _bmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, add: bool = False) -> None:
+    """``out (+)= a @ b`` for ``(B, H, ., .)`` operands, written into ``out`` (a strided view of
+    a larger buffer) without a temporary or a copy: one batched call per batch row."""
+    for i in range(out.shape[0]):
+        if add:  # small destinations: one batched product and one add (baddbmm_ loops per head)
+            out[i].add_(torch.bmm(a[i], b[i]))
+        else:
+            torch.bmm(a[i], b[i], out=out[i])
+
+
+class KeyBlockRoutedAttention(torch.autograd.Function):
+    """Exact routed attention walking the keys in blocks; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale, block):
+        bsz, t_len, h, d = q.shape
+        in_dtype = q.dtype
+        work = torch.float64 if in_dtype == torch.float64 else torch.float32
+        q, k, v = q.to(work), k.to(work), v.to(work)
+        pos, valid, plan = keyblock_plan(mask, block)
+        m = pos.shape[1]
+        kh, vh = k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D) views
+        qs = _gather_rows(q, pos).mul_(scale)  # (B, H, M, D)
+        s = q.new_empty(bsz, h, m, t_len)
+        for j0, j1, r, e in plan:
+            sj = s[..., j0:j1]
+            if r:
+                sj[:, :, :r].fill_(float("-inf"))
+            _bmm_into(sj[:, :, r:], qs[:, :, r:], kh[:, :, j0:j1].transpose(-1, -2))
+            if e > r:
+                hidden = pos[:, r:e, None] < torch.arange(j0, j1, device=q.device)
+                sj[:, :, r:e].masked_fill_(hidden[:, None], float("-inf"))
+        seen = plan[-1][1] if plan else 0
+        s[..., seen:].fill_(float("-inf"))
+        p = torch.softmax(s, -1, out=s)
+        og = q.new_zeros(bsz, h, m, d)
+        for j0, j1, r, _ in plan:
+            _bmm_into(og[:, :, r:], p[:, :, r:, j0:j1], vh[:, :, j0:j1], add=True)
+        ctx.plan, ctx.scale, ctx.in_dtype = plan, scale, in_dtype
+        ctx.save_for_backward(k, v, qs, og, p, pos, valid)
+        return _scatter_rows(og, pos, valid, t_len).to(in_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        k, v, qs, og, p, pos, valid = ctx.saved_tensors
+        bsz, t_len, h, d = k.shape
+        m = pos.shape[1]
+        kh, vh = k.transpose(1, 2), v.transpose(1, 2)
+        dog = _gather_rows(grad_out.to(k.dtype), pos).mul_(valid[:, None, :, None])
+        delta = (dog * og).sum(-1, keepdim=True)  # (B, H, M, 1): rowsum(dP * P) = dO . O
+        dk = k.new_empty(bsz, t_len, h, d)
+        dv = k.new_empty(bsz, t_len, h, d)
+        dkh, dvh = dk.transpose(1, 2), dv.transpose(1, 2)
+        dqs = k.new_zeros(bsz, h, m, d)
+        for j0, j1, r, _ in ctx.plan:
+            pj, doj = p[:, :, r:, j0:j1], dog[:, :, r:]
+            _bmm_into(dvh[:, :, j0:j1], pj.transpose(-1, -2), doj)
+            ds = torch.matmul(doj, vh[:, :, j0:j1].transpose(-1, -2))
+            ds.sub_(delta[:, :, r:]).mul_(pj)  # dS = P * (dP - dO . O)
+            _bmm_into(dqs[:, :, r:], ds, kh[:, :, j0:j1], add=True)
+            _bmm_into(dkh[:, :, j0:j1], ds.transpose(-1, -2), qs[:, :, r:])
+        seen = ctx.plan[-1][1] if ctx.plan else 0
+        dkh[:, :, seen:].zero_()
+        dvh[:, :, seen:].zero_()
+        ctx.plan = None
+        dq = _scatter_rows(dqs * ctx.scale, pos, valid, t_len)
+        dt = ctx.in_dtype
+        return dq.to(dt), dk.to(dt), dv.to(dt), None, None, None
+
+
+def routed_attention_keyblock(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    scale: float,
+    block: int | None = None,
+) -> torch.Tensor:
+    """The key-block path; shapes as in :func:`cramkit.gpu.ops.routed_attention.routed_attention`.
+    ``block`` (key block width) defaults to the cost model's choice for this path."""
+    if block is None:
+        block = keyblock_width(mask, q.shape[2], q.shape[3])[0]
+    return KeyBlockRoutedAttention.apply(q, k, v, mask, scale, max(1, int(block)))
+
+
 def routed_attention_cpu(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, *, scale: float
 ) -> torch.Tensor:
-    """The CPU dispatch target: the cheapest of dense, gathered and blocked (best width)."""
+    """The CPU dispatch target: the cheapest of dense, gathered, key-block and blocked (best width)."""
     algo, width = choose_cpu_algorithm(mask, q.shape[2], q.shape[3])
     if algo == "dense":
         return routed_attention_dense(q, k, v, mask, scale=scale)
     if algo == "gathered":
         return routed_attention_gathered(q, k, v, mask, scale=scale)
+    if algo == "keyblock":
+        return KeyBlockRoutedAttention.apply(q, k, v, mask, scale, width)
     return BlockedRoutedAttention.apply(q, k, v, mask, scale, width)
