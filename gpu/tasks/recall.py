@@ -20,6 +20,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 CLASSES = ("recall", "other")
 
@@ -100,3 +101,44 @@ def recall_table(hits: torch.Tensor, loss: torch.Tensor, nbytes: torch.Tensor,
                      "bpb": _bpb(loss[sel], nbytes[sel]), "rho": _mean(route[sel]) if route is not None else None,
                      "attn_share": float(route[sel].double().sum()) / routed if routed > 0 else None})  # fmt: skip
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# on every training batch (the trainer's train_* fields; docs/training.md)
+# ----------------------------------------------------------------------------------------------
+
+#: the per-class fields of a training record (means over the training batches since the previous
+#: evaluation; the ``train_rho_*`` ones only with CRAM layers)
+TRAIN_FIELDS = ("train_recall_share", "train_loss_recall", "train_loss_other", "train_rho_recall", "train_rho_other")
+
+
+def route_per_position(traces) -> torch.Tensor | None:
+    """(B, T) routed fraction of each position over the CRAM layers (None without any)."""
+    return sum(tr.route.float() for tr in traces) / len(traces) if traces else None
+
+
+@torch.no_grad()
+def batch_class_sums(tokens: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
+                     route: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    """Sums of one training batch by class, float64 ``(6,)``: [task loss on recall hits, hits, task
+    loss on the other targets, other targets, route on hits, route on the others]. ``logits``: the
+    model output at the target positions (``targets >= 0``) in row-major order, as the forward
+    pass returns it, so the per-position task loss costs one cross-entropy, no forward pass."""
+    mask = targets >= 0
+    hits = recall_hits(tokens, targets)[mask]
+    loss = F.cross_entropy(logits.detach().float(), targets[mask], reduction="none").double()
+    r = route[mask].double() if route is not None else torch.zeros_like(loss)
+    h = hits.double()
+    return torch.stack([(loss * h).sum(), h.sum(), (loss * (1 - h)).sum(), (1 - h).sum(), (r * h).sum(),
+                        (r * (1 - h)).sum()])  # fmt: skip
+
+
+def class_means(sums: list[float], with_route: bool) -> dict[str, float | None]:
+    """The :data:`TRAIN_FIELDS` of summed :func:`batch_class_sums` (a class with no position: None)."""
+    loss_r, n_r, loss_o, n_o, route_r, route_o = sums
+    div = lambda a, b: a / b if b > 0 else None  # noqa: E731
+    m = {"train_recall_share": div(n_r, n_r + n_o), "train_loss_recall": div(loss_r, n_r),
+         "train_loss_other": div(loss_o, n_o)}  # fmt: skip
+    if with_route:
+        m |= {"train_rho_recall": div(route_r, n_r), "train_rho_other": div(route_o, n_o)}
+    return m
