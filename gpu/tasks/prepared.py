@@ -181,7 +181,8 @@ def prepare(path: str | Path, tokenizer: str | Tokenizer = BYTES, *, split: str 
     """Encode the text file ``path`` once (cached; see the module docstring), streaming it ``chunk``
     bytes at a time. ``tokenizer``: a ``text.tokenizer`` spec (``bpe:N`` is trained on the training
     split) or a :class:`Tokenizer`. ``heldout``: the whole file is one split (``val``), e.g. a
-    held-out corpus. ``progress(stage, MB, MB total)`` hears about each pass over the file."""
+    held-out corpus. ``progress(stage, MiB, MiB total)`` hears about the long passes over the file
+(stages "read corpus", "train BPE", "encode corpus"), e.g. the CLI's progress bar on stderr."""
     if errors not in ERRORS:
         raise CramError(f"errors must be one of {ERRORS}, got {errors!r}")
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else None

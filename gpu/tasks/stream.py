@@ -50,9 +50,10 @@ def _open(path: Path, what: str):
 
 
 def _chunks(path: Path, chunk: int, what: str, progress: Progress | None = None, stage: str = "") -> Iterator[bytes]:
-    """The file's bytes, ``chunk`` at a time (``progress(stage, MB read, MB total)`` after each)."""
+    """The file's bytes, ``chunk`` at a time (``progress(stage, MiB read, MiB total)`` after each)."""
     tick = report_to(progress)
-    total = path.stat().st_size / 1e6
+    size = path.stat().st_size
+    total = max(1, -(-size >> 20))
     done = 0
     with _open(path, what) as fh:
         while True:
@@ -65,7 +66,7 @@ def _chunks(path: Path, chunk: int, what: str, progress: Progress | None = None,
             done += len(b)
             yield b
             if stage:
-                tick(stage, done / 1e6, total)
+                tick(stage, total if done >= size else min(done >> 20, total), total)
 
 
 def scan(path: str | Path, *, chunk: int = CHUNK_BYTES, what: str = "text file") -> str:

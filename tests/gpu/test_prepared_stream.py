@@ -146,3 +146,16 @@ def test_memory_is_bounded_by_the_chunk_not_the_corpus(tmp_path):
     finally:
         tracemalloc.stop()
     assert whole > 4 * size  # the reference holds the text (and its int64 ids): what streaming avoids
+
+
+def test_the_long_passes_report_progress(tmp_path):
+    src = tmp_path / "c.txt"
+    src.write_text(CORPUS.read_text(encoding="utf-8") * 40, encoding="utf-8")  # about 1.3 MB: 2 MiB units
+    calls = []
+    P.prepare(src, "bpe:260", chunk=1 << 18, progress=lambda *a: calls.append(a))
+    stages = {}
+    for stage, done, total in calls:
+        assert 0 <= done <= total == 2
+        stages.setdefault(stage, []).append(done)
+    assert set(stages) == {"read corpus", "train BPE", "encode corpus"}
+    assert all(v == sorted(v) and v[-1] == 2 for v in stages.values())
