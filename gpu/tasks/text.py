@@ -37,26 +37,26 @@ BYTE_CLASSES = ("letter", "space", "newline", "digit", "punct")
 WORD_POS = ("0", "1", "2", "3", "4", "5+")
 
 
-def load_text(path: str | Path, val_frac: float, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bytes of a text file split into (train, validation) int64 tensors (validation = the tail)."""
+def load_text(path: str | Path, val_frac: float, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes of a text file split into (train, validation) (validation = the tail), memory-mapped
+    ``uint8`` arrays: nothing is read until a window is (a corpus larger than memory trains)."""
     if not str(path):
         raise CramError("the text task needs a data file: give --data FILE (or text.data)")
     path = Path(path)
     if not path.is_file():
         raise CramError(f"text data file {str(path)!r} does not exist (give --data FILE)")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CramError(f"cannot read the text file {path}: {exc.strerror}") from None
-    data = np.frombuffer(raw, dtype=np.uint8)
-    n_val = int(len(data) * val_frac)
-    if len(data) - n_val < seq_len + 2 or n_val < seq_len + 2:
+    size = path.stat().st_size
+    n_val = int(size * val_frac)
+    if size - n_val < seq_len + 2 or n_val < seq_len + 2:
         raise CramError(
-            f"text file {path} has {len(data)} bytes: too short for seq_len {seq_len} with a "
+            f"text file {path} has {size} bytes: too short for seq_len {seq_len} with a "
             f"{val_frac:.0%} validation tail"
         )
-    t = torch.from_numpy(data.astype(np.int64))
-    return t[: len(data) - n_val], t[len(data) - n_val :]
+    try:
+        data = np.memmap(path, dtype=np.uint8, mode="r", shape=(size,))
+    except (OSError, ValueError) as exc:
+        raise CramError(f"cannot read the text file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return data[: size - n_val], data[size - n_val :]
 
 
 def text_batch(

@@ -159,3 +159,21 @@ def test_the_long_passes_report_progress(tmp_path):
         stages.setdefault(stage, []).append(done)
     assert set(stages) == {"read corpus", "train BPE", "encode corpus"}
     assert all(v == sorted(v) and v[-1] == 2 for v in stages.values())
+
+
+def test_the_byte_task_maps_its_file_instead_of_reading_it(tmp_path):
+    import torch
+
+    from cramkit.gpu.tasks.text import TextTask, text_batch
+
+    src = tmp_path / "c.txt"
+    src.write_bytes(CORPUS.read_bytes())
+    task = TextTask(src, seq_len=32, val_frac=0.1)
+    assert isinstance(task.train_data, np.memmap) and isinstance(task.val_data, np.memmap)
+    raw = np.frombuffer(src.read_bytes(), dtype=np.uint8)
+    n_val = int(len(raw) * 0.1)
+    assert np.array_equal(task.val_data, raw[len(raw) - n_val :])  # the same tail as before
+    mem = torch.from_numpy(raw[: len(raw) - n_val].astype(np.int64))
+    x1, y1 = text_batch(task.train_data, 32, 4, torch.Generator().manual_seed(1))
+    x2, y2 = text_batch(mem, 32, 4, torch.Generator().manual_seed(1))
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
