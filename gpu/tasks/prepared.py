@@ -210,6 +210,8 @@ def prepare(path: str | Path, tokenizer: str | Tokenizer = BYTES, *, split: str 
     encode = lambda sinks: _encode(path, mode, plan, tok, sinks, meta, read)  # noqa: E731
     try:
         _publish(folder, encode, tok, meta)
+    except S.FileChanged:
+        raise
     except CramError as exc:  # an unwritable cache (a read-only home, a full disk): the tokens in memory
         print(f"warning: {exc}; using the corpus from memory", file=sys.stderr)
         sinks = {"train": [], "val": []}
@@ -230,7 +232,7 @@ def _encode(path: Path, mode: str, plan: S.SplitPlan, tok: Tokenizer, sinks: dic
     for writing), recording each split's token and UTF-8 byte counts in ``meta``."""
     dtype = token_dtype(tok.vocab_size)
     n_tok, n_bytes = {"train": 0, "val": 0}, {"train": 0, "val": 0}
-    for batch in S.split_chunks(path, mode, plan, stage="encode corpus", **read):
+    for batch in S.split_chunks(path, mode, plan, stage="encode corpus", sha256=meta["text_sha256"], **read):
         encoded = tok.encode_pieces([c for _, c in batch])
         for (name, c), ids in zip(batch, encoded):
             ids = ids.astype(dtype)
@@ -270,6 +272,8 @@ def _publish(folder: Path, encode, tok: Tokenizer, meta: dict[str, Any]) -> None
     except (OSError, CramError) as exc:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, S.FileChanged):  # not the cache's fault
+            raise
         if _load(folder) is None:
             why = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
             raise CramError(f"cannot write the prepared corpus to {folder}: {why} "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import itertools
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ _OPEN = re.compile(r"\n[ \t]*\Z")
 _TAIL_CUT = re.compile(r"\S\n(?=\S)")
 
 
+class FileChanged(CramError):
+    """The file's bytes changed between two passes."""
+
+
 def _open(path: Path, what: str):
     try:
         return open(path, "rb")
@@ -50,15 +55,16 @@ def _open(path: Path, what: str):
 
 
 def _chunks(path: Path, chunk: int, what: str, progress: Progress | None = None, stage: str = "") -> Iterator[bytes]:
-    """The file's bytes, ``chunk`` at a time (``progress(stage, MiB read, MiB total)`` after each)."""
+    """The file's bytes, ``chunk`` at a time (``progress(stage, MiB read, MiB total)`` after each),
+    up to its size when opened (a file that keeps growing is read once, not forever)."""
     tick = report_to(progress)
-    size = path.stat().st_size
-    total = max(1, -(-size >> 20))
     done = 0
     with _open(path, what) as fh:
-        while True:
+        size = os.fstat(fh.fileno()).st_size
+        total = max(1, -(-size >> 20))
+        while done < size:
             try:
-                b = fh.read(chunk)
+                b = fh.read(min(chunk, size - done))
             except OSError as exc:
                 raise CramError(f"cannot read the {what} {path}: {exc.strerror}") from None
             if not b:
@@ -87,13 +93,19 @@ def scan(path: str | Path, *, chunk: int = CHUNK_BYTES, what: str = "text file")
 
 
 def pieces(path: str | Path, errors: str, *, chunk: int = CHUNK_BYTES, what: str = "text file",
-           progress: Progress | None = None, stage: str = "") -> Iterator[str]:  # fmt: skip
+           progress: Progress | None = None, stage: str = "", sha256: str | None = None) -> Iterator[str]:  # fmt: skip
     """The decoded text of the file, one piece per chunk read. ``errors``: ``strict`` (a byte that is
-    not UTF-8 is one line naming it and its offset in the file), ``replace`` or ``surrogateescape``."""
+    not UTF-8 is one line naming it and its offset in the file), ``replace`` or ``surrogateescape``.
+    ``sha256``: the file's hash from :func:`scan`; one line when the bytes read no longer have it
+    (the file changed between two passes)."""
     path = Path(path)
     dec = codecs.getincrementaldecoder("utf-8")(errors)
-    off = 0
+    off, h = 0, hashlib.sha256()
     for b in itertools.chain(_chunks(path, chunk, what, progress, stage), [b""]):  # b"": the final flush
+        if sha256 is not None:
+            h.update(b)
+            if not b and h.hexdigest() != sha256:
+                raise FileChanged(f"{what} {path} changed while it was being prepared; run the command again")
         pending = len(dec.getstate()[0])
         try:
             s = dec.decode(b, final=not b)
@@ -214,12 +226,13 @@ class Splitter:
 
 def split_chunks(path: str | Path, errors: str, plan: SplitPlan, *, chunk: int = CHUNK_BYTES,
                  what: str = "text file", only: str | None = None, progress: Progress | None = None,
-                 stage: str = "") -> Iterator[list[tuple[str, str]]]:  # fmt: skip
+                 stage: str = "", sha256: str | None = None) -> Iterator[list[tuple[str, str]]]:  # fmt: skip
     """Per chunk read: the list of (split, text) pieces cut at pre-token boundaries (each split's
-    own :class:`SafeChunker`), in file order; the last list flushes both. ``only``: one split."""
+    own :class:`SafeChunker`), in file order; the last list flushes both. ``only``: one split;
+    ``sha256``: see :func:`pieces`."""
     size = min(CHUNK_CHARS, chunk)  # pieces for the tokenizer: never longer than a chunk read
     cutters, splitter = {"train": SafeChunker(size), "val": SafeChunker(size)}, Splitter(plan)
-    for s in pieces(path, errors, chunk=chunk, what=what, progress=progress, stage=stage):
+    for s in pieces(path, errors, chunk=chunk, what=what, progress=progress, stage=stage, sha256=sha256):
         out = [(name, c) for name, part in splitter.feed(s) if only in (None, name)
                for c in cutters[name].feed(part)]  # fmt: skip
         if out:

@@ -177,3 +177,40 @@ def test_the_byte_task_maps_its_file_instead_of_reading_it(tmp_path):
     x1, y1 = text_batch(task.train_data, 32, 4, torch.Generator().manual_seed(1))
     x2, y2 = text_batch(mem, 32, 4, torch.Generator().manual_seed(1))
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_a_file_that_changes_between_passes_is_one_line_and_caches_nothing(tmp_path, capsys):
+    src = tmp_path / "c.txt"
+    src.write_text(CORPUS.read_text(encoding="utf-8"), encoding="utf-8")
+
+    grown = []
+
+    def grow(stage, done, total):  # another program appends once while the file is being read
+        if stage == "read corpus" and not grown:
+            grown.append(stage)
+            with open(src, "a", encoding="utf-8") as fh:
+                fh.write("appended\n")
+
+    with pytest.raises(CramError, match="changed while it was being prepared") as e:
+        P.prepare(src, "bpe:260", chunk=4096, progress=grow)
+    assert "\n" not in str(e.value)
+    assert not list((tmp_path / "cache" / "corpora").glob("*/meta.json"))
+    assert "warning" not in capsys.readouterr().err  # not mistaken for an unwritable cache
+
+
+def test_a_tokenizer_file_that_is_not_byte_level_prepares_like_its_whole_text(tmp_path):
+    import tokenizers as tk
+
+    text = CORPUS.read_text(encoding="utf-8")
+    hf = tk.Tokenizer(tk.models.WordLevel(unk_token="[UNK]"))
+    hf.pre_tokenizer = tk.pre_tokenizers.Whitespace()
+    hf.train_from_iterator([text], tk.trainers.WordLevelTrainer(vocab_size=500, special_tokens=["[UNK]"]))
+    (tmp_path / "wl.json").write_text(hf.to_str())
+    tok = Tokenizer.from_file(tmp_path / "wl.json")
+    assert not tok.byte_level
+    src = tmp_path / "c.txt"
+    src.write_text(text, encoding="utf-8")
+    got = P.prepare(src, tok, chunk=1000)
+    train, val = P.split_text(text, "tail", 0.05)
+    assert np.array_equal(np.asarray(got.train), tok.encode(train))  # whitespace splitting: the pieces are exact
+    assert np.array_equal(np.asarray(got.val), tok.encode(val))
