@@ -188,9 +188,7 @@ def plan_split(path: str | Path, errors: str, split: str, val_frac: float, *, ch
     if split == "tail":
         return SplitPlan("tail", cut=_tail_cut(path, errors, chunk, what, n, val_frac))
     if split != "documents":
-        from cramkit.gpu.tasks.prepared import SPLITS
-
-        raise CramError(f"text.split must be one of {SPLITS}, got {split!r}")
+        raise CramError(f"text.split must be one of ('tail', 'documents'), got {split!r}")
     if n_docs < 2:
         raise CramError("text.split = \"documents\" needs at least two blank-line separated documents; "
                         f"this text has {n_docs} (use text.split = \"tail\")")  # fmt: skip

@@ -214,3 +214,21 @@ def test_a_tokenizer_file_that_is_not_byte_level_prepares_like_its_whole_text(tm
     train, val = P.split_text(text, "tail", 0.05)
     assert np.array_equal(np.asarray(got.train), tok.encode(train))  # whitespace splitting: the pieces are exact
     assert np.array_equal(np.asarray(got.val), tok.encode(val))
+
+
+def test_a_cache_that_fills_up_while_writing_falls_back_to_memory(tmp_path, bpe, monkeypatch, capsys):
+    import errno
+    import os
+
+    src = tmp_path / "c.txt"
+    src.write_text(ODD * 3, encoding="utf-8")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(P.os, "fsync", full)  # the token files were written; syncing them fails
+    got = P.prepare(src, bpe, val_frac=0.3, chunk=16)
+    assert "no space left on device" in capsys.readouterr().err
+    want_train, want_val, _, _ = _reference(src, bpe, "tail", 0.3)
+    assert np.array_equal(got.train, want_train) and np.array_equal(got.val, want_val)
+    assert not [p for p in (tmp_path / "cache" / "corpora").iterdir()]  # the temporary folder is gone
