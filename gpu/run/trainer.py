@@ -207,8 +207,8 @@ class _Trainer:
         self.cum_lr += lr
         loss_val = float(loss.detach()) if has_targets else 0.0
         n = 1.0 if has_targets else 0.0
-        sums = batch_class_sums(tb.tokens, tb.targets, fout.logits, route_per_position(fout.traces)) \
-            if self.by_class and has_targets else None  # fmt: skip
+        sums = batch_class_sums(tb.tokens, tb.targets, fout.logits, route_per_position(fout.traces),
+                                fout.parts["task"]) if self.by_class and has_targets else None  # fmt: skip
         if self.ws > 1:  # log the global batch's mean, not rank 0's share
             import torch.distributed as dist
 

@@ -119,18 +119,26 @@ def route_per_position(traces) -> torch.Tensor | None:
 
 @torch.no_grad()
 def batch_class_sums(tokens: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
-                     route: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+                     route: torch.Tensor | None, task_mean: float | None = None) -> torch.Tensor:  # fmt: skip
     """Sums of one training batch by class, float64 ``(6,)``: [task loss on recall hits, hits, task
     loss on the other targets, other targets, route on hits, route on the others]. ``logits``: the
     model output at the target positions (``targets >= 0``) in row-major order, as the forward
-    pass returns it, so the per-position task loss costs one cross-entropy, no forward pass."""
+    pass returns it: the per-position task loss is a cross-entropy of those rows, no forward pass.
+    ``task_mean``: the batch's mean task loss (the forward pass's own); then only the hits' rows
+    are scored and the other targets' loss is the rest of the batch's total (the cost scales with
+    the share of hits, not the batch)."""
     mask = targets >= 0
     hits = recall_hits(tokens, targets)[mask]
-    loss = F.cross_entropy(logits.detach().float(), targets[mask], reduction="none").double()
-    r = route[mask].double() if route is not None else torch.zeros_like(loss)
-    h = hits.double()
-    return torch.stack([(loss * h).sum(), h.sum(), (loss * (1 - h)).sum(), (1 - h).sum(), (r * h).sum(),
-                        (r * (1 - h)).sum()])  # fmt: skip
+    tgt = targets[mask]
+    n_hits = hits.sum().double()
+    if task_mean is None:
+        loss = F.cross_entropy(logits.detach().float(), tgt, reduction="none").double()
+        loss_r, loss_o = (loss * hits).sum(), (loss * ~hits).sum()
+    else:
+        loss_r = F.cross_entropy(logits.detach()[hits].float(), tgt[hits], reduction="sum").double()
+        loss_o = float(task_mean) * hits.numel() - loss_r
+    r = route[mask].double() if route is not None else torch.zeros(hits.shape, dtype=torch.float64, device=hits.device)
+    return torch.stack([loss_r, n_hits, loss_o, hits.numel() - n_hits, (r * hits).sum(), (r * ~hits).sum()])
 
 
 def class_means(sums: list[float], with_route: bool) -> dict[str, float | None]:

@@ -79,3 +79,24 @@ def test_a_dense_text_model_logs_losses_by_class_but_no_route():
     cfg = tiny("train.steps=1", "model.pattern=SG")
     rec = train(cfg, None).metrics[-1]
     assert rec["train_loss_recall"] is not None and "train_rho_recall" not in rec
+
+
+def test_class_sums_from_the_batch_mean_equal_the_full_per_position_loss():
+    """The trainer scores only the hits' rows and takes the rest from the batch's mean task loss."""
+    import torch.nn.functional as F
+
+    from cramkit.gpu.tasks.recall import batch_class_sums
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 5, (3, 40), generator=g)
+    y = torch.cat([x[:, 1:], torch.randint(0, 5, (3, 1), generator=g)], 1)
+    y[0, :7] = -1  # positions without a target are neither class
+    logits = torch.randn(int((y >= 0).sum()), 5, generator=g) * 3
+    route = torch.rand(3, 40, generator=g)
+    mean = float(F.cross_entropy(logits, y[y >= 0]))
+    full = batch_class_sums(x, y, logits, route)
+    fast = batch_class_sums(x, y, logits, route, mean)
+    assert full[1] > 0 and full[3] > 0 and full[1] + full[3] == int((y >= 0).sum())
+    assert torch.allclose(full, fast, rtol=1e-6)
+    none = batch_class_sums(x, y, logits, None, mean)
+    assert none[4] == 0 and none[5] == 0 and torch.allclose(none[:4], full[:4], rtol=1e-6)
