@@ -8,7 +8,8 @@ of the Zoology study (Arora et al. 2023, "Zoology: measuring and improving recal
 language models"), where the gap between gated convolutions and attention is almost all on such
 tokens. A position without a target (-1) is never a hit.
 
-:func:`recall_hits` is vectorised (one ``unique`` and one ``scatter_reduce`` over the batch);
+:func:`recall_hits` is vectorised (one ``unique`` of an int64 key per (row, bigram) and one
+``scatter_reduce`` over the batch);
 :func:`recall_hits_reference` is the float-free definition in plain Python loops that the tests
 compare it with. :func:`recall_metrics` is the per-class table of the text evaluation: loss,
 bits per byte and attention use on recall hits and on the other positions.
@@ -35,8 +36,13 @@ def recall_hits(tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     x, y = tokens.long(), targets.long()
     valid = y >= 0
     # one id per (row, bigram): equal ids <=> same row and same bigram
-    pair = torch.stack([torch.arange(b, device=x.device)[:, None].expand(b, t), x, y.clamp_min(0)], -1).reshape(-1, 3)
-    _, inverse = torch.unique(pair, dim=0, return_inverse=True)
+    m = int(torch.maximum(x.max(), y.max())) + 1
+    row = torch.arange(b, device=x.device)[:, None].expand(b, t)
+    if b * m * m < 1 << 62:  # one int64 key per (row, bigram): a 1-D unique, 20x faster than rows of 3
+        _, inverse = torch.unique(((row * m + x) * m + y.clamp_min(0)).reshape(-1), return_inverse=True)
+    else:
+        pair = torch.stack([row, x, y.clamp_min(0)], -1).reshape(-1, 3)
+        _, inverse = torch.unique(pair, dim=0, return_inverse=True)
     pos = torch.arange(t, device=x.device).expand(b, t).reshape(-1)
     big = torch.full_like(pos, t)
     first = torch.full((int(inverse.max()) + 1,), t, dtype=pos.dtype, device=x.device)
