@@ -5,7 +5,8 @@
 Trains the ``lm`` preset (batch 16 x context 256) on the corpus with ``--tokenizer`` and times
 optimizer steps with the per-class sums on and off, alternating in blocks of ``--block`` steps
 (so the two see the same model and machine), after ``--warmup`` steps; also times
-``batch_class_sums`` alone on one step's output. One torch thread. Prints one JSON object.
+``batch_class_sums`` alone on one step's output (as the trainer calls it, scoring the hits' rows,
+and scoring every row). One torch thread. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def main() -> None:
     from cramkit.gpu.run.resume import RunState
     from cramkit.gpu.run.schedule import step_generator
     from cramkit.gpu.run.trainer import _Trainer
-    from cramkit.gpu.tasks.recall import batch_class_sums, route_per_position
+    from cramkit.gpu.tasks.recall import batch_class_sums, recall_hits, route_per_position
 
     torch.set_num_threads(1)
     cfg = C.load_config(preset="lm", overrides=[f"text.data={args.corpus}", f"text.tokenizer={args.tokenizer}",
@@ -51,15 +52,18 @@ def main() -> None:
             step += 1
     fout, _, tb = tr.forward(step, step_generator(cfg.train.seed, step, 0))
     route = route_per_position(fout.traces)
-    t0 = time.perf_counter()
-    for _ in range(10):
-        batch_class_sums(tb.tokens, tb.targets, fout.logits, route)
-    sums_s = (time.perf_counter() - t0) / 10
+    sums_s = {}
+    for name, mean in (("hits_rows", fout.parts["task"]), ("every_row", None)):  # as the trainer does; all rows
+        t0 = time.perf_counter()
+        for _ in range(10):
+            batch_class_sums(tb.tokens, tb.targets, fout.logits, route, mean)
+        sums_s[name] = (time.perf_counter() - t0) / 10
+    share = float(recall_hits(tb.tokens, tb.targets).float().mean())
     on, off = (sum(times[k]) / len(times[k]) for k in (True, False))
     print(json.dumps({
         "corpus": args.corpus, "tokenizer": args.tokenizer, "vocab": task.vocab_size,
         "batch": [cfg.train.batch_size, cfg.text.seq_len], "model": cfg.model.pattern, "d_model": cfg.model.d_model,
-        "step_s_with": on, "step_s_without": off, "ratio": on / off, "batch_class_sums_s": sums_s,
+        "step_s_with": on, "step_s_without": off, "ratio": on / off, "batch_class_sums_s": sums_s, "recall_share": share,
         "steps_each": len(times[True]),
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
