@@ -137,7 +137,7 @@ class PreparedCorpus:
 
 def _tokenizer_identity(spec: str, tokenizer: Tokenizer | None) -> str:
     kind, arg = parse_spec(spec)
-    if tokenizer is not None:  # a tokenizer that is not byte-level is encoded in pieces cut at newlines
+    if tokenizer is not None:  # one that is not byte-level is encoded in pieces cut where byte-level BPE may cut
         return tokenizer.sha256 if tokenizer.byte_level else f"{tokenizer.sha256}:pieces"
     if kind == "bpe":
         import tokenizers
@@ -182,7 +182,7 @@ def prepare(path: str | Path, tokenizer: str | Tokenizer = BYTES, *, split: str 
     bytes at a time. ``tokenizer``: a ``text.tokenizer`` spec (``bpe:N`` is trained on the training
     split) or a :class:`Tokenizer`. ``heldout``: the whole file is one split (``val``), e.g. a
     held-out corpus. ``progress(stage, MiB, MiB total)`` hears about the long passes over the file
-(stages "read corpus", "train BPE", "encode corpus"), e.g. the CLI's progress bar on stderr."""
+    (stages "read corpus", "train BPE", "encode corpus"), e.g. the CLI's progress bar on stderr."""
     if errors not in ERRORS:
         raise CramError(f"errors must be one of {ERRORS}, got {errors!r}")
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else None
