@@ -54,6 +54,13 @@ METRICS_FIELDS: dict[str, str] = {
     "rho_recall": "text: routed fraction of recall hits (CRAM layers)",
     "rho_other": "text: routed fraction of the other positions",
     "attn_share_recall": "text: share of all routed positions that are recall hits",
+    "train_recall_share": "text and token files: fraction of the training targets since the previous evaluation "
+                          "that are recall hits",
+    "train_loss_recall": "text and token files: mean task loss on the recall hits of the training batches since "
+                         "the previous evaluation",
+    "train_loss_other": "text and token files: mean task loss on the other training targets",
+    "train_rho_recall": "text and token files: routed fraction of the training recall hits (CRAM layers)",
+    "train_rho_other": "text and token files: routed fraction of the other training targets (CRAM layers)",
     "heldout_bpb": "text with text.eval_data: bits per byte on the held-out corpus (also heldout_val_loss, "
                    "heldout_rho_all, heldout_bpb_recall, ...)",
     "val_jump": "text and token tasks: val_loss exceeds train.jump_factor times the best earlier val_loss (the jump guard)",

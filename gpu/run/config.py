@@ -155,11 +155,12 @@ class RunConfig:
             return float(self.router.budget)
         return self.srcd.m_e / self.srcd.n_q
 
-    def build_task(self, *, device: Any = "cpu", rank: int = 0, world_size: int = 1):
-        """The :class:`cramkit.gpu.tasks.Task` this config describes (loads its data)."""
+    def build_task(self, *, device: Any = "cpu", rank: int = 0, world_size: int = 1, progress: Any = None):
+        """The :class:`cramkit.gpu.tasks.Task` this config describes (loads its data; ``progress``
+        hears about a long corpus preparation)."""
         from cramkit.gpu.tasks import build_task
 
-        return build_task(self, device=device, rank=rank, world_size=world_size)
+        return build_task(self, device=device, rank=rank, world_size=world_size, progress=progress)
 
     def validate(self) -> None:
         """Every section's own checks, then the relations between the task and the model."""

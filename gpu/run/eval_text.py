@@ -61,7 +61,7 @@ def _corpora(ck: LoadedCheckpoint, tok, data: str | Path | None, errors: str) ->
         raise CramError(f"the validation split of {ck.path} is the tail of its corpus {t.data}, which does not exist "
                         "here; give --data FILE")  # fmt: skip
     if tok.hf is None and t.split == "tail":
-        val = load_text(t.data, t.val_frac, t.seq_len)[1].numpy()
+        val = load_text(t.data, t.val_frac, t.seq_len)[1]
     else:
         val = prepare(t.data, tok, split=t.split, val_frac=t.val_frac, errors=t.errors).val
     out = [("validation", t.data, val)]

@@ -327,7 +327,8 @@ def _train_segment(cfg: C.RunConfig, task: Task | None, state: RunState, end_ste
         device = pick_device(tcfg, rank)
         if task is None:
             check_probe_fits(cfg)
-            task = cfg.build_task(device=device, rank=rank, world_size=world_size)
+            task = cfg.build_task(device=device, rank=rank, world_size=world_size,
+                                  progress=progress if rank == 0 else None)  # fmt: skip
         check_task(task)
         check_resumed_tokenizer(task, state.meta, state.path)
         check_memory(cfg, task, world_size, device)

@@ -32,6 +32,7 @@ from cramkit.gpu.run.schedule import (
     step_generator,
 )
 from cramkit.gpu.tasks import Task, TaskBatch
+from cramkit.gpu.tasks.recall import batch_class_sums, class_means, route_per_position
 from cramkit.progress import Progress, report_to
 
 
@@ -84,6 +85,9 @@ class _Trainer:
         self.cum_lr = state.cum_lr
         p = state.pending
         self.acc_loss, self.acc_frac, self.n_acc = float(p.get("loss", 0.0)), float(p.get("attn_frac", 0.0)), int(p.get("n", 0))
+        # text and token files: loss and attention use on recall hits and the rest, every batch
+        self.by_class = getattr(task, "name", "") in ("text", "tokens")
+        self.acc_class = [float(v) for v in p.get("classes", [0.0] * 6)]
         self.static = cfg.router.name == "learned-static"
         self.static_steps = int(round(cfg.router.static_frac * self.tcfg.steps))
         provenance = task.provenance() if hasattr(task, "provenance") else {}
@@ -122,7 +126,8 @@ class _Trainer:
             return
         meta = self.meta_base | {"run_id": self.folder.run_id, "step": step, "metrics": self.metrics, "wall_s": wall,
                                  "cum_lr": self.cum_lr,
-                                 "pending": {"loss": self.acc_loss, "attn_frac": self.acc_frac, "n": self.n_acc}}  # fmt: skip
+                                 "pending": {"loss": self.acc_loss, "attn_frac": self.acc_frac, "n": self.n_acc,
+                                             "classes": self.acc_class}}  # fmt: skip
         self.folder.save_checkpoint(step, self.model, self.opt, meta, keep=self.tcfg.keep_checkpoints)
 
     def record(self, step: int, wall: float, train_stats: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +148,8 @@ class _Trainer:
                                  "train_attn_frac": self.acc_frac / self.n_acc if self.n_acc else None}  # fmt: skip
         if fout is not None and (self.model.cram_layers or self.cfg.task == "srcd"):
             stats.update({f"loss_{k}": v for k, v in fout.parts.items() if k != "total"})
+        if self.by_class:
+            stats.update(class_means(self.acc_class, bool(self.model.cram_layers)))
         return stats
 
     # --- one step -----------------------------------------------------------------------------
@@ -200,16 +207,23 @@ class _Trainer:
         self.cum_lr += lr
         loss_val = float(loss.detach()) if has_targets else 0.0
         n = 1.0 if has_targets else 0.0
+        sums = batch_class_sums(tb.tokens, tb.targets, fout.logits, route_per_position(fout.traces),
+                                fout.parts["task"]) if self.by_class and has_targets else None  # fmt: skip
         if self.ws > 1:  # log the global batch's mean, not rank 0's share
             import torch.distributed as dist
 
             stats = torch.tensor([loss_val, frac, n], dtype=torch.float64, device=self.device)
             dist.all_reduce(stats)
             loss_val, frac, n = stats[0].item() / max(stats[2].item(), 1.0), stats[1].item() / self.ws, stats[2].item()
+            if self.by_class:  # every rank takes part, with zeros for a batch without targets
+                sums = sums if sums is not None else torch.zeros(6, dtype=torch.float64, device=self.device)
+                dist.all_reduce(sums)
         if n:
             self.acc_loss += loss_val
             self.acc_frac += frac
             self.n_acc += 1
+        if sums is not None:
+            self.acc_class = [a + b for a, b in zip(self.acc_class, sums.tolist())]
         return (loss_val if n else None), fout
 
     # --- the loop -----------------------------------------------------------------------------
@@ -233,7 +247,7 @@ class _Trainer:
                 if is_eval_step(self.tcfg, s1, log_steps):
                     self.record(s1, wall, self.train_stats(fout))
                     self.acc_loss = self.acc_frac = 0.0
-                    self.n_acc = 0
+                    self.n_acc, self.acc_class = 0, [0.0] * 6
                 tick("train", s1, end_step)
                 if s1 % self.tcfg.ckpt_every == 0 or s1 == end_step:
                     self.checkpoint(s1, wall)

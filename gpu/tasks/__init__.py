@@ -27,8 +27,11 @@ from cramkit.gpu.tasks.tokens import TokenData, TokensTask, evaluate_tokens, loa
 BUILDERS: dict[str, Any] = {"srcd": SRCDTask, "text": TextTask, "tokens": TokensTask}
 
 
-def build_task(cfg, *, device: Any = "cpu", rank: int = 0, world_size: int = 1) -> Task:
-    """The task of a :class:`cramkit.gpu.run.config.RunConfig`."""
+def build_task(cfg, *, device: Any = "cpu", rank: int = 0, world_size: int = 1, progress: Any = None) -> Task:
+    """The task of a :class:`cramkit.gpu.run.config.RunConfig` (``progress``: the text task's
+    corpus preparation reports to it)."""
+    if cfg.task == "text":
+        return TextTask.from_config(cfg, device=device, progress=progress)
     return BUILDERS[cfg.task].from_config(cfg, device=device)
 
 

@@ -22,6 +22,14 @@ split, ``val.bin``, encoded with the run's tokenizer.
 
 Text is read as UTF-8: a file that is not is one line naming the first bad byte, unless
 ``errors = "replace"`` (bad bytes read as U+FFFD); the byte tokenizer reads any file unchanged.
+
+Preparing streams (:mod:`.stream`): the file is read ``chunk`` bytes at a time (1 MiB) in a few
+passes (hash; decode and count; for ``tail``, find the cut; train the BPE from an iterator over the
+training split; encode in batches and append to ``train.bin`` / ``val.bin``), so memory is bounded
+by the chunk, not the corpus. The token files are byte-identical to those of the whole-text path,
+:func:`read_text` + :func:`split_text` + ``Tokenizer.encode``, kept here as the reference the tests
+compare with (a tokenizer file that is not byte-level is encoded in pieces cut at pre-token
+boundaries of the byte-level kind, which it may not honour: its cache key says so).
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ from typing import Any
 import numpy as np
 
 from cramkit.errors import CramError
+from cramkit.gpu.tasks import stream as S
+from cramkit.gpu.tasks.stream import CHUNK_BYTES
 from cramkit.gpu.tasks.tokenizer import BYTES, Tokenizer, parse_spec
 from cramkit.io import (
     CACHE_ENV,
@@ -48,6 +58,7 @@ from cramkit.io import (
     cache_root,
     describe_os_error,
 )
+from cramkit.progress import Progress
 
 FORMAT = "cram-prepared-v1"
 SPLITS = ("tail", "documents")
@@ -126,8 +137,8 @@ class PreparedCorpus:
 
 def _tokenizer_identity(spec: str, tokenizer: Tokenizer | None) -> str:
     kind, arg = parse_spec(spec)
-    if tokenizer is not None:
-        return tokenizer.sha256
+    if tokenizer is not None:  # one that is not byte-level is encoded in pieces cut where byte-level BPE may cut
+        return tokenizer.sha256 if tokenizer.byte_level else f"{tokenizer.sha256}:pieces"
     if kind == "bpe":
         import tokenizers
 
@@ -135,9 +146,9 @@ def _tokenizer_identity(spec: str, tokenizer: Tokenizer | None) -> str:
     return BYTES
 
 
-def _key(raw: bytes, ident: str, split: str, val_frac: float, errors: str) -> str:
+def _key(text_sha256: str, ident: str, split: str, val_frac: float, errors: str) -> str:
     h = hashlib.sha256(FORMAT.encode() + b"\0")
-    h.update(hashlib.sha256(raw).hexdigest().encode())
+    h.update(text_sha256.encode())
     h.update(json.dumps([ident, split, float(val_frac), errors]).encode())
     return h.hexdigest()[:32]
 
@@ -165,10 +176,13 @@ def _load(folder: Path) -> PreparedCorpus | None:
 
 
 def prepare(path: str | Path, tokenizer: str | Tokenizer = BYTES, *, split: str = "tail", val_frac: float = 0.05,
-            errors: str = "strict", heldout: bool = False, what: str = "text file") -> PreparedCorpus:  # fmt: skip
-    """Encode the text file ``path`` once (cached; see the module docstring). ``tokenizer``: a
-    ``text.tokenizer`` spec (``bpe:N`` is trained on the training split) or a :class:`Tokenizer`.
-    ``heldout``: the whole file is one split (``val``), e.g. a held-out corpus."""
+            errors: str = "strict", heldout: bool = False, what: str = "text file", chunk: int = CHUNK_BYTES,
+            progress: Progress | None = None) -> PreparedCorpus:  # fmt: skip
+    """Encode the text file ``path`` once (cached; see the module docstring), streaming it ``chunk``
+    bytes at a time. ``tokenizer``: a ``text.tokenizer`` spec (``bpe:N`` is trained on the training
+    split) or a :class:`Tokenizer`. ``heldout``: the whole file is one split (``val``), e.g. a
+    held-out corpus. ``progress(stage, MiB, MiB total)`` hears about the long passes over the file
+    (stages "read corpus", "train BPE", "encode corpus"), e.g. the CLI's progress bar on stderr."""
     if errors not in ERRORS:
         raise CramError(f"errors must be one of {ERRORS}, got {errors!r}")
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else None
@@ -176,43 +190,71 @@ def prepare(path: str | Path, tokenizer: str | Tokenizer = BYTES, *, split: str 
     if tok is None:
         kind, arg = parse_spec(spec)
         tok = Tokenizer.bytes() if kind == BYTES else Tokenizer.from_file(arg) if kind == "file" else None
-    byte_tok = tok is not None and tok.hf is None
-    text, raw = read_text(path, errors="surrogateescape" if byte_tok else errors, what=what)
+    mode = "surrogateescape" if tok is not None and tok.hf is None else errors
+    digest = S.scan(path, chunk=chunk, what=what)
     split_name = "heldout" if heldout else split
-    key = _key(raw, _tokenizer_identity(spec, tok), split_name, 0.0 if heldout else val_frac, errors)
+    key = _key(digest, _tokenizer_identity(spec, tok), split_name, 0.0 if heldout else val_frac, errors)
     folder = cache_dir() / "corpora" / key
     cached = _load(folder)
     if cached is not None:
         return cached
-    train_text, val_text = ("", text) if heldout else split_text(text, split, val_frac)
+    plan = S.plan_split(path, mode, split_name, val_frac, chunk=chunk, what=what, progress=progress)
+    read = dict(chunk=chunk, what=what, progress=progress)
     if tok is None:  # bpe:N, trained on the training split
-        tok = Tokenizer.train_bpe([train_text], parse_spec(spec)[1])
-    meta: dict[str, Any] = {"format": FORMAT, "source": str(path), "text_sha256": hashlib.sha256(raw).hexdigest(),
-                            **tok.describe(), "split": split_name, "val_frac": val_frac, "errors": errors,
+        texts = (c for batch in S.split_chunks(path, mode, plan, only="train", stage="train BPE", **read)
+                 for _, c in batch)  # fmt: skip
+        tok = Tokenizer.train_bpe(texts, parse_spec(spec)[1])
+    meta: dict[str, Any] = {"format": FORMAT, "source": str(path), "text_sha256": digest, **tok.describe(),
+                            "split": split_name, "val_frac": val_frac, "errors": errors,
                             "dtype": token_dtype(tok.vocab_size).name}  # fmt: skip
-    ids = {}
-    for name, part in (("train", train_text), ("val", val_text)):
-        ids[name] = tok.encode(part).astype(token_dtype(tok.vocab_size))
-        meta[f"n_tokens_{name}"] = int(len(ids[name]))
-        meta[f"n_bytes_{name}"] = len(part.encode("utf-8", errors="surrogateescape"))
+    encode = lambda sinks: _encode(path, mode, plan, tok, sinks, meta, read)  # noqa: E731
     try:
-        _publish(folder, ids, tok, meta)
-    except CramError as exc:  # an unwritable cache (a read-only home, a full disk): the corpus is in memory
+        _publish(folder, encode, tok, meta)
+    except S.FileChanged:
+        raise
+    except CramError as exc:  # an unwritable cache (a read-only home, a full disk): the tokens in memory
         print(f"warning: {exc}; using the corpus from memory", file=sys.stderr)
+        sinks = {"train": [], "val": []}
+        encode(sinks)
+        dtype = token_dtype(tok.vocab_size)
+        ids = {k: np.concatenate(v) if v else np.zeros(0, dtype=dtype) for k, v in sinks.items()}
         return PreparedCorpus(folder, tok, ids["train"], ids["val"], meta)
-    return _load(folder) or PreparedCorpus(folder, tok, ids["train"], ids["val"], meta)
+    return _load(folder) or _failed_load(folder)
 
 
-def _publish(folder: Path, ids: dict[str, np.ndarray], tok: Tokenizer, meta: dict[str, Any]) -> None:
-    """Write the corpus into a temporary folder beside ``folder`` and rename it into place; one
-    CramError line (naming the cache and how to choose another) when the cache cannot be written."""
+def _failed_load(folder: Path) -> PreparedCorpus:
+    raise CramError(f"the prepared corpus {folder} was written but does not read back; remove it and try again")
+
+
+def _encode(path: Path, mode: str, plan: S.SplitPlan, tok: Tokenizer, sinks: dict[str, Any], meta: dict[str, Any],
+            read: dict[str, Any]) -> None:  # fmt: skip
+    """Encode the splits of the file chunk by chunk into ``sinks`` (name -> a list, or a file open
+    for writing), recording each split's token and UTF-8 byte counts in ``meta``."""
+    dtype = token_dtype(tok.vocab_size)
+    n_tok, n_bytes = {"train": 0, "val": 0}, {"train": 0, "val": 0}
+    for batch in S.split_chunks(path, mode, plan, stage="encode corpus", sha256=meta["text_sha256"], **read):
+        encoded = tok.encode_pieces([c for _, c in batch])
+        for (name, c), ids in zip(batch, encoded):
+            ids = ids.astype(dtype)
+            sink = sinks[name]
+            sink.append(ids) if isinstance(sink, list) else sink.write(ids.tobytes())
+            n_tok[name] += len(ids)
+            n_bytes[name] += len(c.encode("utf-8", errors="surrogateescape"))
+    for name in ("train", "val"):
+        meta[f"n_tokens_{name}"], meta[f"n_bytes_{name}"] = n_tok[name], n_bytes[name]
+
+
+def _publish(folder: Path, encode, tok: Tokenizer, meta: dict[str, Any]) -> None:
+    """Encode the corpus (``encode(sinks)``) into a temporary folder beside ``folder`` and rename it
+    into place; one CramError line (naming the cache and how to choose another) when the cache
+    cannot be written."""
     tmp = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-        for name, arr in ids.items():
-            with open(tmp / f"{name}.bin", "wb") as fh:
-                fh.write(arr.tobytes())
+        with open(tmp / "train.bin", "wb") as ft, open(tmp / "val.bin", "wb") as fv:
+            encode({"train": ft, "val": fv})
+            for fh in (ft, fv):
                 fh.flush()
                 os.fsync(fh.fileno())
         if tok.hf is not None:
@@ -230,6 +272,8 @@ def _publish(folder: Path, ids: dict[str, np.ndarray], tok: Tokenizer, meta: dic
     except (OSError, CramError) as exc:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, S.FileChanged):  # not the cache's fault
+            raise
         if _load(folder) is None:
             why = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
             raise CramError(f"cannot write the prepared corpus to {folder}: {why} "

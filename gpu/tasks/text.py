@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from cramkit.errors import CramError
 from cramkit.gpu.tasks.base import BaseTask, TaskBatch
+from cramkit.progress import Progress
 
 VOCAB = 256
 #: byte classes of the attention breakdown: ASCII letters, the space, the newline, ASCII digits,
@@ -36,26 +37,26 @@ BYTE_CLASSES = ("letter", "space", "newline", "digit", "punct")
 WORD_POS = ("0", "1", "2", "3", "4", "5+")
 
 
-def load_text(path: str | Path, val_frac: float, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bytes of a text file split into (train, validation) int64 tensors (validation = the tail)."""
+def load_text(path: str | Path, val_frac: float, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes of a text file split into (train, validation) (validation = the tail), memory-mapped
+    ``uint8`` arrays: nothing is read until a window is (a corpus larger than memory trains)."""
     if not str(path):
         raise CramError("the text task needs a data file: give --data FILE (or text.data)")
     path = Path(path)
     if not path.is_file():
         raise CramError(f"text data file {str(path)!r} does not exist (give --data FILE)")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CramError(f"cannot read the text file {path}: {exc.strerror}") from None
-    data = np.frombuffer(raw, dtype=np.uint8)
-    n_val = int(len(data) * val_frac)
-    if len(data) - n_val < seq_len + 2 or n_val < seq_len + 2:
+    size = path.stat().st_size
+    n_val = int(size * val_frac)
+    if size - n_val < seq_len + 2 or n_val < seq_len + 2:
         raise CramError(
-            f"text file {path} has {len(data)} bytes: too short for seq_len {seq_len} with a "
+            f"text file {path} has {size} bytes: too short for seq_len {seq_len} with a "
             f"{val_frac:.0%} validation tail"
         )
-    t = torch.from_numpy(data.astype(np.int64))
-    return t[: len(data) - n_val], t[len(data) - n_val :]
+    try:
+        data = np.memmap(path, dtype=np.uint8, mode="r", shape=(size,))
+    except (OSError, ValueError) as exc:
+        raise CramError(f"cannot read the text file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return data[: size - n_val], data[size - n_val :]
 
 
 def text_batch(
@@ -84,7 +85,8 @@ class TextTask(BaseTask):
 
     def __init__(self, data: str | Path, *, seq_len: int = 128, val_frac: float = 0.05, eval_batches: int = 8,
                  eval_batch_size: int = 32, device: torch.device | str = "cpu", tokenizer: str = "bytes",
-                 split: str = "tail", errors: str = "strict", eval_data: str | Path = ""):  # fmt: skip
+                 split: str = "tail", errors: str = "strict", eval_data: str | Path = "",
+                 progress: Progress | None = None):  # fmt: skip
         from cramkit.gpu.tasks.prepared import prepare
         from cramkit.gpu.tasks.tokenizer import Tokenizer
 
@@ -98,22 +100,23 @@ class TextTask(BaseTask):
         else:
             if not str(data):
                 raise CramError("the text task needs a data file: give --data FILE (or text.data)")
-            self.prepared = prepare(data, tokenizer, split=split, val_frac=val_frac, errors=errors)
+            self.prepared = prepare(data, tokenizer, split=split, val_frac=val_frac, errors=errors, progress=progress)
             self.tokenizer = self.prepared.tokenizer
             self.train_data, self.val_data = self.prepared.train, self.prepared.val
             check_length(len(self.train_data), seq_len, f"the training split of {data}")
             check_length(len(self.val_data), seq_len, f"the validation split of {data}")
         self.vocab_size = self.tokenizer.vocab_size
         if str(eval_data):
-            self.heldout = prepare(eval_data, self.tokenizer, heldout=True, errors=errors, what="held-out corpus")
+            self.heldout = prepare(eval_data, self.tokenizer, heldout=True, errors=errors, what="held-out corpus",
+                                   progress=progress)  # fmt: skip
             check_length(len(self.heldout.val), seq_len, f"the held-out corpus {eval_data}")
 
     @classmethod
-    def from_config(cls, cfg, *, device: torch.device | str = "cpu") -> TextTask:
+    def from_config(cls, cfg, *, device: torch.device | str = "cpu", progress: Progress | None = None) -> TextTask:
         t = cfg.text
         return cls(t.data, seq_len=t.seq_len, val_frac=t.val_frac, eval_batches=t.eval_batches,
                    eval_batch_size=cfg.train.batch_size, device=device, tokenizer=t.tokenizer, split=t.split,
-                   errors=t.errors, eval_data=t.eval_data)  # fmt: skip
+                   errors=t.errors, eval_data=t.eval_data, progress=progress)  # fmt: skip
 
     def provenance(self) -> dict[str, Any]:
         n_bytes = int(len(self.train_data) + len(self.val_data)) if self.prepared is None else \

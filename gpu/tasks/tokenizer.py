@@ -19,7 +19,10 @@ Encoding a long text goes through :func:`safe_chunks`: cut only where a non-spac
 followed by a newline and another non-space character. The byte-level pre-tokenizer (GPT-2's
 regex) always ends a pre-token there, and BPE never merges across pre-tokens, so encoding the
 chunks gives exactly the ids of encoding the whole text (tests/gpu/test_tokenizer.py checks it),
-in parallel and without the quadratic cost of one huge string.
+in parallel and without the quadratic cost of one huge string. :class:`SafeChunker` does the same
+for a text that arrives in pieces (a corpus read from disk in chunks, :mod:`.stream`); where a
+stretch has no such newline it also cuts before a single space between two non-space characters
+(``x| y``: the pre-token of ``x`` ends there, and `` y`` starts one in either encoding).
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ MAX_VOCAB = 1 << 31
 #: characters per chunk handed to the tokenizer (cut at a safe boundary past this length)
 CHUNK_CHARS = 1 << 16
 _SAFE_CUT = re.compile(r"\S\n(?=\S)")
+#: the cuts of :class:`SafeChunker`: after "\n" between two non-space characters, or before a single
+#: space between two non-space characters (whichever comes first)
+_STREAM_CUT = re.compile(r"\S\n(?=\S)|\S(?= \S)")
 SPEC_HELP = '"bytes", "bpe:<vocab>" (a byte-level BPE trained on the corpus) or the path of a tokenizer.json'
 
 
@@ -80,6 +86,35 @@ def safe_chunks(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
             j = n
         yield text[i:j]
         i = j
+
+
+class SafeChunker:
+    """Re-cut a text that arrives in pieces into chunks of about ``size`` characters, each ending at a
+    pre-token boundary of the byte-level pre-tokenizer (see the module docstring), so encoding the
+    chunks gives the ids of encoding the whole text. :meth:`feed` returns the chunks completed so
+    far; :meth:`flush` the rest. Memory is the pending text: under ``size`` plus one piece, unless a
+    stretch has no cut at all (no newline or single space between two non-space characters)."""
+
+    def __init__(self, size: int = CHUNK_CHARS):
+        self.size, self.buf, self.searched = size, "", 0
+
+    def feed(self, piece: str) -> list[str]:
+        buf, out, i = self.buf + piece if self.buf else piece, [], 0
+        while len(buf) - i > self.size:
+            start = max(i + self.size, self.searched)
+            m = _STREAM_CUT.search(buf, start)
+            if m is None:  # no cut yet: wait for more text (search only the new part next time)
+                self.searched = max(len(buf) - 2, i)
+                break
+            out.append(buf[i : m.end()])
+            i = m.end()
+        self.buf = buf[i:]
+        self.searched = max(self.searched - i, 0)
+        return out
+
+    def flush(self) -> list[str]:
+        rest, self.buf, self.searched = self.buf, "", 0
+        return [rest] if rest else []
 
 
 def _hf():
@@ -178,6 +213,16 @@ class Tokenizer:
             else self.hf.encode_batch(chunks, add_special_tokens=False)  # fmt: skip
         ids = [np.asarray(e.ids, dtype=np.int64) for e in enc]
         return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+
+    def encode_pieces(self, pieces: list[str]) -> list[np.ndarray]:
+        """Token ids (int64) of each of ``pieces`` (cut at pre-token boundaries, e.g. by
+        :class:`SafeChunker`), in one batch call."""
+        if self.hf is None:
+            return [np.frombuffer(p.encode("utf-8", errors="surrogateescape"), dtype=np.uint8).astype(np.int64)
+                    for p in pieces]  # fmt: skip
+        enc = self.hf.encode_batch_fast(pieces, add_special_tokens=False) if hasattr(self.hf, "encode_batch_fast") \
+            else self.hf.encode_batch(pieces, add_special_tokens=False)  # fmt: skip
+        return [np.asarray(e.ids, dtype=np.int64) for e in enc]
 
     def decode(self, ids) -> str:
         ids = [int(i) for i in np.asarray(ids).reshape(-1)]

@@ -57,3 +57,11 @@ def test_metrics_by_class():
     assert [r["n"] for r in rows] == [2, 2] and rows[0]["rho"] is None
     none = recall_metrics(torch.zeros(1, 2, dtype=torch.bool), loss[:, :2], nbytes[:, :2], None)
     assert none["val_loss_recall"] is None and "rho_recall" not in none
+
+
+def test_huge_vocabularies_take_the_row_of_three_path():
+    """Token ids too large for one int64 key per (row, bigram) give the same hits."""
+    big = 1 << 31
+    x = torch.tensor([[big - 1, 5, big - 1, 5, big - 1]])
+    y = torch.tensor([[5, big - 1, 5, big - 1, 7]])
+    assert recall_hits(x, y).tolist() == recall_hits_reference(x.tolist(), y.tolist()) == [[False, False, True, True, False]]
