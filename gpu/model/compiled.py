@@ -35,10 +35,12 @@ from pathlib import Path
 import torch
 
 from cramkit.errors import CramError
+from cramkit.gpu.model import attention, cram, mixer, ssm
 from cramkit.gpu.model import decode_step as ds
 from cramkit.gpu.model.state import check_route
 from cramkit.io import atomic_link_or_copy, cache_root
 
+STEP_SOURCES = (ds, mixer, ssm, attention, cram)  # the step's code: a change makes new graphs
 BACKENDS = ("auto", "aoti", "compile", "uncompiled")
 BACKEND_ENV = "CRAM_DECODE_BACKEND"
 INDUCTOR_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}  # one-row matmuls in generated C++
@@ -74,7 +76,7 @@ def graph_key(model, batch: int, bucket: int, weights: str | None = None) -> str
     ref = model.embed.weight
     parts = [repr(model.cfg), repr(model.rcfg), model.vocab_size, model.target_range, model.budget,
              [layer.budget for layer in model.cram_layers], weights or weights_hash(model), str(ref.dtype),
-             str(ref.device), batch, bucket, torch.__version__, inspect.getsource(ds),
+             str(ref.device), batch, bucket, torch.__version__, *(inspect.getsource(mod) for mod in STEP_SOURCES),
              repr(INDUCTOR_OPTIONS)]  # fmt: skip
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
@@ -110,7 +112,7 @@ def example_inputs(step: ds.DecodeStep, state: ds.StepState) -> list[torch.Tenso
     """Fresh, distinct tensors shaped like one call's inputs (export de-duplicates aliased inputs)."""
     bsz = state.batch_size
     dev = state.pos.device
-    n_cram = state.kinds.count("A")
+    n_cram = state.n_routed
     head = [torch.zeros(bsz, dtype=torch.int64, device=dev), torch.zeros(bsz, dtype=torch.bool, device=dev),
             torch.zeros((), dtype=torch.bool, device=dev), torch.zeros(n_cram, bsz, device=dev)]  # fmt: skip
     return head + [t.detach().clone() for t in state.flat()]
@@ -296,9 +298,8 @@ class FastDecoder:
         if name == "random":
             rows = [torch.rand(bsz, generator=generator, device="cpu") for _ in range(self.n_cram)]
             return torch.stack(rows).to(self.state.pos.device)
-        layers = iter(self.model.cram_layers)
-        for kind, layer_st in zip(self.state.kinds, self.state.layers):
-            s = ds.stride_period(next(layers).budget) if kind == "A" else None
+        for blk, layer_st in zip(self.model.blocks, self.state.layers):
+            s = ds.stride_period(blk.mixer.budget) if blk.mixer.routed else None
             if s is not None:
                 layer_st["phase"].copy_(torch.randint(0, s, (bsz,), generator=generator, device="cpu"))
         self._draws = False
