@@ -230,23 +230,33 @@ class FastDecoder:
         self._graph(ds.step_state_from(self.model, self.model.init_state(batch, 1), self._bucket(n_positions)))
 
     # -- decoding --------------------------------------------------------------------------
-    def prefill(self, tokens: torch.Tensor, max_len: int, *, route=None, generator=None, reserve: int = 0) -> torch.Tensor:
-        """Run the prompt (B, T) eagerly into a fresh state for up to ``max_len`` positions; returns
-        logits (B, T, V'). The first bucket holds ``reserve`` positions (default: the prompt and
-        one more); a longer run moves to the next bucket when it is full."""
-        state = self.model.init_state(tokens.shape[0], max_len)
-        logits = self.model.prefill(tokens, state, route=route, generator=generator)
+    def prefill(self, tokens: torch.Tensor, max_len: int, *, route=None, generator=None, reserve: int = 0,
+                eager: bool = False) -> torch.Tensor:  # fmt: skip
+        """Run the prompt (B, T) into a fresh state for up to ``max_len`` positions; returns logits
+        (B, T, V'). The sync-free prefill (:func:`cramkit.gpu.model.prefill_step.prefill_into`)
+        by default, ``model.prefill`` with ``eager``. The first bucket holds ``reserve`` positions
+        (default: the prompt and one more); a longer run moves to the next bucket when it is full."""
+        from cramkit.gpu.model.prefill_step import prefill_into
+
+        bsz, t_len = tokens.shape if tokens.dim() == 2 else (0, 0)
+        if t_len > max_len:
+            raise CramError(f"a prompt of {t_len} positions does not fit max_len={max_len}")
         self.max_len = int(max_len)
-        self.state = ds.step_state_from(self.model, state, self._bucket(max(state.pos + 1, reserve)))
-        phase_ready = any(st.memo.get("stride_phase") is not None for st in state.layers if hasattr(st, "memo"))
+        bucket = self._bucket(max(t_len + 1, reserve))
+        if eager:
+            state = self.model.init_state(bsz, max_len)
+            logits = self.model.prefill(tokens, state, route=route, generator=generator)
+            self.state = ds.step_state_from(self.model, state, bucket)
+        else:
+            logits, self.state = prefill_into(self.model, tokens, max(bucket, t_len), route=route, generator=generator)
         name = self.model.router_policy.name
+        phase_ready = route is None  # a prefill by the router's own rule drew the stride phase
         self._draws = name == "random" or (name == "stride" and not phase_ready)
-        bsz, dev = tokens.shape[0], self.state.pos.device
+        dev = self.state.pos.device
         self._bsz = bsz
         self._consts = {"no_route": torch.zeros(bsz, dtype=torch.bool, device=dev), "u": torch.zeros(self.n_cram, bsz, device=dev),
                         "true": torch.tensor(True, device=dev), "false": torch.tensor(False, device=dev)}  # fmt: skip
-        self._args = None
-        self._run = self._graph(self.state)
+        self._args = None  # the step's graph is chosen (compiled or loaded) at the first step
         return logits
 
     @property

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cramkit.gpu.model.attention import bucketed, branch, cache_attend, cached_attention
+from cramkit.gpu.model.attention import branch, bucketed, cache_attend, cached_attention
 from cramkit.gpu.model.config import ModelConfig, RouterConfig
 from cramkit.gpu.model.layers import MLP, RMSNorm
 from cramkit.gpu.model.mixer import (
