@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import sys
 from collections import defaultdict
@@ -233,6 +234,17 @@ def _stubs(ledger: Ledger) -> dict[str, tuple[Callable, Callable]]:
             return ledger.through("cached_attention", attention_flops(pairs, d), attention_flops(pairs, d, True), [q], run)[0]
 
         stubs["cached_attention"] = (cached, cached_stub)
+    gathered = _find_function("gathered_attention")
+    if gathered is not None:
+
+        def gathered_stub(q, k, v, idx):
+            bsz, heads, cap, d = q.shape
+            pairs = bsz * heads * cap * k.shape[2]  # one masked SDPA call computes every (query, key) pair
+            run = lambda: (gathered(q, k, v, idx),)  # noqa: E731
+            return ledger.through("gathered_attention", attention_flops(pairs, d), attention_flops(pairs, d, True),
+                                  [q, k, v], run)[0]  # fmt: skip
+
+        stubs["gathered_attention"] = (gathered, gathered_stub)
     return {**stubs, "sdpa": (sdpa, sdpa_stub)}
 
 
@@ -286,6 +298,7 @@ class _ReadoutProxy(nn.Module):
         return self._readout[0](*args, **kwargs)
 
 
+IN_LAYER = ("decode", "fast_step", "fast_prefill")  # the layer's other entry points: inside a CRAM layer too
 PROXY_NAME = "flops_readout"
 AUX_PROXY_NAME = "flops_aux_readout"  # the same for ``ForwardContext.aux_readout`` (the frozen head)
 
@@ -329,11 +342,12 @@ def _instrument_cram_layers(model: nn.Module, ledger: Ledger) -> Iterator[list[s
                     ledger.where = prev
 
             layer.mix = wrapped_mix
-            layer.decode = wrapped_decode
+            for attr in IN_LAYER:
+                setattr(layer, attr, functools.partial(wrapped_decode, _decode=getattr(layer, attr)))
         yield [names[id(layer)] for layer in layers]
     finally:
         for layer in added:
-            for attr in ("mix", "decode"):
+            for attr in ("mix", *IN_LAYER):
                 layer.__dict__.pop(attr, None)
             delattr(layer, PROXY_NAME)
             delattr(layer, AUX_PROXY_NAME)
