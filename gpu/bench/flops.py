@@ -16,6 +16,8 @@ custom op that runs the real function, carries an analytic FLOP count, and hands
 gradients (FLOP counts depend on shapes and routes, not on values). Analytic counts, with
 ``pairs`` the (query, key) pairs a query actually attends, summed over batch and heads:
 
+* the routed prefill's gathered attention (``gathered_attention``: C buffer rows against T keys in
+  one masked SDPA call) computes all ``C T`` pairs per sequence and head, and is counted so;
 * attention (SDPA, routed, cached), head dimension D: forward ``4 D`` per pair (``QKᵀ`` and
   ``PV``), backward ``8 D`` per pair (``dV``, ``dP``, ``dQ``, ``dK``); causal SDPA over ``T``
   positions has ``T (T + 1) / 2`` pairs per head (6 T d per token per layer, forward + backward,
