@@ -16,8 +16,9 @@ custom op that runs the real function, carries an analytic FLOP count, and hands
 gradients (FLOP counts depend on shapes and routes, not on values). Analytic counts, with
 ``pairs`` the (query, key) pairs a query actually attends, summed over batch and heads:
 
-* the routed prefill's gathered attention (``gathered_attention``: C buffer rows against T keys in
-  one masked SDPA call) computes all ``C T`` pairs per sequence and head, and is counted so;
+* the routed prefill's gathered attention (``gathered_attention``: groups of buffer rows, each
+  against the keys up to its latest position in one masked SDPA call) computes every pair of
+  those spans, padding rows included, and is counted so;
 * attention (SDPA, routed, cached), head dimension D: forward ``4 D`` per pair (``QKᵀ`` and
   ``PV``), backward ``8 D`` per pair (``dV``, ``dP``, ``dQ``, ``dK``); causal SDPA over ``T``
   positions has ``T (T + 1) / 2`` pairs per head (6 T d per token per layer, forward + backward,
@@ -239,9 +240,11 @@ def _stubs(ledger: Ledger) -> dict[str, tuple[Callable, Callable]]:
     gathered = _find_function("gathered_attention")
     if gathered is not None:
 
+        from cramkit.gpu.model.cram import key_spans
+
         def gathered_stub(q, k, v, idx):
             bsz, heads, cap, d = q.shape
-            pairs = bsz * heads * cap * k.shape[2]  # one masked SDPA call computes every (query, key) pair
+            pairs = bsz * heads * sum((b - a) * n for a, b, n in key_spans(idx))  # every pair of each group's span
             run = lambda: (gathered(q, k, v, idx),)  # noqa: E731
             return ledger.through("gathered_attention", attention_flops(pairs, d), attention_flops(pairs, d, True),
                                   [q, k, v], run)[0]  # fmt: skip

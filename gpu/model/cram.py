@@ -395,12 +395,42 @@ def gather_slots(route: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Ten
     return slot, idx[:, :cap]
 
 
+GROUP = 32  # buffer rows per SDPA call of the gathered attention
+
+
+def key_spans(idx: torch.Tensor, group: int = GROUP) -> list[tuple[int, int, int]]:
+    """(first row, end row, keys) per group of ``group`` buffer rows of ``idx`` (B, C): the keys a
+    group needs are those up to its latest position (over the batch). One host read."""
+    cap = idx.shape[1]
+    starts = list(range(0, cap, group))
+    if not starts:
+        return []
+    last = torch.stack([idx[:, a : a + group].amax() for a in starts]) + 1
+    return [(a, min(a + group, cap), int(n)) for a, n in zip(starts, last.tolist())]
+
+
+@torch.library.custom_op("cramkit::gathered_attention", mutates_args=())
+def _gathered_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(q)
+    for a, b, n in key_spans(idx):
+        visible = torch.arange(n, device=k.device) <= idx[:, a:b, None]  # (B, rows, n)
+        out[:, :, a:b] = F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, :n], v[:, :, :n], attn_mask=visible[:, None])
+    return out
+
+
+@_gathered_attention.register_fake
+def _(q, k, v, idx):
+    return torch.empty_like(q)
+
+
 def gathered_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Causal attention of gathered query rows: ``q`` (B, H, C, D) at positions ``idx`` (B, C)
     against keys and values (B, H, T, D), each query seeing the keys at or before its position.
-    One SDPA call over all C x T pairs (the masked ones computed too: bench/flops.py counts them)."""
-    visible = torch.arange(k.shape[2], device=k.device) <= idx[..., None]  # (B, C, T)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible[:, None])
+    The rows are in position order (padding at the end): groups of :data:`GROUP` rows, each one
+    masked SDPA call over the keys up to the group's latest position (:func:`key_spans`; the
+    masked pairs inside those spans are computed too, and bench/flops.py counts them). An opaque
+    op for ``torch.compile`` (its spans are a host read)."""
+    return _gathered_attention(q, k, v, idx)
 
 
 def _never(layer, h, pos, u, phase):

@@ -19,7 +19,7 @@ from cramkit.gpu.bench.flops import (
     scan_flops,
 )
 from cramkit.gpu.bench.model import ModelBenchConfig, build_models, make_cases
-from cramkit.gpu.model.cram import routed_capacity
+from cramkit.gpu.model.cram import gather_slots, key_spans, routed_capacity
 
 B, T, H, D = 2, 13, 3, 5
 
@@ -156,9 +156,9 @@ def _kernels(name, model, mode, t_len, route, steps):
             total += attention_flops(causal_pairs(t_len) * cfg.n_heads * B, hd) * (3 if bwd else 1)
         elif name == "cram" and mode == "train":
             total += attention_flops(routed_pairs(route[:, :t_len]) * cfg.n_heads, hd) * 3
-        elif name in ("cram", "cram-rho1"):  # the routed prefill: every routed-buffer row against every key
-            cap = routed_capacity(route[:, :t_len])
-            total += attention_flops(B * cfg.n_heads * cap * t_len, hd)
+        elif name in ("cram", "cram-rho1"):  # the routed prefill: each group of buffer rows against its key span
+            _, idx = gather_slots(route[:, :t_len], routed_capacity(route[:, :t_len]))
+            total += attention_flops(B * cfg.n_heads * sum((b - a) * n for a, b, n in key_spans(idx)), hd)
     return total
 
 

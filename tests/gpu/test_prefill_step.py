@@ -11,7 +11,7 @@ import torch
 from cramkit.errors import CramError
 from cramkit.gpu.model.compiled import FastDecoder
 from cramkit.gpu.model.config import ModelConfig, RouterConfig
-from cramkit.gpu.model.cram import gather_slots, gathered_attention, routed_capacity
+from cramkit.gpu.model.cram import gather_slots, gathered_attention, key_spans, routed_capacity
 from cramkit.gpu.model.decode_step import empty_step_state
 from cramkit.gpu.model.network import CramModel
 from cramkit.gpu.model.prefill_step import PrefillStep, prefill_into
@@ -108,6 +108,25 @@ def test_routed_rows_go_through_a_fixed_capacity_buffer():
     qg = q.gather(1, idx[..., None, None].expand(2, 4, 3, 8)).transpose(1, 2)
     got = gathered_attention(qg, k.transpose(1, 2), v.transpose(1, 2), idx).transpose(1, 2)  # (B, C, H, D)
     torch.testing.assert_close(got[0], want[0, idx[0]])
+
+
+def test_gathered_attention_in_groups_equals_the_reference_and_computes_less_than_every_pair():
+    gen = torch.Generator().manual_seed(1)
+    route = torch.zeros(2, 200, dtype=torch.bool)
+    route[0, torch.randperm(200, generator=gen)[:40]] = True  # 40 rows: two groups of 32, padding after
+    route[1, torch.randperm(200, generator=gen)[:10]] = True
+    cap = routed_capacity(route)
+    slot, idx = gather_slots(route, cap)
+    assert cap == 64 and [a for a, _, _ in key_spans(idx)] == [0, 32]
+    spans = key_spans(idx)
+    assert spans[0][2] < 200 and sum((b - a) * n for a, b, n in spans) < cap * 200
+    q, k, v = (torch.randn(2, 200, 3, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    want = routed_attention_reference(q, k, v, route, scale=8**-0.5)
+    qg = q.gather(1, idx[..., None, None].expand(2, cap, 3, 8)).transpose(1, 2)
+    got = gathered_attention(qg, k.transpose(1, 2), v.transpose(1, 2), idx).transpose(1, 2)
+    for b in range(2):
+        n = int(route[b].sum())
+        torch.testing.assert_close(got[b, :n], want[b, idx[b, :n]])
 
 
 def test_the_compilable_prefill_equals_prefill_into():
