@@ -43,9 +43,13 @@ def cache_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.T
 
 
 def branch(pred: torch.Tensor, on, off, args: tuple) -> torch.Tensor:
-    """``torch.cond`` when traced (export, torch.compile); a host read when run eagerly."""
+    """``torch.cond`` when traced (export, torch.compile); a host read when run eagerly; ``on``
+    alone while a CUDA graph is being captured (no host read can be; the caller's ``where``
+    picks the rows ``on`` serves)."""
     if torch.compiler.is_compiling():
         return torch.cond(pred, on, off, args)
+    if pred.is_cuda and torch.cuda.is_current_stream_capturing():
+        return on(*args)
     return on(*args) if bool(pred) else off(*args)
 
 

@@ -10,7 +10,9 @@ of two), the bucket doubled when it is full. Backends, in order of preference:
   (:func:`cache_dir`), keyed by the model's config and weights, dtype, device, batch, bucket, the
   step's source and the torch version (:func:`graph_key`);
 - ``compile``: ``torch.compile(fullgraph=True)`` (inductor's own cache);
-- ``uncompiled``: the same sync-free step, run eagerly.
+- ``uncompiled``: the same sync-free step, run eagerly;
+- ``cudagraph`` (CUDA only, first in ``auto``'s order there, never on the CPU): the uncompiled step
+  captured in a CUDA graph and replayed per token (:class:`_CudaGraphStep`; untested on hardware).
 
 ``auto`` tries them in that order (``$CRAM_DECODE_BACKEND`` may name one instead; the test suite
 sets it to ``uncompiled``). A backend that fails falls back to the next with one warning
@@ -41,7 +43,7 @@ from cramkit.gpu.model.state import check_route
 from cramkit.io import atomic_link_or_copy, cache_root
 
 STEP_SOURCES = (ds, mixer, ssm, attention, cram)  # the step's code: a change makes new graphs
-BACKENDS = ("auto", "aoti", "compile", "uncompiled")
+BACKENDS = ("auto", "cudagraph", "aoti", "compile", "uncompiled")
 BACKEND_ENV = "CRAM_DECODE_BACKEND"
 INDUCTOR_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}  # one-row matmuls in generated C++
 
@@ -154,7 +156,47 @@ def _no_grad(fn) -> Callable:
     return run
 
 
-_COMPILERS = {"aoti": _aoti, "compile": _torch_compile, "uncompiled": _uncompiled}
+class _CudaGraphStep:
+    """The uncompiled step captured in a CUDA graph (untested on hardware: no GPU was lent to the
+    session that wrote it). Captured at the first call on the state tensors it is given, again
+    whenever they change (a new prefill or bucket): a graph holds fixed addresses. Token, route,
+    flag and draws are copied into static inputs; the state is snapshotted around the warm-up run
+    (which executes) and restored. While capturing, ``attention.branch`` takes the ``on`` branch
+    (a host read cannot be captured; ``where`` picks the rows, as on every device)."""
+
+    def __init__(self, step):
+        self.step, self.graph, self.static, self.out = step, None, None, None
+
+    def _capture(self, args) -> None:
+        self.static = [a.clone() for a in args[:4]] + list(args[4:])
+        saved = [t.clone() for t in args[4:]]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad(), torch.cuda.stream(side):
+            self.step(*self.static)  # warm-up (allocator, lazy init); it advances the state: restored below
+        torch.cuda.current_stream().wait_stream(side)
+        for t, s in zip(args[4:], saved):
+            t.copy_(s)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self.out = self.step(*self.static)
+
+    def __call__(self, args):
+        if self.graph is None or any(a is not b for a, b in zip(args[4:], self.static[4:])):
+            self._capture(args)
+        for dst, src in zip(self.static[:4], args[:4]):
+            dst.copy_(src)
+        self.graph.replay()
+        return self.out.clone()
+
+
+def _cuda_graph(step, example, key: str, folder: Path) -> Callable:
+    if not example[0].is_cuda:
+        raise CramError("CUDA graphs need a CUDA device")
+    return _CudaGraphStep(step)
+
+
+_COMPILERS = {"cudagraph": _cuda_graph, "aoti": _aoti, "compile": _torch_compile, "uncompiled": _uncompiled}
 
 
 class FastDecoder:
@@ -176,6 +218,8 @@ class FastDecoder:
         self.step_fn = ds.DecodeStep(model)
         self.own_reason = ds.own_route_reason(model)
         chain = ["aoti", "compile", "uncompiled"] if backend == "auto" else [backend, "uncompiled"]
+        if backend == "auto" and model.embed.weight.is_cuda:  # CUDA: the step in a CUDA graph first; never on the CPU
+            chain.insert(0, "cudagraph")
         if backend == "auto" and not has_cxx():
             chain.remove("aoti")
         self.chain = list(dict.fromkeys(chain))

@@ -151,3 +151,15 @@ def test_clear_errors():
         prefill_into(model, _tokens(1, 70), 64)
     with pytest.raises(CramError, match="route must be a bool tensor"):
         prefill_into(model, _tokens(1, 8), 64, route=torch.ones(1, 8))
+
+
+def test_cuda_graphs_are_never_chosen_on_the_cpu_and_fall_back_with_one_line(monkeypatch):
+    monkeypatch.delenv("CRAM_DECODE_BACKEND", raising=False)
+    model = _model("SA", "cram")
+    assert "cudagraph" not in FastDecoder(model, backend="auto").chain and "compile" in FastDecoder(model).chain
+    lines = []
+    dec = FastDecoder(model, backend="cudagraph", warn=lines.append)
+    dec.prefill(_tokens(1)[:, :8], 12)
+    dec.step(_tokens(1)[:, 8])
+    assert lines == ["cudagraph decode step unavailable (CramError: CUDA graphs need a CUDA device); using uncompiled"]
+    assert dec.backend_used == "uncompiled"
