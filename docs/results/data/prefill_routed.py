@@ -6,6 +6,10 @@ rho and the hybrid interleaved repeat by repeat, FLOPs counted by gpu/bench/flop
 - ``uncompiled``: the same prefill run eagerly;
 - ``eager``: ``model.prefill`` (the bench's ``--eager``).
 
+``run`` times all six cases (two models x three ways) interleaved repeat by repeat in one process
+at each T (the bench's ``time_cases``), so the three ways are compared under the same load; the
+older JSON files (``"variants"``: one bench run per way, one after the other) print too.
+
     # run (pinned, 1 thread), writing the JSON:
     python docs/results/data/prefill_routed.py run OUT.json --t 4096,16384 --width 64 --repeats 5
     # print the tables from the JSON (every number computed here):
@@ -32,6 +36,58 @@ def _uptime() -> str:
 
 
 def run(out: str, t_values, width: int, repeats: int) -> None:
+    """Every (model, way) case interleaved at each T; FLOPs counted per case after the timing."""
+    import dataclasses
+
+    import torch
+
+    from cramkit.gpu.bench.common import routed_mask
+    from cramkit.gpu.bench.measure import time_cases
+    from cramkit.gpu.bench.model import (
+        Case,
+        ModelBenchConfig,
+        _prefill_case,
+        build_models,
+        count_case,
+    )
+    from cramkit.gpu.bench.prefill_case import prefill_case
+
+    torch.set_num_threads(1)
+    cfg = ModelBenchConfig(t_values=tuple(t_values), rhos=(RHO,), models=("cram", "hybrid"), modes=("prefill",),
+                           threads=1, repeats=repeats, sizes=((width, 256),), memory=False, device="cpu")  # fmt: skip
+    models = build_models(cfg, "cpu")
+    for m in models.values():
+        m.eval()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    doc = {"command": " ".join(sys.argv), "config": dataclasses.asdict(cfg), "rows": [], "load": [_uptime()]}
+    warm: set[str] = set()
+    for t_len in sorted(t_values):
+        tokens = torch.randint(0, 256, (1, t_len), generator=gen)
+        route = routed_mask(1, t_len, RHO, gen)
+        cases = []
+        for name, model in models.items():
+            r = route if name == "cram" else None
+            for way in VARIANTS:
+                if way == "eager":
+                    setup, fn, method = _prefill_case(name, model, tokens, r)
+                    plain = None
+                else:
+                    setup, fn, method, plain = prefill_case(model, tokens, r, compiled=way == "compiled")
+                cases.append(Case("prefill", f"{name}/{way}", None, setup, fn, t_len, method, model, r, plain))
+        ms = time_cases(cases, repeats, "cpu", warm)
+        for case in cases:
+            name, way = case.model.split("/")
+            doc["rows"].append({"model": name, "way": way, "T": t_len, "us_per_token": ms[case.label] * 1e3 / t_len,
+                                "flops_per_token": count_case(case).total / t_len, "method": case.method})  # fmt: skip
+        doc["load"].append(_uptime())
+        print(f"T={t_len} done", flush=True)
+    doc["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    with open(out, "w") as fh:
+        json.dump(doc, fh, indent=1)
+
+
+def run_apart(out: str, t_values, width: int, repeats: int) -> None:
+    """The first runs' method: one bench run per way, one after the other."""
     import dataclasses
 
     import torch
@@ -60,6 +116,8 @@ def _case(cases, model, t_len):
 
 def table(path: str) -> str:
     doc = json.load(open(path))
+    if "rows" in doc:
+        return table_interleaved(path, doc)
     variants = doc["variants"]
     eager = variants.get("eager")
     ts = sorted({c["T"] for v in variants.values() for c in v["cases"]})
@@ -85,6 +143,32 @@ def table(path: str) -> str:
                        f"{meas / pred:.2f} | {ideal} |")  # fmt: skip
     out += ["", "Methods: " + "; ".join(sorted({f"{c['model']}: {c['method']}" for v in variants.values()
                                                 for c in v["cases"]}))]  # fmt: skip
+    return "\n".join(out)
+
+
+def table_interleaved(path: str, doc: dict) -> str:
+    rows = doc["rows"]
+    ts = sorted({r["T"] for r in rows})
+    pick = {(r["model"], r["way"], r["T"]): r for r in rows}
+    out = [f"`{path}`: `{doc['command']}`, {doc['date']}; load (`uptime`, before and after each T): "
+           + " / ".join(f"`{u}`" for u in doc["load"]), "",
+           "µs per token (median of the interleaved repeats) and MFLOP per token; speed-up = hybrid µs / cram µs "
+           "(the same way); predicted = hybrid FLOPs / cram FLOPs; quotient = measured / predicted; quotient (ideal) "
+           "= against the eager prefill's FLOPs (routed attention over exactly the causal pairs, the memory at the "
+           "non-routed rows only):", "",
+           "| prefill | T | cram µs | hybrid µs | cram MFLOP | hybrid MFLOP | speed-up measured | predicted | quotient | quotient (ideal) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for way in VARIANTS:
+        for t_len in ts:
+            c, h = pick[("cram", way, t_len)], pick[("hybrid", way, t_len)]
+            ce, he = pick[("cram", "eager", t_len)], pick[("hybrid", "eager", t_len)]
+            meas = h["us_per_token"] / c["us_per_token"]
+            pred = h["flops_per_token"] / c["flops_per_token"]
+            ideal = he["flops_per_token"] / ce["flops_per_token"]
+            out.append(f"| {way} | {t_len} | {c['us_per_token']:.2f} | {h['us_per_token']:.2f} | "
+                       f"{c['flops_per_token'] / 1e6:.4f} | {h['flops_per_token'] / 1e6:.4f} | {meas:.2f}× | {pred:.2f}× | "
+                       f"{meas / pred:.2f} | {meas / ideal:.2f} |")  # fmt: skip
+    out += ["", "Methods: " + "; ".join(f"{r['model']} T={r['T']}: {r['method']}" for r in rows if r["way"] != "eager")]
     return "\n".join(out)
 
 
@@ -117,7 +201,7 @@ def profile(t_len: int, width: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("run", "table", "profile"))
+    ap.add_argument("what", choices=("run", "run-apart", "table", "profile"))
     ap.add_argument("path", nargs="?")
     ap.add_argument("--t", default="4096,16384")
     ap.add_argument("--width", type=int, default=64)
@@ -126,6 +210,8 @@ def main() -> None:
     t_values = [int(x) for x in a.t.split(",")]
     if a.what == "run":
         run(a.path, t_values, a.width, a.repeats)
+    elif a.what == "run-apart":
+        run_apart(a.path, t_values, a.width, a.repeats)
     elif a.what == "table":
         print(table(a.path))
     else:
