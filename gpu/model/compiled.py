@@ -1,7 +1,8 @@
 """The compiled decode step and what runs it (docs/inference.md, "The compiled decode step").
 
-:class:`FastDecoder` runs a prompt through ``model.prefill`` (eager), moves the state into the
-preallocated :class:`~cramkit.gpu.model.decode_step.StepState`, and then calls one graph of
+:class:`FastDecoder` runs a prompt through the sync-free routed prefill
+(:mod:`cramkit.gpu.model.prefill_step`, uncompiled; ``eager=True``: ``model.prefill``, the state
+then moved) into the preallocated :class:`~cramkit.gpu.model.decode_step.StepState`, and then calls one graph of
 :class:`~cramkit.gpu.model.decode_step.DecodeStep` per token: one graph per cache bucket (a power
 of two), the bucket doubled when it is full. Backends, in order of preference:
 
@@ -200,7 +201,7 @@ _COMPILERS = {"cudagraph": _cuda_graph, "aoti": _aoti, "compile": _torch_compile
 
 
 class FastDecoder:
-    """Prefill (eager) then the compiled sync-free step, for one batch of sequences.
+    """The sync-free prefill, then the compiled sync-free step, for one batch of sequences.
 
     ``backend``: ``auto``, ``aoti``, ``compile`` or ``uncompiled`` (see the module docstring). After
     a failure the next backend serves (one warning line through ``warn``). ``backend_used`` names
