@@ -163,3 +163,21 @@ def test_cuda_graphs_are_never_chosen_on_the_cpu_and_fall_back_with_one_line(mon
     dec.step(_tokens(1)[:, 8])
     assert lines == ["cudagraph decode step unavailable (CramError: CUDA graphs need a CUDA device); using uncompiled"]
     assert dec.backend_used == "uncompiled"
+
+
+@pytest.mark.slow
+def test_the_compiled_prefill_equals_prefill_into():
+    """torch.compile of PrefillStep (fullgraph: no host read left inside; the gathered attention
+    an opaque op) gives the uncompiled prefill's logits and state."""
+    model = _model("SAGW", "random")
+    tokens = _tokens()[:, :T0]
+    route = torch.rand(2, T0, generator=torch.Generator().manual_seed(2)) < 0.2
+    want, st = prefill_into(model, tokens, 64, route=route)
+    flat = empty_step_state(model, 2, 64).flat()[1:]
+    step = torch.compile(PrefillStep(model, routed_capacity(route), [tuple(layer) for layer in st.layers]),
+                         fullgraph=True, dynamic=False)  # fmt: skip
+    with torch.no_grad():
+        got = step(tokens, route, *flat)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(flat, st.flat()[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
