@@ -12,9 +12,10 @@ For every context length ``T`` and mode it times, interleaved repeat by repeat (
   untimed, then steps ``T - 1 .. T + k - 2`` are timed. Needs the model's step API
   (``init_state`` / ``prefill`` / ``step``); a model without it is reported as skipped. With
   ``compiled`` (the default) a :class:`CramModel` steps through the sync-free step compiled
-  ahead of time (:mod:`.decode_case`; the compile time in the row's ``method``), the prefill
-  stays eager. The timed steps hold exactly ``max(1, round(rho k))`` routed steps, and ``cram``
-  is also timed at ``rho = 0`` (a route that never attends: the step's fixed cost).
+  ahead of time (:mod:`.decode_case`; the compile time in the row's ``method``), the untimed
+  prefill goes through the routed prefill; the transformer steps through its own static-KV step
+  (:class:`cramkit.gpu.model.baselines.TransformerStep`), compiled the same way. The timed steps
+  hold exactly ``max(1, round(rho k))`` routed steps, and ``cram`` is also timed at ``rho = 0`` (a route that never attends: the step's fixed cost).
 
 Models (one instance each per size, built once; the quick preset's widths scaled to the width):
 ``cram`` (the CRAM hybrid, pattern ``SA`` by default, at forced routed fractions ``rho``),
