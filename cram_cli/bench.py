@@ -132,7 +132,8 @@ def kernels(t_values, rhos, repeats, ops, batch, heads, head_dim, d_state, model
               help="Count FLOPs per token (one extra untimed run per case; docs/kernels.md, FLOP model).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of weights, tokens and routes.")
 @click.option("--eager", is_flag=True, default=False,
-              help="Decode with the eager step instead of the compiled sync-free step.")
+              help="Decode with the eager step and prefill with the eager model.prefill instead of the compiled "
+                   "sync-free step and routed prefill.")
 @output_options(plot_help="Write per-token time against T (one line per model, one panel per size and mode) to this image.")
 def model(t_values, rhos, models, modes, preset, widths, d_model, vocabs, layers, repeats, batch, decode_steps, pattern,
           device, threads, memory, flops, seed, eager, as_json, plot, quiet) -> None:

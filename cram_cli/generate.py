@@ -18,14 +18,16 @@ from cramkit.cli.options import emit, json_option
               help="Sample only from the k most likely tokens (0 = all).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the sampler.")
 @click.option("--eager", is_flag=True, default=False,
-              help="Decode with the eager step instead of the compiled sync-free step.")
+              help="Prefill and decode with the eager model.prefill and step instead of the sync-free routed "
+                   "prefill and the compiled sync-free step.")
 @json_option()
 def generate(run, prompt, max_new_tokens, temperature, top_k, seed, eager, as_json) -> None:
     """Continue PROMPT with the text checkpoint RUN (a checkpoint file or run folder).
 
     Prints the prompt and its continuation, then on stderr the speed (tokens/s, prefill time)
     and the attention use: the fraction of generating positions each CRAM layer routed to
-    attention. Prefill runs the prompt once; each new token is one recurrent step, by default
+    attention. Prefill runs the prompt once, by default through the sync-free routed prefill
+    (uncompiled: one prompt does not pay a compile); each new token is one recurrent step, by default
     the sync-free step compiled ahead of time (AOTInductor where a C++ compiler is found, else
     torch.compile; cached on disk under $CRAM_CACHE_DIR, $XDG_CACHE_HOME/cram or ~/.cache/cram;
     the compile time is reported apart and not counted in tokens/s). A subword run decodes with

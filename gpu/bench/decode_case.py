@@ -4,6 +4,7 @@ compiled here, before any timing; docs/inference.md, "The compiled decode step")
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -33,6 +34,9 @@ def decode_case(model, tokens, route, t_len, steps, compiled=False) -> tuple[Cal
 
     if compiled and _fast_step(model):
         fast_setup, fast_decode, backend = _compiled(model, tokens, route, t_len, steps)
+        return fast_setup, fast_decode, f"{method}; {backend}", (setup, decode)
+    if compiled and _is_transformer(model):
+        fast_setup, fast_decode, backend = _transformer_compiled(model, tokens, setup, t_len, steps)
         return fast_setup, fast_decode, f"{method}; {backend}", (setup, decode)
     return setup, decode, method + "; eager step", (setup, decode)
 
@@ -64,3 +68,53 @@ def _compiled(model, tokens, route, t_len, steps) -> tuple[Callable, Callable, s
             dec.step(tok, route=r, check=False)
 
     return setup, decode, f"{dec.backend_used} step (compiled in {dec.compile_seconds:.1f} s, untimed)"
+
+
+def _is_transformer(model) -> bool:
+    from cramkit.gpu.model.baselines import TransformerLM
+
+    return isinstance(model, TransformerLM)
+
+
+def _transformer_compiled(model, tokens, eager_setup, t_len, steps) -> tuple[Callable, Callable, str]:
+    """The transformer's static-KV step (:class:`cramkit.gpu.model.baselines.TransformerStep`) over
+    a cache of ``t_len + steps`` positions (the eager prefill fills it), compiled the way the
+    CRAM models' steps are: AOTInductor where a C++ compiler is found, else ``torch.compile``,
+    else uncompiled (one warning line per failure), cached on disk like theirs."""
+    import hashlib
+    import inspect
+    import time
+
+    from cramkit.gpu.model import baselines
+    from cramkit.gpu.model import compiled as cc
+
+    step = baselines.TransformerStep(model)
+    state = eager_setup()
+    example = [tokens[:, 0].clone(), torch.zeros((), dtype=torch.int64, device=tokens.device)]
+    example += [t.detach().clone() for t in state.keys + state.values]
+    key = hashlib.sha256(repr([cc.weights_hash(model), [tuple(t.shape) for t in example], str(example[2].dtype),
+                               str(example[2].device), torch.__version__, inspect.getsource(baselines),
+                               repr(cc.INDUCTOR_OPTIONS)]).encode()).hexdigest()[:32]  # fmt: skip
+    chain = (["aoti"] if cc.has_cxx() else []) + ["compile", "uncompiled"]
+    if os.environ.get(cc.BACKEND_ENV) == "uncompiled":  # the test suite: never compile
+        chain = ["uncompiled"]
+    start = time.perf_counter()
+    for name in chain:
+        try:
+            run = cc._COMPILERS[name](step, example, key, cc.cache_dir())
+            break
+        except Exception as exc:  # noqa: BLE001 -- a compile failure falls back, one line
+            cc._warn(f"{name} transformer step unavailable ({cc._one_line(exc)}); using the next")
+    seconds = time.perf_counter() - start
+    toks = [tokens[:, i].contiguous() for i in range(t_len - 1, t_len - 1 + steps)]
+
+    def setup():
+        st = eager_setup()
+        return [None, torch.tensor(t_len - 1, dtype=torch.int64, device=tokens.device), *st.keys, *st.values]
+
+    def decode(args):
+        for tok in toks:
+            args[0] = tok
+            run(args)
+
+    return setup, decode, f"{name} static-KV step (compiled in {seconds:.1f} s, untimed)"

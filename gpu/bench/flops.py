@@ -16,6 +16,9 @@ custom op that runs the real function, carries an analytic FLOP count, and hands
 gradients (FLOP counts depend on shapes and routes, not on values). Analytic counts, with
 ``pairs`` the (query, key) pairs a query actually attends, summed over batch and heads:
 
+* the routed prefill's gathered attention (``gathered_attention``: groups of buffer rows, each
+  against the keys up to its latest position in one masked SDPA call) computes every pair of
+  those spans, padding rows included, and is counted so;
 * attention (SDPA, routed, cached), head dimension D: forward ``4 D`` per pair (``QKᵀ`` and
   ``PV``), backward ``8 D`` per pair (``dV``, ``dP``, ``dQ``, ``dK``); causal SDPA over ``T``
   positions has ``T (T + 1) / 2`` pairs per head (6 T d per token per layer, forward + backward,
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import sys
 from collections import defaultdict
@@ -233,6 +237,19 @@ def _stubs(ledger: Ledger) -> dict[str, tuple[Callable, Callable]]:
             return ledger.through("cached_attention", attention_flops(pairs, d), attention_flops(pairs, d, True), [q], run)[0]
 
         stubs["cached_attention"] = (cached, cached_stub)
+    gathered = _find_function("gathered_attention")
+    if gathered is not None:
+
+        from cramkit.gpu.model.cram import key_spans
+
+        def gathered_stub(q, k, v, idx):
+            bsz, heads, cap, d = q.shape
+            pairs = bsz * heads * sum((b - a) * n for a, b, n in key_spans(idx))  # every pair of each group's span
+            run = lambda: (gathered(q, k, v, idx),)  # noqa: E731
+            return ledger.through("gathered_attention", attention_flops(pairs, d), attention_flops(pairs, d, True),
+                                  [q, k, v], run)[0]  # fmt: skip
+
+        stubs["gathered_attention"] = (gathered, gathered_stub)
     return {**stubs, "sdpa": (sdpa, sdpa_stub)}
 
 
@@ -286,6 +303,7 @@ class _ReadoutProxy(nn.Module):
         return self._readout[0](*args, **kwargs)
 
 
+IN_LAYER = ("decode", "fast_step", "fast_prefill")  # the layer's other entry points: inside a CRAM layer too
 PROXY_NAME = "flops_readout"
 AUX_PROXY_NAME = "flops_aux_readout"  # the same for ``ForwardContext.aux_readout`` (the frozen head)
 
@@ -329,11 +347,12 @@ def _instrument_cram_layers(model: nn.Module, ledger: Ledger) -> Iterator[list[s
                     ledger.where = prev
 
             layer.mix = wrapped_mix
-            layer.decode = wrapped_decode
+            for attr in IN_LAYER:
+                setattr(layer, attr, functools.partial(wrapped_decode, _decode=getattr(layer, attr)))
         yield [names[id(layer)] for layer in layers]
     finally:
         for layer in added:
-            for attr in ("mix", "decode"):
+            for attr in ("mix", *IN_LAYER):
                 layer.__dict__.pop(attr, None)
             delattr(layer, PROXY_NAME)
             delattr(layer, AUX_PROXY_NAME)

@@ -4,15 +4,18 @@ For every context length ``T`` and mode it times, interleaved repeat by repeat (
 
 * ``train``: one training step (forward + backward) on ``B x T`` tokens with a next-token target
   at every position (the CRAM models add their own losses: episodic, semantic, consolidation);
-* ``prefill``: a forward pass over ``B x T`` prompt tokens without gradients (the model's
-  ``prefill`` API when it has one, else its forward);
+* ``prefill``: a forward pass over ``B x T`` prompt tokens without gradients: with ``compiled``
+  (the default) a :class:`CramModel` runs the sync-free routed prefill compiled with
+  ``torch.compile`` (:mod:`.prefill_case`; compiled before timing, the time in the row's
+  ``method``), else the model's ``prefill`` API when it has one, else its forward;
 * ``decode``: ``k`` single-token steps at context ``T``: the first ``T - 1`` tokens are prefilled
   untimed, then steps ``T - 1 .. T + k - 2`` are timed. Needs the model's step API
   (``init_state`` / ``prefill`` / ``step``); a model without it is reported as skipped. With
   ``compiled`` (the default) a :class:`CramModel` steps through the sync-free step compiled
-  ahead of time (:mod:`.decode_case`; the compile time in the row's ``method``), the prefill
-  stays eager. The timed steps hold exactly ``max(1, round(rho k))`` routed steps, and ``cram``
-  is also timed at ``rho = 0`` (a route that never attends: the step's fixed cost).
+  ahead of time (:mod:`.decode_case`; the compile time in the row's ``method``), the untimed
+  prefill goes through the routed prefill; the transformer steps through its own static-KV step
+  (:class:`cramkit.gpu.model.baselines.TransformerStep`), compiled the same way. The timed steps
+  hold exactly ``max(1, round(rho k))`` routed steps, and ``cram`` is also timed at ``rho = 0`` (a route that never attends: the step's fixed cost).
 
 Models (one instance each per size, built once; the quick preset's widths scaled to the width):
 ``cram`` (the CRAM hybrid, pattern ``SA`` by default, at forced routed fractions ``rho``),
@@ -59,6 +62,7 @@ from .common import machine_info, resolve_device, routed_mask
 from .decode_case import decode_case
 from .measure import _fix_malloc, memory_method, peak_mb, time_cases
 from .model_result import ModelBenchResult
+from .prefill_case import has_fast_prefill, prefill_case
 
 MODES = ("train", "prefill", "decode")
 MODELS = ("cram", "hybrid", "cram-rho1", "none", "ssm", "transformer")
@@ -103,7 +107,8 @@ class ModelBenchConfig:
     pattern: str = "SA"
     memory: bool = True
     flops: bool = True
-    compiled: bool = True  # decode: the compiled sync-free step (False: the eager model.step)
+    compiled: bool = True  # decode and prefill compiled (False: the eager model.step / model.prefill)
+    fast_prefill: bool | None = None  # prefill through the sync-free routed prefill (None: as ``compiled``)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -144,6 +149,8 @@ class ModelBenchConfig:
                 raise CramError(f"layers ({self.layers}) must be a multiple of the pattern's length "
                                 f"({len(self.pattern)}, pattern {self.pattern!r})")  # fmt: skip
         resolve_device(self.device)
+        if self.fast_prefill is None:
+            object.__setattr__(self, "fast_prefill", self.compiled)
 
     @property
     def blocks(self) -> str:
@@ -320,6 +327,9 @@ def make_cases(cfg, models, mode, t_len, device, gen, size=None) -> tuple[list[C
             if mode == "train":
                 fn, method = _train_case(name, model, tokens[:, :t_len], targets, r_t)
                 cases.append(Case(mode, name, rho, None, fn, cfg.batch * t_len, method, model, route))
+            elif mode == "prefill" and cfg.fast_prefill and has_fast_prefill(model):
+                setup, fn, method, plain = prefill_case(model, tokens[:, :t_len], r_t, cfg.compiled)
+                cases.append(Case(mode, name, rho, setup, fn, cfg.batch * t_len, method, model, route, plain))
             elif mode == "prefill":
                 setup, fn, method = _prefill_case(name, model, tokens[:, :t_len], r_t)
                 cases.append(Case(mode, name, rho, setup, fn, cfg.batch * t_len, method, model, route))

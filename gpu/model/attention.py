@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cramkit.gpu.model.config import ModelConfig, RouterConfig
-from cramkit.gpu.model.mixer import Mixer
+from cramkit.gpu.model.mixer import Mixer, PrefillContext, StepContext
 from cramkit.gpu.model.state import (
     KVState,
 )
@@ -31,6 +31,26 @@ def cached_attention(q: torch.Tensor, rows: torch.Tensor, st: KVState, pos: int)
         visible = torch.arange(top, device=q.device)[None, :] <= (pos + ti)[:, None]  # (n, L)
         scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
     return (torch.softmax(scores, dim=-1) @ vals)[:, :, 0]
+
+
+def cache_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The sync-free step's attention: one query per row (B, H, D) against the cache (B, H, L, D),
+    keys at slots ``<= pos`` (0-d). The mask is made inside the score computation (a stored bool
+    mask of L slots costs more on the CPU than the step's matrix products)."""
+    scores = (q[:, :, None, :] @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, 1, L)
+    scores = scores.masked_fill(torch.arange(k.shape[2], device=k.device) > pos, float("-inf"))
+    return (torch.softmax(scores, dim=-1) @ v)[:, :, 0]
+
+
+def branch(pred: torch.Tensor, on, off, args: tuple) -> torch.Tensor:
+    """``torch.cond`` when traced (export, torch.compile); a host read when run eagerly; ``on``
+    alone while a CUDA graph is being captured (no host read can be; the caller's ``where``
+    picks the rows ``on`` serves)."""
+    if torch.compiler.is_compiling():
+        return torch.cond(pred, on, off, args)
+    if pred.is_cuda and torch.cuda.is_current_stream_capturing():
+        return on(*args)
+    return on(*args) if bool(pred) else off(*args)
 
 
 class DenseAttention(Mixer):
@@ -65,6 +85,50 @@ class DenseAttention(Mixer):
             rows = torch.ones(bsz, t_len, dtype=torch.bool, device=x.device).nonzero()
             y = cached_attention(q.reshape(-1, self.h, d // self.h), rows, st, pos).view(bsz, t_len, self.h, -1)
         return self.proj(y.reshape(bsz, t_len, d))
+
+    # -- the sync-free step (gpu/model/mixer.py): keys and values in a cache of ``bucket`` slots --
+    has_step = True
+    step_bucketed = {"k": 2, "v": 2}
+
+    def step_state(self, st: KVState, n: int, bucket: int) -> dict[str, torch.Tensor]:
+        return {"k": bucketed(st.k, n, bucket, 2), "v": bucketed(st.v, n, bucket, 2)}
+
+    def _slot(self, pos: torch.Tensor) -> torch.Tensor:
+        return pos.view(1)
+
+    def fast_step(self, x: torch.Tensor, st: dict[str, torch.Tensor], sctx: StepContext) -> torch.Tensor:
+        bsz, d = x.shape
+        q, k, v = self.qkv(x).view(bsz, 3, self.h, d // self.h).unbind(1)  # (B, H, D)
+        slot = self._slot(sctx.pos)
+        st["k"].index_copy_(2, slot, k[:, :, None])
+        st["v"].index_copy_(2, slot, v[:, :, None])
+        # a ring slot is filled once pos has reached it: the same mask as the full cache
+        return self.proj(cache_attend(q, st["k"], st["v"], sctx.pos).reshape(bsz, d))
+
+    def fast_prefill(self, x: torch.Tensor, st: dict[str, torch.Tensor], pctx: PrefillContext) -> torch.Tensor:
+        """The whole-sequence forward (causal SDPA), its keys and values written into the cache."""
+        bsz, t_len, d = x.shape
+        q, k, v = self.qkv(x).view(bsz, t_len, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)  # (B, H, T, D)
+        self._fill(st, k, v)
+        y = self._prefill_attend(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(bsz, t_len, d))
+
+    def _fill(self, st: dict[str, torch.Tensor], k: torch.Tensor, v: torch.Tensor) -> None:
+        t_len = k.shape[2]
+        st["k"][:, :, :t_len] = k
+        st["v"][:, :, :t_len] = v
+
+    def _prefill_attend(self, q, k, v) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def bucketed(t: torch.Tensor, n: int, bucket: int, dim: int) -> torch.Tensor:
+    """A copy of ``t`` with ``bucket`` slots along ``dim``, its first ``n`` from ``t``, zeros after."""
+    shape = list(t.shape)
+    shape[dim] = bucket
+    out = t.new_zeros(shape)
+    out.narrow(dim, 0, n).copy_(t.narrow(dim, 0, n))
+    return out
 
 
 def window_mask(n_queries: int, n_keys: int, window: int, start: int = 0, device=None) -> torch.Tensor:
@@ -104,3 +168,32 @@ class WindowAttention(DenseAttention):
         mask = window_mask(t_len, pos + t_len, self.window, start=pos, device=x.device)[:, lo:]
         y = F.scaled_dot_product_attention(q.transpose(1, 2), keys, vals, attn_mask=mask)  # (B, H, T, D)
         return self.proj(y.transpose(1, 2).reshape(bsz, t_len, d))
+
+    # -- the sync-free step: keys and values in a ring of ``window`` slots (position p at p % window)
+    step_bucketed = {}
+
+    def step_state(self, st: KVState, n: int, bucket: int) -> dict[str, torch.Tensor]:
+        ring = self.window
+        keep = torch.arange(max(0, n - ring), n, device=st.k.device)
+        out = {}
+        for name in ("k", "v"):
+            src = getattr(st, name)
+            buf = src.new_zeros(*src.shape[:2], ring, src.shape[3])
+            buf[:, :, keep % ring] = src[:, :, keep]
+            out[name] = buf
+        return out
+
+    def _slot(self, pos: torch.Tensor) -> torch.Tensor:
+        return (pos % self.window).view(1)
+
+    def _fill(self, st: dict[str, torch.Tensor], k: torch.Tensor, v: torch.Tensor) -> None:
+        t_len, ring = k.shape[2], self.window
+        keep = torch.arange(max(0, t_len - ring), t_len, device=k.device)
+        st["k"][:, :, keep % ring] = k[:, :, keep]
+        st["v"][:, :, keep % ring] = v[:, :, keep]
+
+    def _prefill_attend(self, q, k, v) -> torch.Tensor:
+        t_len = q.shape[2]
+        if self.window >= t_len:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(t_len, t_len, self.window, device=q.device))

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cramkit.errors import CramError
+from cramkit.gpu.model.attention import cache_attend
 
 
 class _Block(nn.Module):
@@ -146,3 +147,30 @@ class TransformerLM(nn.Module):
     def step(self, token: torch.Tensor, state: KVCache, route=None) -> torch.Tensor:
         """One token per sequence ``(B,)``; logits ``(B, V)``."""
         return self._run_cached(token[:, None], state)[:, 0]
+
+
+class TransformerStep(nn.Module):
+    """The transformer's static-KV decode step (gpt-fast style), the counterpart of
+    :class:`cramkit.gpu.model.decode_step.DecodeStep` for ``cram bench model``'s decode rows:
+    ``forward(token (B,), pos () int64, *caches) -> logits (B, V)`` with the caches (every block's
+    keys, then its values, ``KVCache`` order: ``[B, H, L, D]``) preallocated at a fixed length,
+    written with ``index_copy_`` at ``pos``, read whole with the slots after ``pos`` masked; ``pos``
+    advanced inside. No host read, one graph for a cache length."""
+
+    def __init__(self, model: TransformerLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, token, pos, *caches):
+        m = self.model
+        x = m.embed(token) + m.pos(pos)
+        n = len(m.blocks)
+        for blk, kc, vc in zip(m.blocks, caches[:n], caches[n:]):
+            bsz, d = x.shape
+            q, k, v = blk.qkv(blk.ln1(x)).view(bsz, 3, blk.h, d // blk.h).unbind(1)  # (B, H, D)
+            kc.index_copy_(2, pos.view(1), k[:, :, None])
+            vc.index_copy_(2, pos.view(1), v[:, :, None])
+            x = x + blk.proj(cache_attend(q, kc, vc, pos).reshape(bsz, d))
+            x = x + blk.out(F.gelu(blk.fc(blk.ln2(x))))
+        pos.add_(1)
+        return m.head(m.ln_f(x))

@@ -1,7 +1,8 @@
 """The compiled decode step and what runs it (docs/inference.md, "The compiled decode step").
 
-:class:`FastDecoder` runs a prompt through ``model.prefill`` (eager), moves the state into the
-preallocated :class:`~cramkit.gpu.model.decode_step.StepState`, and then calls one graph of
+:class:`FastDecoder` runs a prompt through the sync-free routed prefill
+(:mod:`cramkit.gpu.model.prefill_step`, uncompiled; ``eager=True``: ``model.prefill``, the state
+then moved) into the preallocated :class:`~cramkit.gpu.model.decode_step.StepState`, and then calls one graph of
 :class:`~cramkit.gpu.model.decode_step.DecodeStep` per token: one graph per cache bucket (a power
 of two), the bucket doubled when it is full. Backends, in order of preference:
 
@@ -10,7 +11,9 @@ of two), the bucket doubled when it is full. Backends, in order of preference:
   (:func:`cache_dir`), keyed by the model's config and weights, dtype, device, batch, bucket, the
   step's source and the torch version (:func:`graph_key`);
 - ``compile``: ``torch.compile(fullgraph=True)`` (inductor's own cache);
-- ``uncompiled``: the same sync-free step, run eagerly.
+- ``uncompiled``: the same sync-free step, run eagerly;
+- ``cudagraph`` (CUDA only, first in ``auto``'s order there, never on the CPU): the uncompiled step
+  captured in a CUDA graph and replayed per token (:class:`_CudaGraphStep`; untested on hardware).
 
 ``auto`` tries them in that order (``$CRAM_DECODE_BACKEND`` may name one instead; the test suite
 sets it to ``uncompiled``). A backend that fails falls back to the next with one warning
@@ -35,11 +38,13 @@ from pathlib import Path
 import torch
 
 from cramkit.errors import CramError
+from cramkit.gpu.model import attention, cram, mixer, ssm
 from cramkit.gpu.model import decode_step as ds
 from cramkit.gpu.model.state import check_route
 from cramkit.io import atomic_link_or_copy, cache_root
 
-BACKENDS = ("auto", "aoti", "compile", "uncompiled")
+STEP_SOURCES = (ds, mixer, ssm, attention, cram)  # the step's code: a change makes new graphs
+BACKENDS = ("auto", "cudagraph", "aoti", "compile", "uncompiled")
 BACKEND_ENV = "CRAM_DECODE_BACKEND"
 INDUCTOR_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}  # one-row matmuls in generated C++
 
@@ -74,7 +79,7 @@ def graph_key(model, batch: int, bucket: int, weights: str | None = None) -> str
     ref = model.embed.weight
     parts = [repr(model.cfg), repr(model.rcfg), model.vocab_size, model.target_range, model.budget,
              [layer.budget for layer in model.cram_layers], weights or weights_hash(model), str(ref.dtype),
-             str(ref.device), batch, bucket, torch.__version__, inspect.getsource(ds),
+             str(ref.device), batch, bucket, torch.__version__, *(inspect.getsource(mod) for mod in STEP_SOURCES),
              repr(INDUCTOR_OPTIONS)]  # fmt: skip
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
@@ -110,7 +115,7 @@ def example_inputs(step: ds.DecodeStep, state: ds.StepState) -> list[torch.Tenso
     """Fresh, distinct tensors shaped like one call's inputs (export de-duplicates aliased inputs)."""
     bsz = state.batch_size
     dev = state.pos.device
-    n_cram = state.kinds.count("A")
+    n_cram = state.n_routed
     head = [torch.zeros(bsz, dtype=torch.int64, device=dev), torch.zeros(bsz, dtype=torch.bool, device=dev),
             torch.zeros((), dtype=torch.bool, device=dev), torch.zeros(n_cram, bsz, device=dev)]  # fmt: skip
     return head + [t.detach().clone() for t in state.flat()]
@@ -152,11 +157,51 @@ def _no_grad(fn) -> Callable:
     return run
 
 
-_COMPILERS = {"aoti": _aoti, "compile": _torch_compile, "uncompiled": _uncompiled}
+class _CudaGraphStep:
+    """The uncompiled step captured in a CUDA graph (untested on hardware: no GPU was lent to the
+    session that wrote it). Captured at the first call on the state tensors it is given, again
+    whenever they change (a new prefill or bucket): a graph holds fixed addresses. Token, route,
+    flag and draws are copied into static inputs; the state is snapshotted around the warm-up run
+    (which executes) and restored. While capturing, ``attention.branch`` takes the ``on`` branch
+    (a host read cannot be captured; ``where`` picks the rows, as on every device)."""
+
+    def __init__(self, step):
+        self.step, self.graph, self.static, self.out = step, None, None, None
+
+    def _capture(self, args) -> None:
+        self.static = [a.clone() for a in args[:4]] + list(args[4:])
+        saved = [t.clone() for t in args[4:]]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad(), torch.cuda.stream(side):
+            self.step(*self.static)  # warm-up (allocator, lazy init); it advances the state: restored below
+        torch.cuda.current_stream().wait_stream(side)
+        for t, s in zip(args[4:], saved):
+            t.copy_(s)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self.out = self.step(*self.static)
+
+    def __call__(self, args):
+        if self.graph is None or any(a is not b for a, b in zip(args[4:], self.static[4:])):
+            self._capture(args)
+        for dst, src in zip(self.static[:4], args[:4]):
+            dst.copy_(src)
+        self.graph.replay()
+        return self.out.clone()
+
+
+def _cuda_graph(step, example, key: str, folder: Path) -> Callable:
+    if not example[0].is_cuda:
+        raise CramError("CUDA graphs need a CUDA device")
+    return _CudaGraphStep(step)
+
+
+_COMPILERS = {"cudagraph": _cuda_graph, "aoti": _aoti, "compile": _torch_compile, "uncompiled": _uncompiled}
 
 
 class FastDecoder:
-    """Prefill (eager) then the compiled sync-free step, for one batch of sequences.
+    """The sync-free prefill, then the compiled sync-free step, for one batch of sequences.
 
     ``backend``: ``auto``, ``aoti``, ``compile`` or ``uncompiled`` (see the module docstring). After
     a failure the next backend serves (one warning line through ``warn``). ``backend_used`` names
@@ -174,6 +219,8 @@ class FastDecoder:
         self.step_fn = ds.DecodeStep(model)
         self.own_reason = ds.own_route_reason(model)
         chain = ["aoti", "compile", "uncompiled"] if backend == "auto" else [backend, "uncompiled"]
+        if backend == "auto" and model.embed.weight.is_cuda:  # CUDA: the step in a CUDA graph first; never on the CPU
+            chain.insert(0, "cudagraph")
         if backend == "auto" and not has_cxx():
             chain.remove("aoti")
         self.chain = list(dict.fromkeys(chain))
@@ -228,23 +275,33 @@ class FastDecoder:
         self._graph(ds.step_state_from(self.model, self.model.init_state(batch, 1), self._bucket(n_positions)))
 
     # -- decoding --------------------------------------------------------------------------
-    def prefill(self, tokens: torch.Tensor, max_len: int, *, route=None, generator=None, reserve: int = 0) -> torch.Tensor:
-        """Run the prompt (B, T) eagerly into a fresh state for up to ``max_len`` positions; returns
-        logits (B, T, V'). The first bucket holds ``reserve`` positions (default: the prompt and
-        one more); a longer run moves to the next bucket when it is full."""
-        state = self.model.init_state(tokens.shape[0], max_len)
-        logits = self.model.prefill(tokens, state, route=route, generator=generator)
+    def prefill(self, tokens: torch.Tensor, max_len: int, *, route=None, generator=None, reserve: int = 0,
+                eager: bool = False) -> torch.Tensor:  # fmt: skip
+        """Run the prompt (B, T) into a fresh state for up to ``max_len`` positions; returns logits
+        (B, T, V'). The sync-free prefill (:func:`cramkit.gpu.model.prefill_step.prefill_into`)
+        by default, ``model.prefill`` with ``eager``. The first bucket holds ``reserve`` positions
+        (default: the prompt and one more); a longer run moves to the next bucket when it is full."""
+        from cramkit.gpu.model.prefill_step import prefill_into
+
+        bsz, t_len = tokens.shape if tokens.dim() == 2 else (0, 0)
+        if t_len > max_len:
+            raise CramError(f"a prompt of {t_len} positions does not fit max_len={max_len}")
         self.max_len = int(max_len)
-        self.state = ds.step_state_from(self.model, state, self._bucket(max(state.pos + 1, reserve)))
-        phase_ready = any(st.memo.get("stride_phase") is not None for st in state.layers if hasattr(st, "memo"))
+        bucket = self._bucket(max(t_len + 1, reserve))
+        if eager:
+            state = self.model.init_state(bsz, max_len)
+            logits = self.model.prefill(tokens, state, route=route, generator=generator)
+            self.state = ds.step_state_from(self.model, state, bucket)
+        else:
+            logits, self.state = prefill_into(self.model, tokens, max(bucket, t_len), route=route, generator=generator)
         name = self.model.router_policy.name
+        phase_ready = route is None  # a prefill by the router's own rule drew the stride phase
         self._draws = name == "random" or (name == "stride" and not phase_ready)
-        bsz, dev = tokens.shape[0], self.state.pos.device
+        dev = self.state.pos.device
         self._bsz = bsz
         self._consts = {"no_route": torch.zeros(bsz, dtype=torch.bool, device=dev), "u": torch.zeros(self.n_cram, bsz, device=dev),
                         "true": torch.tensor(True, device=dev), "false": torch.tensor(False, device=dev)}  # fmt: skip
-        self._args = None
-        self._run = self._graph(self.state)
+        self._args = None  # the step's graph is chosen (compiled or loaded) at the first step
         return logits
 
     @property
@@ -296,9 +353,8 @@ class FastDecoder:
         if name == "random":
             rows = [torch.rand(bsz, generator=generator, device="cpu") for _ in range(self.n_cram)]
             return torch.stack(rows).to(self.state.pos.device)
-        layers = iter(self.model.cram_layers)
-        for kind, layer_st in zip(self.state.kinds, self.state.layers):
-            s = ds.stride_period(next(layers).budget) if kind == "A" else None
+        for blk, layer_st in zip(self.model.blocks, self.state.layers):
+            s = ds.stride_period(blk.mixer.budget) if blk.mixer.routed else None
             if s is not None:
                 layer_st["phase"].copy_(torch.randint(0, s, (bsz,), generator=generator, device="cpu"))
         self._draws = False

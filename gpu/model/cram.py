@@ -27,11 +27,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cramkit.gpu.model.attention import cached_attention
+from cramkit.gpu.model.attention import branch, bucketed, cache_attend, cached_attention
 from cramkit.gpu.model.config import ModelConfig, RouterConfig
 from cramkit.gpu.model.layers import MLP, RMSNorm
-from cramkit.gpu.model.mixer import ForwardContext, LayerTrace, Mixer, MixerOut
-from cramkit.gpu.model.routers import Router, RouteRequest, make_router
+from cramkit.gpu.model.mixer import (
+    ForwardContext,
+    LayerTrace,
+    Mixer,
+    MixerOut,
+    PrefillContext,
+    StepContext,
+)
+from cramkit.gpu.model.routers import Router, RouteRequest, make_router, stride_period
 from cramkit.gpu.model.state import (
     CramState,
     DecodeContext,
@@ -284,6 +291,171 @@ class CramAttention(Mixer):
             q = self.q(h[route]).view(-1, self.h, d // self.h)
             a = cached_attention(q, route.nonzero(), st, pos).reshape(-1, d)
         return _scatter_rows(route, self.o(a), h)
+
+
+    # -- the sync-free step and prefill (gpu/model/mixer.py; docs/inference.md) ---------------
+    has_step = True
+    routed = True
+    step_bucketed = {"k": 2, "v": 2, "log": 1}
+
+    def step_state(self, st: CramState, n: int, bucket: int) -> dict[str, torch.Tensor]:
+        """Keys, values and decisions in ``bucket`` slots, the previous state, the stride phase
+        (from the router's memo; zeros before it is drawn)."""
+        phase = st.memo.get("stride_phase")
+        return {"k": bucketed(st.k, n, bucket, 2), "v": bucketed(st.v, n, bucket, 2), "h_prev": st.h_prev.clone(),
+                "log": bucketed(st.route, n, bucket, 1),
+                "phase": phase.clone() if phase is not None else torch.zeros(st.k.shape[0], dtype=torch.int64, device=st.k.device)}  # fmt: skip
+
+    def fast_step(self, h: torch.Tensor, st: dict[str, torch.Tensor], sctx: StepContext) -> torch.Tensor:
+        bsz, d = h.shape
+        pos = sctx.pos
+        k = (self.k(h) + self.k_prev(st["h_prev"])).view(bsz, self.h, 1, d // self.h)
+        v = self.v(h).view(bsz, self.h, 1, d // self.h)
+        st["k"].index_copy_(2, pos.view(1), k)
+        st["v"].index_copy_(2, pos.view(1), v)
+        st["h_prev"].copy_(h)
+        rule = STEP_RULES.get(self.policy.name, _never)  # forced-only routers: never used unforced
+        r = torch.where(sctx.force, sctx.route, rule(self, h, pos, sctx.uniforms[sctx.draw], st["phase"]))
+        if not self.policy.mixes:
+            st["log"].index_copy_(1, pos.view(1), torch.zeros_like(r)[:, None])
+            return torch.zeros_like(h)
+        st["log"].index_copy_(1, pos.view(1), r[:, None])
+
+        def attend(h, kc, vc, pos):
+            q = self.q(h).view(bsz, self.h, d // self.h)
+            return self.o(cache_attend(q, kc, vc, pos).reshape(bsz, d))
+
+        def zeros(h, *rest):
+            return torch.zeros_like(h)
+
+        a = branch(r.any(), attend, zeros, (h, st["k"], st["v"], pos))
+        m = branch((~r).any(), self.memory, zeros, (h,))
+        return torch.where(r[:, None], a, m)
+
+    def fast_prefill(self, h: torch.Tensor, st: dict[str, torch.Tensor], pctx: PrefillContext) -> torch.Tensor:
+        """The first T positions: keys and values at every row (into the cache), the router's
+        decision (or the forced one), the routed rows gathered into a buffer of ``capacity`` rows
+        (:func:`gather_slots`) for the query projection, attention (:func:`gathered_attention`)
+        and the output projection; the semantic memory at every row (taken at the others)."""
+        bsz, t_len, d = h.shape
+        route = self._prefill_route(h, st, pctx)
+        k, v = self.keys_values(h, st["h_prev"])  # (B, T, H, D)
+        st["k"][:, :, :t_len] = k.transpose(1, 2)
+        st["v"][:, :, :t_len] = v.transpose(1, 2)
+        st["h_prev"].copy_(h[:, -1])
+        st["log"][:, :t_len] = route
+        if not self.policy.mixes:
+            return torch.zeros_like(h)
+        cap = pctx.capacity if pctx.capacity is not None else routed_capacity(route)
+        m = self.memory(h)
+        if cap == 0:
+            return m
+        slot, idx = gather_slots(route, cap)
+        hq = h.gather(1, idx[..., None].expand(bsz, cap, d))  # (B, C, d)
+        q = self.q(hq).view(bsz, cap, self.h, d // self.h).transpose(1, 2)  # (B, H, C, D)
+        c = gathered_attention(q, st["k"][:, :, :t_len], st["v"][:, :, :t_len], idx)  # (B, H, C, D)
+        a = self.o(c.transpose(1, 2).reshape(bsz, cap, d))  # (B, C, d)
+        a = a.gather(1, slot.clamp_max(cap - 1)[..., None].expand(bsz, t_len, d))  # back to (B, T, d)
+        return torch.where(route[..., None], a, m)
+
+    def _prefill_route(self, h: torch.Tensor, st: dict[str, torch.Tensor], pctx: PrefillContext) -> torch.Tensor:
+        """The decisions (B, T) of the first T positions, as the eager prefill makes them (the
+        stride phase it draws goes into the step state)."""
+        bsz, t_len, _ = h.shape
+        if pctx.route is not None:
+            route = pctx.route
+        else:
+            memo: dict = {}
+            req = RouteRequest(bsz, torch.arange(t_len, device=h.device), self.budget, pctx.n_targets,
+                               generator=pctx.generator, memo=memo, whole_sequence=True)  # fmt: skip
+            route, _ = self.decide(h, req)
+            if memo.get("stride_phase") is not None:
+                st["phase"].copy_(memo["stride_phase"])
+        return route if self.policy.mixes else torch.zeros_like(route)
+
+
+def routed_capacity(route: torch.Tensor, least: int = 16) -> int:
+    """The routed-row buffer's length for ``route`` (B, T): 0 when no row is routed, else the
+    power of two >= the most rows routed in one sequence (at least ``least``), at most T. One host
+    read; a caller that knows a bound (a forced route, the budget) passes it as the capacity."""
+    most = int(route.sum(1).max()) if route.numel() else 0
+    if most == 0:
+        return 0
+    return min(route.shape[1], max(least, 1 << (most - 1).bit_length()))
+
+
+def gather_slots(route: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Static-shape gather indices of the routed rows: ``slot`` (B, T) the buffer slot of each
+    routed row (``cap`` at the others) and ``idx`` (B, cap) the position held in each slot, routed
+    positions in order, padding slots at position 0 (computed and never read back)."""
+    bsz, t_len = route.shape
+    slot = torch.where(route, route.long().cumsum(1) - 1, cap)
+    idx = route.new_zeros(bsz, cap + 1, dtype=torch.int64)
+    idx.scatter_(1, slot, torch.arange(t_len, device=route.device).expand(bsz, t_len))
+    return slot, idx[:, :cap]
+
+
+GROUP = 32  # buffer rows per SDPA call of the gathered attention
+
+
+def key_spans(idx: torch.Tensor, group: int = GROUP) -> list[tuple[int, int, int]]:
+    """(first row, end row, keys) per group of ``group`` buffer rows of ``idx`` (B, C): the keys a
+    group needs are those up to its latest position (over the batch). One host read."""
+    cap = idx.shape[1]
+    starts = list(range(0, cap, group))
+    if not starts:
+        return []
+    last = torch.stack([idx[:, a : a + group].amax() for a in starts]) + 1
+    return [(a, min(a + group, cap), int(n)) for a, n in zip(starts, last.tolist())]
+
+
+@torch.library.custom_op("cramkit::gathered_attention", mutates_args=())
+def _gathered_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(q)
+    for a, b, n in key_spans(idx):
+        visible = torch.arange(n, device=k.device) <= idx[:, a:b, None]  # (B, rows, n)
+        out[:, :, a:b] = F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, :n], v[:, :, :n], attn_mask=visible[:, None])
+    return out
+
+
+@_gathered_attention.register_fake
+def _(q, k, v, idx):
+    return torch.empty_like(q)
+
+
+def gathered_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Causal attention of gathered query rows: ``q`` (B, H, C, D) at positions ``idx`` (B, C)
+    against keys and values (B, H, T, D), each query seeing the keys at or before its position.
+    The rows are in position order (padding at the end): groups of :data:`GROUP` rows, each one
+    masked SDPA call over the keys up to the group's latest position (:func:`key_spans`; the
+    masked pairs inside those spans are computed too, and bench/flops.py counts them). An opaque
+    op for ``torch.compile`` (its spans are a host read)."""
+    return _gathered_attention(q, k, v, idx)
+
+
+def _never(layer, h, pos, u, phase):
+    return torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
+
+
+def _stride_rule(layer, h, pos, u, phase):
+    s = stride_period(layer.budget)
+    if s is None:
+        return torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
+    return (pos + phase) % s == 0
+
+
+STEP_RULES = {
+    "cram": lambda layer, h, pos, u, phase: layer.router_logits(h) > 0,
+    "dense": lambda layer, h, pos, u, phase: torch.ones(h.shape[0], dtype=torch.bool, device=h.device),
+    "none": _never,
+    "skip-all": _never,
+    "stride": _stride_rule,
+    "random": lambda layer, h, pos, u, phase: u < float(layer.budget),
+}
+"""The routers that decide token by token in the sync-free step, as tensor code:
+``rule(layer, h (B, d), pos 0-d, uniform (B,), phase (B,)) -> (B,) bool``. ``learned-static``
+(top-k over a whole sequence) and ``oracle-pos`` (reads the query-slot layout) have none: they
+need a forced route."""
 
 
 def _detach(x: torch.Tensor | None) -> torch.Tensor | None:

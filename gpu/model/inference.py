@@ -15,7 +15,7 @@ import torch
 from cramkit.errors import CramError
 from cramkit.gpu.model.state import check_room
 
-GENERATE_BACKENDS = ("auto", "aoti", "compile", "uncompiled", "eager")
+GENERATE_BACKENDS = ("auto", "cudagraph", "aoti", "compile", "uncompiled", "eager")
 
 
 def sample(logits: torch.Tensor, *, temperature: float, top_k: int, generator: torch.Generator | None) -> torch.Tensor:

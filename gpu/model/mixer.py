@@ -3,6 +3,20 @@
 
 A mixer implements ``mix`` over whole sequences (plain mixers: ``forward(h) -> y``, which ``mix``
 wraps), and ``init_state`` / ``decode`` for token-by-token inference (docs/inference.md).
+
+A mixer with a sync-free step (docs/inference.md, "The compiled decode step") also owns it:
+
+- ``step_state(st, n, bucket) -> dict[str, Tensor]``: its preallocated step state (named tensors,
+  their order the step's argument order) continuing the filled decode state ``st`` of ``n``
+  positions, its caches holding ``bucket`` positions;
+- ``step_bucketed``: which of those tensors grow with the bucket, and along which dimension;
+- ``fast_step(h (B, d), st, sctx: StepContext) -> y (B, d)``: one position, no host read, shapes
+  fixed per bucket, ``st`` updated in place;
+- ``fast_prefill(h (B, T, d), st, pctx: PrefillContext) -> y (B, T, d)``: the first ``T``
+  positions of a fresh step state, shapes fixed per (T, routed capacity), ``st`` filled so that
+  ``fast_step`` continues from it.
+
+``has_step`` says whether a mixer has them (:meth:`Mixer.fast_step` raises otherwise).
 """
 
 from __future__ import annotations
@@ -10,6 +24,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -39,6 +54,33 @@ class MixerOut:
     y: torch.Tensor  # (B, T, d) the mixer's output (added to the residual by the block)
     trace: LayerTrace | None = None
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # named auxiliary losses
+
+
+@dataclass
+class StepContext:
+    """What a mixer's ``fast_step`` reads: ``pos`` 0-d int64 (the position being written);
+    ``route`` (B,) bool and ``force`` 0-d bool (True: the CRAM layers take ``route``, else their
+    router's rule); ``uniforms`` (n_cram, B) the ``random`` router's draws, one row per CRAM layer
+    (a routed mixer reads row ``draw``, set by the step before it runs the layer)."""
+
+    pos: torch.Tensor
+    route: torch.Tensor
+    force: torch.Tensor
+    uniforms: torch.Tensor
+    draw: int = 0
+
+
+@dataclass
+class PrefillContext:
+    """What a mixer's ``fast_prefill`` reads: ``route`` (B, T) bool forced decisions or None (the
+    router decides, as the eager prefill does); ``generator`` for drawing routers; ``n_targets``
+    (B,) the budget's denominator; ``capacity`` the routed-row buffer's length (None: a power of
+    two >= the most rows routed in one sequence, one host read per routed layer)."""
+
+    route: torch.Tensor | None
+    generator: torch.Generator | None
+    n_targets: torch.Tensor
+    capacity: int | None = None
 
 
 @dataclass
@@ -85,3 +127,17 @@ class Mixer(nn.Module, abc.ABC):
     @abc.abstractmethod
     def decode(self, h: torch.Tensor, state, dctx: DecodeContext) -> torch.Tensor:
         """The output for the next positions ``h``, continuing (and updating) ``state``."""
+
+    # -- the sync-free step (see the module docstring); mixers without one keep these defaults --
+    has_step: bool = False
+    routed: bool = False  # reads a row of ``StepContext.uniforms`` and logs its decisions ("log")
+    step_bucketed: ClassVar[dict[str, int]] = {}  # step-state tensors that grow with the bucket -> their dimension
+
+    def step_state(self, st, n: int, bucket: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError(f"the {type(self).__name__} mixer has no sync-free step")
+
+    def fast_step(self, h: torch.Tensor, st: dict[str, torch.Tensor], sctx: StepContext) -> torch.Tensor:
+        raise NotImplementedError(f"the {type(self).__name__} mixer has no sync-free step")
+
+    def fast_prefill(self, h: torch.Tensor, st: dict[str, torch.Tensor], pctx: PrefillContext) -> torch.Tensor:
+        raise NotImplementedError(f"the {type(self).__name__} mixer has no sync-free prefill")

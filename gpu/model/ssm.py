@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from cramkit.gpu.model.config import ModelConfig, RouterConfig
 from cramkit.gpu.model.layers import RMSNorm
-from cramkit.gpu.model.mixer import Mixer
+from cramkit.gpu.model.mixer import Mixer, PrefillContext, StepContext
 from cramkit.gpu.model.state import (
     SSMState,
 )
@@ -84,4 +84,47 @@ class SSMMixer(Mixer):
             y = y[:, None]
         else:
             y, st.ssm = ssm_scan(xdt, log_a, b, c, initial_state=st.ssm, chunk_size=self.chunk_size)
+        return self._output(y, x, z, u.dtype)
+
+    # -- the sync-free step (gpu/model/mixer.py) -------------------------------------------------
+    has_step = True
+
+    def step_state(self, st: SSMState, n: int, bucket: int) -> dict[str, torch.Tensor]:
+        return {"ssm": st.ssm.clone(), "conv": st.conv.clone()}
+
+    def _shifted_conv(self, window: torch.Tensor, t_len: int) -> torch.Tensor:
+        """The causal depthwise conv of the last ``t_len`` positions of ``window`` (B, W - 1 + T, C)
+        as a sum of shifted products (``F.conv1d`` is a slow library call on the CPU)."""
+        weight = self.conv.weight[:, 0, :]  # (C, W)
+        width = weight.shape[1]
+        acc = window[:, width - 1 :] * weight[:, width - 1]
+        for j in range(width - 1):
+            acc = acc + window[:, j : j + t_len] * weight[:, j]
+        return acc if self.conv.bias is None else acc + self.conv.bias
+
+    def fast_step(self, u: torch.Tensor, st: dict[str, torch.Tensor], sctx: StepContext) -> torch.Tensor:
+        z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv.in_channels, self.h], dim=-1)
+        conv = st["conv"]  # (B, C, W - 1)
+        window = torch.cat([conv.transpose(1, 2), xbc[:, None]], dim=1)  # (B, W, C)
+        acc = self._shifted_conv(window, 1)[:, 0]
+        if conv.shape[2]:
+            conv.copy_(window[:, 1:].transpose(1, 2))
+        x, xdt, log_a, b, c = self._scan_inputs(F.silu(acc)[:, None], dt[:, None])
+        y, new = ssm_step(st["ssm"], xdt[:, 0], log_a[:, 0], b[:, 0], c[:, 0])
+        st["ssm"].copy_(new)
+        return self._output(y[:, None], x, z[:, None], u.dtype)[:, 0]
+
+    def fast_prefill(self, u: torch.Tensor, st: dict[str, torch.Tensor], pctx: PrefillContext) -> torch.Tensor:
+        t_len = u.shape[1]
+        z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv.in_channels, self.h], dim=-1)
+        conv = st["conv"]
+        window = torch.cat([conv.transpose(1, 2), xbc], dim=1)  # (B, W - 1 + T, C)
+        acc = self._shifted_conv(window, t_len)
+        if conv.shape[2]:
+            conv.copy_(window[:, window.shape[1] - conv.shape[2] :].transpose(1, 2))
+        x, xdt, log_a, b, c = self._scan_inputs(F.silu(acc), dt)
+        # the scan's own chunk choice for this length, not the configured one: the result does not
+        # depend on it beyond rounding (docs/results/model-speed.md, "Prefill through the routed step")
+        y, new = ssm_scan(xdt, log_a, b, c, initial_state=st["ssm"])
+        st["ssm"].copy_(new)
         return self._output(y, x, z, u.dtype)

@@ -19,6 +19,7 @@ from cramkit.gpu.bench.flops import (
     scan_flops,
 )
 from cramkit.gpu.bench.model import ModelBenchConfig, build_models, make_cases
+from cramkit.gpu.model.cram import gather_slots, key_spans, routed_capacity
 
 B, T, H, D = 2, 13, 3, 5
 
@@ -138,7 +139,8 @@ def _kernels(name, model, mode, t_len, route, steps):
     for letter in cfg.pattern:
         if letter == "S":
             total += scan_flops(B, n_steps, cfg.ssm_heads, cfg.d_state, cfg.ssm_head_dim) * (3 if bwd else 1)
-            if mode != "train":  # the inference path convolves with F.conv1d, which no module hook sees
+            if mode == "decode":  # the eager step convolves with F.conv1d, which no module hook sees
+                # (the routed prefill convolves with shifted products: elementwise, never counted)
                 conv_ch = cfg.ssm_heads * cfg.ssm_head_dim + 2 * cfg.ssm_heads * cfg.d_state
                 total += 2.0 * B * conv_ch * cfg.conv_width * n_steps
         elif mode == "decode":
@@ -150,10 +152,13 @@ def _kernels(name, model, mode, t_len, route, steps):
                 mask = route[:, t_len - 1 : t_len - 1 + steps]
             pos = torch.arange(t_len, t_len + steps)  # step i sees t_len + i keys
             total += attention_flops(int((mask * pos).sum()) * cfg.n_heads, hd)
-        elif letter == "G" or name == "cram-rho1":
+        elif letter == "G" or (name == "cram-rho1" and mode == "train"):
             total += attention_flops(causal_pairs(t_len) * cfg.n_heads * B, hd) * (3 if bwd else 1)
-        elif name == "cram":
-            total += attention_flops(routed_pairs(route[:, :t_len]) * cfg.n_heads, hd) * (3 if bwd else 1)
+        elif name == "cram" and mode == "train":
+            total += attention_flops(routed_pairs(route[:, :t_len]) * cfg.n_heads, hd) * 3
+        elif name in ("cram", "cram-rho1"):  # the routed prefill: each group of buffer rows against its key span
+            _, idx = gather_slots(route[:, :t_len], routed_capacity(route[:, :t_len]))
+            total += attention_flops(B * cfg.n_heads * sum((b - a) * n for a, b, n in key_spans(idx)), hd)
     return total
 
 

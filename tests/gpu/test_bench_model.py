@@ -61,7 +61,8 @@ def test_every_case_has_the_schema(tiny_result):
     assert sorted(c["rho"] for c in rows if c["model"] == "cram") == [0.0, 0.25, 1.0]
     for c in rows:
         assert ("uncompiled step" in c["method"]) == (c["model"] != "transformer"), c  # the suite's backend
-        assert ("eager step" in c["method"]) == (c["model"] == "transformer"), c
+        assert ("static-KV step" in c["method"]) == (c["model"] == "transformer"), c  # its own compiled step
+        assert "eager step" not in c["method"], c
         assert c["flops_per_token"] > 0  # counted on the eager path
     # every measured row has its ratio against the plain hybrid, first, and against CRAM rho=1
     ratios = data["ratios"]
