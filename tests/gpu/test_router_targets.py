@@ -158,3 +158,51 @@ def test_resume_with_the_gain_target_is_bit_identical_and_logs_the_probe(tmp_pat
     assert strip(resumed.metrics) == strip(full.metrics)
     logged = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert all(0 < m["train_probe_frac"] < 1 for m in logged if m["step"] > 0)
+
+
+# --- the evaluation's counterfactual gain ----------------------------------------------------------
+
+
+def _text_model():
+    from cramkit.gpu.run.build import model_for_task
+    from cramkit.gpu.tasks.text import TextTask
+
+    corpus = __import__("pathlib").Path(__file__).resolve().parents[2] / "gpu" / "redundancy" / "default_corpus.txt"
+    task = TextTask(corpus, seq_len=24, val_frac=0.05, eval_batches=1, eval_batch_size=3)
+    torch.manual_seed(0)
+    small = ModelConfig(pattern="SA", d_model=32, n_heads=2, ssm_heads=2, ssm_head_dim=16, d_state=8,
+                        memory_hidden=32, router_hidden=16)  # fmt: skip
+    return model_for_task(small, RouterConfig(init_bias=0.0), task).eval(), task
+
+
+@torch.no_grad()
+def test_counterfactual_gain_is_each_positions_own_gain_in_an_sa_model():
+    from cramkit.gpu.tasks.text import _position_loss, counterfactual_gain
+
+    model, task = _text_model()
+    x, y = next(iter(task.eval_windows()))
+    g = counterfactual_gain(model, x, y)
+    assert g.shape == x.shape and float(g.abs().max()) > 1e-3  # attention changes the loss somewhere
+    on = torch.ones_like(x, dtype=torch.bool)
+    for b, t in ((0, 0), (1, 7), (2, 23)):  # switch attention off at (b, t) alone
+        off_t = on.clone()
+        off_t[b, t] = False
+        loss = _position_loss(model(x, y, route=off_t), y)
+        ref = _position_loss(model(x, y, route=on), y)
+        assert float(loss[b, t] - ref[b, t]) == pytest.approx(float(g[b, t]), abs=1e-5)
+        others = torch.ones_like(loss, dtype=torch.bool)
+        others[b, t] = False
+        torch.testing.assert_close(loss[others], ref[others], rtol=0, atol=1e-5)  # nothing else moves
+
+
+def test_gain_metrics_of_a_hand_made_case():
+    from cramkit.gpu.tasks.recall import gain_metrics
+
+    gain = torch.tensor([[1.0, 0.0, 2.0, -1.0]])
+    route = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    hits = torch.tensor([[True, False, True, False]])
+    m = gain_metrics(gain, route, hits, 0.5)
+    assert m["need_share"] == 0.5 and m["gain_precision"] == 0.5 and m["gain_recall"] == 0.5
+    assert m["gain_attended"] == 0.5 and m["gain_skipped"] == 0.5 and m["gain_mean"] == 0.5
+    assert m["need_share_recall"] == 1.0 and m["need_share_other"] == 0.0
+    assert gain_metrics(gain, torch.zeros_like(route), hits, 0.5)["gain_precision"] is None
