@@ -2,9 +2,11 @@
 "Router targets: error, utility, gain"). Not a test.
 
     python docs/results/data/router_targets.py RUNS_DIR > docs/results/data/router-targets.json
+    python docs/results/data/router_targets.py --merge A.json B.json > router-targets.json
+    python docs/results/data/router_targets.py --tables docs/results/data/router-targets.json
 
 RUNS_DIR holds ``srcd-<target>-s<seed>`` (the quick preset) and ``text-<target>-s<seed>`` (BPE on
-the KJV) run folders. For each run, from its last checkpoint:
+the KJV) run folders (or give run folders themselves); ``--merge`` joins the rows of earlier outputs. For each run, from its last checkpoint:
 
 * SRCD: accuracy (all, recurring, episodic), ``rho_q`` / ``rho_all`` (the task's own evaluation,
   512 sequences), and the share of the attention spent where the task needs it: the episodic
@@ -103,15 +105,60 @@ def text_row(run: Path, sequences: int) -> dict:
             "wall_s": log[-1].get("wall_s"), **probe_cost(ck, ck.cfg.train.batch_size)}  # fmt: skip
 
 
+def _f(x, nd=3) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+TRANSITION_STEPS = (200, 300, 400)
+
+
+def _transition(curve: list[dict], n_q_epi: int) -> str:
+    """The covered share of the episodic query slots at :data:`TRANSITION_STEPS` (SRCD)."""
+    at = {c["step"]: c for c in curve}
+    return " / ".join(_f(at[s]["epi_attended"] / n_q_epi) if s in at else "-" for s in TRANSITION_STEPS)
+
+
+def tables(data: dict) -> str:
+    """The tables of docs/results/language.md from an output of this script."""
+    out = ["| target | seed | acc | acc_e | rho_q | rho_all | attention on episodic slots | episodic covered | "
+           "episodic covered at steps 200 / 300 / 400 | probe (positions) | probe FLOPs |", "|---" * 11 + "|"]
+    for r in (r for r in data["rows"] if r["task"] == "srcd"):
+        out.append(f"| {r['target']} | {r['seed']} | {_f(r['acc'])} | {_f(r['acc_e'])} | {_f(r['rho_q'])} | "
+                   f"{_f(r['rho_all'], 4)} | {_f(r['attn_share_needed'])} | {_f(r['needed_covered'])} | "
+                   f"{_transition(r['curve'], r['epi_total'])} | {_f(r['train_probe_frac_last'])} | "
+                   f"+{100 * r['probe_flops_ratio']:.1f} % |")  # fmt: skip
+    out += ["", "| target | seed | bpb | rho_all | rho_recall | rho_other | need_share | gain_precision | "
+                "gain_recall | gain attended / skipped (nats) | probe (positions) | probe FLOPs |", "|---" * 12 + "|"]
+    for r in (r for r in data["rows"] if r["task"] == "text"):
+        out.append(f"| {r['target']} | {r['seed']} | {_f(r['bpb'])} | {_f(r['rho_all'])} | {_f(r['rho_recall'])} | "
+                   f"{_f(r['rho_other'])} | {_f(r['need_share'])} | {_f(r['gain_precision'])} | "
+                   f"{_f(r['gain_recall'])} | {_f(r['gain_attended'])} / {_f(r['gain_skipped'])} | "
+                   f"{_f(r['train_probe_frac_last'])} | +{100 * r['probe_flops_ratio']:.1f} % |")  # fmt: skip
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("runs", type=Path)
+    ap.add_argument("runs", type=Path, nargs="+")
     ap.add_argument("--sequences", type=int, default=64, help="text: validation windows scored")
+    ap.add_argument("--merge", action="store_true", help="the paths are earlier outputs: join their rows")
+    ap.add_argument("--tables", action="store_true", help="the path is an output: print its tables")
     args = ap.parse_args()
+    if args.tables:
+        print(tables(json.loads(args.runs[0].read_text())))
+        return
+    if args.merge:
+        parts = [json.loads(p.read_text()) for p in args.runs]
+        rows = sorted((r for d in parts for r in d["rows"]), key=lambda r: (r["task"], r["seed"], r["target"]))
+        json.dump({"parts": [{k: v for k, v in d.items() if k != "rows"} for d in parts], "rows": rows}, sys.stdout,
+                  indent=1)  # fmt: skip
+        print()
+        return
     torch.set_num_threads(1)
     load0 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     rows = []
-    for run in sorted(p for p in args.runs.iterdir() if (p / "summary.json").exists()):
+    folders = [p for a in args.runs for p in ([a] if (a / "metrics.jsonl").exists() else sorted(a.iterdir()))]
+    for run in (p for p in folders if (p / "summary.json").exists()):
         t0 = time.perf_counter()
         if run.name.startswith("srcd-"):
             rows.append(srcd_row(run))
