@@ -99,7 +99,8 @@ def text_row(run: Path, sequences: int) -> dict:
             "bpb_other", "rho_recall", "rho_other", "attn_share_recall", "need_share", "gain_mean", "gain_precision",
             "gain_recall", "gain_attended", "gain_skipped", "need_share_recall", "need_share_other")  # fmt: skip
     return {"task": "text", "run": run.name, "target": ck.cfg.router.target, "seed": ck.cfg.train.seed,
-            "step": ck.meta.get("step"), "delta": ck.cfg.router.delta, **{k: row.get(k) for k in keep},
+            "step": ck.meta.get("step"), "delta": ck.cfg.router.delta, "aux_grad": ck.cfg.router.aux_grad,
+            "loss_epi_last": log[-1].get("loss_epi"), "loss_sem_last": log[-1].get("loss_sem"), **{k: row.get(k) for k in keep},
             "train_probe_frac_last": probe[-1] if probe else None,
             "curve": [{k: r.get(k) for k in ("step", "bpb", "rho_all", "rho_recall", "rho_other")} for r in log],
             "wall_s": log[-1].get("wall_s"), **probe_cost(ck, ck.cfg.train.batch_size)}  # fmt: skip
@@ -127,12 +128,14 @@ def tables(data: dict) -> str:
                    f"{_f(r['rho_all'], 4)} | {_f(r['attn_share_needed'])} | {_f(r['needed_covered'])} | "
                    f"{_transition(r['curve'], r['epi_total'])} | {_f(r['train_probe_frac_last'])} | "
                    f"+{100 * r['probe_flops_ratio']:.1f} % |")  # fmt: skip
-    out += ["", "| target | seed | bpb | rho_all | rho_recall | rho_other | need_share | gain_precision | "
-                "gain_recall | gain attended / skipped (nats) | probe (positions) | probe FLOPs |", "|---" * 12 + "|"]
+    out += ["", "| target | aux_grad | seed | bpb | rho_all | rho_recall | rho_other | need_share | gain_precision | "
+                "gain_recall | gain attended / skipped (nats) | readout losses a / m (nats) | probe (positions) | probe FLOPs |",
+            "|---" * 14 + "|"]
     for r in (r for r in data["rows"] if r["task"] == "text"):
-        out.append(f"| {r['target']} | {r['seed']} | {_f(r['bpb'])} | {_f(r['rho_all'])} | {_f(r['rho_recall'])} | "
+        out.append(f"| {r['target']} | {r['aux_grad']} | {r['seed']} | {_f(r['bpb'])} | {_f(r['rho_all'])} | {_f(r['rho_recall'])} | "
                    f"{_f(r['rho_other'])} | {_f(r['need_share'])} | {_f(r['gain_precision'])} | "
                    f"{_f(r['gain_recall'])} | {_f(r['gain_attended'])} / {_f(r['gain_skipped'])} | "
+                   f"{_f(r['loss_epi_last'], 2)} / {_f(r['loss_sem_last'], 2)} | "
                    f"{_f(r['train_probe_frac_last'])} | +{100 * r['probe_flops_ratio']:.1f} % |")  # fmt: skip
     return "\n".join(out)
 
