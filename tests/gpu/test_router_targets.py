@@ -158,6 +158,9 @@ def test_resume_with_the_gain_target_is_bit_identical_and_logs_the_probe(tmp_pat
     assert strip(resumed.metrics) == strip(full.metrics)
     logged = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert all(0 < m["train_probe_frac"] < 1 for m in logged if m["step"] > 0)
+    from cramkit import runs
+
+    assert "train_probe_frac" in runs.METRICS_FIELDS  # the schema declares it
 
 
 # --- the evaluation's counterfactual gain ----------------------------------------------------------
