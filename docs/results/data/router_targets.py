@@ -119,14 +119,20 @@ def _transition(curve: list[dict], n_q_epi: int) -> str:
     return " / ".join(_f(at[s]["epi_attended"] / n_q_epi) if s in at else "-" for s in TRANSITION_STEPS)
 
 
+def _first(curve: list[dict], acc: float = 0.99) -> str:
+    """The first evaluated step at which accuracy reaches ``acc`` (SRCD)."""
+    return next((str(c["step"]) for c in curve if c["step"] > 0 and c["acc"] is not None and c["acc"] >= acc), "-")
+
+
 def tables(data: dict) -> str:
     """The tables of docs/results/language.md from an output of this script."""
     out = ["| target | seed | acc | acc_e | rho_q | rho_all | attention on episodic slots | episodic covered | "
-           "episodic covered at steps 200 / 300 / 400 | probe (positions) | probe FLOPs |", "|---" * 11 + "|"]
+           "episodic covered at steps 200 / 300 / 400 | first step at acc 0.99 | probe (positions) | probe FLOPs |",
+           "|---" * 12 + "|"]
     for r in (r for r in data["rows"] if r["task"] == "srcd"):
         out.append(f"| {r['target']} | {r['seed']} | {_f(r['acc'])} | {_f(r['acc_e'])} | {_f(r['rho_q'])} | "
                    f"{_f(r['rho_all'], 4)} | {_f(r['attn_share_needed'])} | {_f(r['needed_covered'])} | "
-                   f"{_transition(r['curve'], r['epi_total'])} | {_f(r['train_probe_frac_last'])} | "
+                   f"{_transition(r['curve'], r['epi_total'])} | {_first(r['curve'])} | {_f(r['train_probe_frac_last'])} | "
                    f"+{100 * r['probe_flops_ratio']:.1f} % |")  # fmt: skip
     out += ["", "| target | aux_grad | seed | bpb | rho_all | rho_recall | rho_other | need_share | gain_precision | "
                 "gain_recall | gain attended / skipped (nats) | readout losses a / m (nats) | probe (positions) | probe FLOPs |",
