@@ -64,6 +64,8 @@ METRICS_FIELDS: dict[str, str] = {
     "heldout_bpb": "text with text.eval_data: bits per byte on the held-out corpus (also heldout_val_loss, "
                    "heldout_rho_all, heldout_bpb_recall, ...)",
     "val_jump": "text and token tasks: val_loss exceeds train.jump_factor times the best earlier val_loss (the jump guard)",
+    "train_probe_frac": "router.target = gain: share of the positions where attention ran for the router's label "
+                        "only (the probe), at the last training step before this evaluation",
 }
 
 

@@ -150,6 +150,9 @@ class _Trainer:
             stats.update({f"loss_{k}": v for k, v in fout.parts.items() if k != "total"})
         if self.by_class:
             stats.update(class_means(self.acc_class, bool(self.model.cram_layers)))
+        probes = [tr.probe for tr in (fout.traces if fout is not None else []) if tr.probe is not None]
+        if probes:  # router.target = "gain": the positions where attention ran for the label only (this step)
+            stats["train_probe_frac"] = sum(float(p.float().mean()) for p in probes) / len(probes)
         return stats
 
     # --- one step -----------------------------------------------------------------------------
