@@ -121,9 +121,29 @@ def scale_table(rows: list[dict]) -> list[str]:
                             f"(mean {statistics.fmean(gaps):+.4f}); seed spread (largest of dense's and SSM-only's "
                             f"range over seeds) {sp:.4f}; target gap > 2 x spread = {2 * sp:.4f}: "
                             f"{'met' if met else 'missed'}")  # fmt: skip
+            allg = [none[k]["final"]["bpb"] - dense[k]["final"]["bpb"] for k in seeds]
+            sp_all = max(spread([dense[k]["final"]["bpb"] for k in seeds]), spread([none[k]["final"]["bpb"] for k in seeds]))
+            verdicts.append(f"- {scale}, all tokens: gap {min(allg):+.4f} to {max(allg):+.4f} bpb; seed spread {sp_all:.4f}; "
+                            f"2 x spread = {2 * sp_all:.4f}")  # fmt: skip
         else:
             verdicts.append(f"- {scale}: one seed, gap on recall tokens {gaps[0]:+.4f} bpb (no spread)")
-    return out + [""] + verdicts
+    return out + [""] + verdicts + ["", "The gap on recall tokens (SSM-only - dense, bpb) at each evaluation from step 100:", ""] \
+        + gap_curves(rows)  # fmt: skip
+
+
+def gap_curves(rows: list[dict]) -> list[str]:
+    out = []
+    for scale in dict.fromkeys(r["scale"] for r in rows):
+        dense, none = by(rows, scale, "dense"), by(rows, scale, "none")
+        for seed in sorted(set(dense) & set(none)):
+            d = {c["step"]: c["bpb_recall"] for c in dense[seed]["curve"]}
+            n = {c["step"]: c["bpb_recall"] for c in none[seed]["curve"]}
+            steps = [k for k in d if k in n and k >= 100]
+            if not out:
+                out += ["| scale | seed | " + " | ".join(f"step {k}" for k in steps) + " |",
+                        "|---|---|" + "---|" * len(steps)]  # fmt: skip
+            out.append(f"| {scale} | {seed} | " + " | ".join(f"{n[k] - d[k]:+.4f}" for k in steps) + " |")
+    return out
 
 
 def study_table(rows: list[dict], scale: str) -> list[str]:
