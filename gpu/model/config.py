@@ -110,9 +110,11 @@ class RouterConfig(Section):
 
     name: str = setting("cram", choices=ROUTERS)
     budget: float = setting(-1.0, hi=1.0)  # attention budget of the static routers; < 0: the task's default
-    target: str = setting("error", choices=("error", "utility"))  # "error": z = 1[l_m > tau]; "utility": z = 1[l_m - l_a > delta]
+    # "error": z = 1[l_m > tau]; "utility": z = 1[l_m - l_a > delta] where attention ran; "gain": the
+    # same at every sampled target row, attention probed where the route skipped it (docs/training.md)
+    target: str = setting("error", choices=("error", "utility", "gain"))
     tau: float = setting(0.05, lo=0.0)  # nats, for target = "error"
-    delta: float = setting(0.05, lo=0.0)  # nats, for target = "utility"
+    delta: float = setting(0.05, lo=0.0)  # nats, for target = "utility" and "gain"
     explore: float = setting(0.05, lo=0.0, hi=1.0)  # fraction of positions that attend in training regardless of the router
     init_bias: float = 4.0  # router logit bias at step 0 (> 0: every position attends)
     static_frac: float = setting(0.3, lo=0.0, hi=1.0, lo_open=True, hi_open=True)  # learned-static: share of steps training the router on another pool

@@ -60,10 +60,24 @@ def consolidation_loss(dist: torch.Tensor, attended: torch.Tensor) -> torch.Tens
 
 
 def router_targets(lm: torch.Tensor, la: torch.Tensor, known: torch.Tensor, rcfg: RouterConfig) -> torch.Tensor:
-    """z at target positions: ``error``: 1[l(m) > tau]; ``utility``: 1[l(m) - l(a) > delta] where a is known."""
+    """z at target positions: ``error``: 1[l(m) > tau]; ``utility`` and ``gain``: 1[l(m) - l(a) > delta]
+    where a is known (``gain``: every sampled row in training, :func:`probe_rows`)."""
     if rcfg.target == "error":
         return lm.detach() > rcfg.tau
     return (lm.detach() - la.detach() > rcfg.delta) & known
+
+
+def label_defined(rcfg: RouterConfig, sel: torch.Tensor, known_sel: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the target positions at which the router's BCE reads z: the sampled ones
+    (``sel``), only where a is known for ``utility``; ``gain`` probes a at every sampled row in
+    training, so there it is every sampled row too (``known_sel``: sel & a known)."""
+    return known_sel if rcfg.target in ("utility", "gain") else sel
+
+
+def probe_rows(tmask: torch.Tensor, sample: torch.Tensor | None, route: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: the sampled target rows the route skips, where the ``gain`` target computes the
+    episodic path for its label only (never for the output or the task loss)."""
+    return _scatter_mask(tmask, sample) & ~route
 
 
 def router_loss(
@@ -141,14 +155,15 @@ class CramAttention(Mixer):
         k = (self.k(h) + self.k_prev(shifted)).view(bsz, t_len, self.h, d // self.h)
         return k, self.v(h).view(bsz, t_len, self.h, d // self.h)
 
-    def attend(self, h: torch.Tensor, route: torch.Tensor, core: bool = False):
+    def attend(self, h: torch.Tensor, route: torch.Tensor, core: bool = False, kv=None):
         """The episodic path a (B, T, d): exact zeros at non-routed rows; the query and output
         projections run on the routed rows only. ``core``: also return the attention result before
-        the output projection (B, T, d), zeros at non-routed rows."""
+        the output projection (B, T, d), zeros at non-routed rows. ``kv``: the keys and values of
+        :meth:`keys_values` when already made (None: made here)."""
         if not bool(route.any()):
             return (torch.zeros_like(h), torch.zeros_like(h)) if core else torch.zeros_like(h)
         bsz, t_len, d = h.shape
-        k, v = self.keys_values(h)
+        k, v = self.keys_values(h) if kv is None else kv
         q = _scatter_rows(route, self.q(h[route]), h).view(bsz, t_len, self.h, d // self.h)
         c = routed_attention(q, k, v, route).reshape(bsz, t_len, d)  # zero at non-routed rows
         a = _scatter_rows(route, self.o(c[route]), h)
@@ -188,10 +203,17 @@ class CramAttention(Mixer):
             mem_rows = ~route
         else:
             mem_rows = ~route | _scatter_mask(tmask, ctx.sample)
-        a, c = self.attend(h, attn_rows, core=True)
+        probe = probe_rows(tmask, ctx.sample, attn_rows) if self._probes(ctx) else None
+        kv = self.keys_values(h) if probe is not None else None
+        a, c = self.attend(h, attn_rows, core=True, kv=kv)
         m = self.memory_rows(h, mem_rows)
         y = torch.where(route[..., None], a, m)
-        trace = LayerTrace(route=route.detach(), router_route=router_route.detach(), logits=_detach(logits))
+        if probe is not None:  # the gain label's a where the route skipped it: never in y, no gradient
+            ap, cp = self._probe(h, probe, kv)
+            a, c = torch.where(probe[..., None], ap, a), torch.where(probe[..., None], cp, c)
+            attn_rows = attn_rows | probe
+        trace = LayerTrace(route=route.detach(), router_route=router_route.detach(), logits=_detach(logits),
+                           probe=probe)  # fmt: skip
         losses = self.losses(h, a, c, m, route, attn_rows, logits, trace, ctx) if (tmask is not None and ctx.aux) else {}
         return MixerOut(y, trace, losses)
 
@@ -240,9 +262,23 @@ class CramAttention(Mixer):
         att_s = att_t[rows_a].float()
         out = {"epi": episodic_loss(la_s, att_s), "sem": semantic_loss(lm_s), "distill": consolidation_loss(dist_s, att_s)}
         if logits is not None:
-            defined_t = rows_a if self.rcfg.target == "utility" else sel
+            defined_t = label_defined(self.rcfg, sel, rows_a)
             out["router"] = router_loss(logits, trace.z, tmask, defined_t)
         return out
+
+    @torch.no_grad()
+    def _probe(self, h, probe, kv):
+        """The episodic path ``a`` and its core ``c`` (B, T, d) at the ``probe`` rows only, from the
+        pass's own keys and values, without a gradient (the label reads them, nothing trains on them)."""
+        k, v = kv
+        return self.attend(h.detach(), probe, core=True, kv=(k.detach(), v.detach()))
+
+    def _probes(self, ctx: ForwardContext) -> bool:
+        """Whether this training pass probes the episodic path for the ``gain`` labels: a learned
+        router (the only ones that read labels), targets, the layer's own losses, training mode
+        (evaluation passes ``oracle`` where it wants a everywhere)."""
+        return (self.rcfg.target == "gain" and self.policy.learned and self.training and ctx.tmask is not None
+                and ctx.aux)  # fmt: skip
 
     # -- inference ----------------------------------------------------------------------------
     def init_state(self, batch, max_len, device, dtype):

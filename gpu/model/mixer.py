@@ -32,6 +32,7 @@ class LayerTrace:
     distill: torch.Tensor | None = None  # (N,) relative distillation error (NaN where a unknown)
     pred_m: torch.Tensor | None = None  # (N,) argmax of the semantic readout
     pred_a: torch.Tensor | None = None  # (N,) argmax of the episodic readout (-1 where unknown)
+    probe: torch.Tensor | None = None  # (B, T) bool: a computed for the gain label only (not in the output)
 
 
 @dataclass

@@ -8,7 +8,11 @@ windows of ``text.seq_len`` tokens (at most ``--sequences`` of them, from the st
 position a target. A row per (checkpoint, corpus): ``val_loss`` (nats per token), ``bpb`` (bits per
 UTF-8 byte, so byte and BPE models compare), attention use (``rho_all``) and the recall-token
 table (``by_recall``; the flat ``bpb_recall``, ``rho_recall``, ... of
-:func:`cramkit.gpu.tasks.recall.recall_metrics`).
+:func:`cramkit.gpu.tasks.recall.recall_metrics`). For a CRAM model also where attention helps:
+the counterfactual gain of attention at every position (the loss with the CRAM layers' attention
+off minus on, :func:`cramkit.gpu.tasks.text.counterfactual_gain`), ``need_share`` (positions where
+it exceeds ``router.delta``), ``gain_precision`` (the share of the attention spent on them) and the
+other fields of :func:`cramkit.gpu.tasks.recall.gain_metrics`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from cramkit.gpu.run.eval_report import checkpoint_table, fmt_cell
 from cramkit.gpu.run.load import LoadedCheckpoint, load_checkpoint
 from cramkit.gpu.run.textrun import run_tokenizer
 from cramkit.gpu.tasks.prepared import prepare
-from cramkit.gpu.tasks.recall import recall_hits, recall_table
+from cramkit.gpu.tasks.recall import gain_metrics, recall_hits, recall_table
 from cramkit.gpu.tasks.text import check_length, eval_positions, load_text, text_metrics
 from cramkit.io import save_figure
 from cramkit.result import render_text
@@ -33,7 +37,7 @@ from cramkit.result import render_text
 #: suffixes that make ``--data`` a token file rather than a text file
 TOKEN_SUFFIXES = (".npz", ".safetensors")
 TEXT_COLUMNS = ("router", "step", "corpus", "val_loss", "bpb", "rho_all", "recall_share", "bpb_recall", "bpb_other",
-                "rho_recall", "rho_other")  # fmt: skip
+                "rho_recall", "rho_other", "need_share", "gain_precision")  # fmt: skip
 WINDOW_BATCH = 32
 
 
@@ -87,10 +91,13 @@ def evaluate_text_checkpoint(path: str | Path, data: str | Path | None = None, *
     for name, file, arr in _corpora(ck, tok, data, errors):
         check_length(len(arr), seq_len, f"{name} corpus {file}")
         count = min(sequences, (len(arr) - 1) // seq_len)
-        ev = eval_positions(ck.model, consecutive_windows(arr, seq_len, count), "cpu")
+        ev = eval_positions(ck.model, consecutive_windows(arr, seq_len, count), "cpu", gain=True)
         m = text_metrics(ev, tok)
         nbytes = torch.from_numpy(tok.token_bytes)[ev["targets"]]
-        table = recall_table(recall_hits(ev["tokens"], ev["targets"]), ev["loss"], nbytes, ev["route"])
+        hits = recall_hits(ev["tokens"], ev["targets"])
+        table = recall_table(hits, ev["loss"], nbytes, ev["route"])
+        if ev["gain"] is not None:
+            m.update(gain_metrics(ev["gain"], ev["route"], hits, ck.cfg.router.delta))
         rows.append({"checkpoint": str(ck.path), "router": ck.cfg.router.name, "step": ck.meta.get("step"),
                      "corpus": name, "data": file, "tokenizer": tok.source, "windows": count,
                      "tokens": int(ev["targets"].numel()), "bytes": int(nbytes.sum()), **m, "by_recall": table})  # fmt: skip

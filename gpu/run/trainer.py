@@ -143,6 +143,9 @@ class _Trainer:
                                  "train_attn_frac": self.acc_frac / self.n_acc if self.n_acc else None}  # fmt: skip
         if fout is not None and (self.model.cram_layers or self.cfg.task == "srcd"):
             stats.update({f"loss_{k}": v for k, v in fout.parts.items() if k != "total"})
+        probes = [tr.probe for tr in (fout.traces if fout is not None else []) if tr.probe is not None]
+        if probes:  # router.target = "gain": the positions where attention ran for the label only (this step)
+            stats["train_probe_frac"] = sum(float(p.float().mean()) for p in probes) / len(probes)
         return stats
 
     # --- one step -----------------------------------------------------------------------------

@@ -100,3 +100,24 @@ def recall_table(hits: torch.Tensor, loss: torch.Tensor, nbytes: torch.Tensor,
                      "bpb": _bpb(loss[sel], nbytes[sel]), "rho": _mean(route[sel]) if route is not None else None,
                      "attn_share": float(route[sel].double().sum()) / routed if routed > 0 else None})  # fmt: skip
     return rows
+
+
+def gain_metrics(gain: torch.Tensor, route: torch.Tensor, hits: torch.Tensor, delta: float) -> dict[str, Any]:
+    """Attention use against where it helps: ``gain`` (nats, per position, e.g.
+    :func:`cramkit.gpu.tasks.text.counterfactual_gain`), ``route`` (routed fraction per position),
+    ``hits`` (recall tokens), tensors of one shape. ``need_share``: the share of positions with
+    gain > ``delta``; ``gain_precision``: the share of the attention spent on them; ``gain_recall``:
+    the routed fraction among them; ``gain_attended`` / ``gain_skipped``: the mean gain weighted by
+    attention and by its absence; ``need_share_recall`` / ``need_share_other``: ``need_share``
+    among recall tokens and among the rest. A class with no position gives None."""
+    need = (gain > delta).double()
+    r, g = route.double(), gain.double()
+    routed, skipped = float(r.sum()), float((1 - r).sum())
+    return {
+        "need_share": _mean(need), "gain_mean": _mean(g),
+        "gain_precision": float((r * need).sum()) / routed if routed > 0 else None,
+        "gain_recall": float((r * need).sum()) / float(need.sum()) if float(need.sum()) > 0 else None,
+        "gain_attended": float((r * g).sum()) / routed if routed > 0 else None,
+        "gain_skipped": float(((1 - r) * g).sum()) / skipped if skipped > 0 else None,
+        "need_share_recall": _mean(need[hits]), "need_share_other": _mean(need[~hits]),
+    }  # fmt: skip

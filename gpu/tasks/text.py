@@ -215,30 +215,48 @@ def _mean_or_none(x: torch.Tensor) -> float | None:
     return float(x.float().mean()) if x.numel() else None
 
 
+def _position_loss(out, y: torch.Tensor) -> torch.Tensor:
+    """(B, T) nats of the model output: logits rows are the target positions in row-major order
+    (every position here)."""
+    return F.cross_entropy(out.logits.float(), y.reshape(-1), reduction="none").view(y.shape).cpu()
+
+
+def counterfactual_gain(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B, T) nats: the model's loss with every CRAM layer's attention switched off minus its loss
+    with attention everywhere (two forced passes). When no sequence mixer follows the last CRAM
+    layer (``SA``: only its MLP and the head) position t's output reads that layer at t alone, so
+    this is exactly the per-position gain of attending at t; otherwise a joint intervention."""
+    on = model(x, y, route=torch.ones_like(x, dtype=torch.bool))
+    off = model(x, y, route=torch.zeros_like(x, dtype=torch.bool))
+    return _position_loss(off, y) - _position_loss(on, y)
+
+
 @torch.no_grad()
-def eval_positions(model, windows, device: Any = "cpu") -> dict[str, torch.Tensor | None]:
+def eval_positions(model, windows, device: Any = "cpu", *, gain: bool = False) -> dict[str, torch.Tensor | None]:
     """Run ``model`` (in eval mode, restored after) over ``windows`` (pairs of (B, T) tokens and
     targets, every position a target) and return per position: ``tokens``, ``targets``, ``loss``
     (nats) and ``route`` (the routed fraction over the CRAM layers, in [0, 1]; None without CRAM
-    layers), each (N, T). Random routers draw from a fixed generator (seed 12345)."""
+    layers), each (N, T). Random routers draw from a fixed generator (seed 12345). ``gain``: also
+    ``gain``, :func:`counterfactual_gain` at every position (None without CRAM layers)."""
     was = model.training
     model.eval()
     router_gen = torch.Generator().manual_seed(12345)
-    toks, tgts, losses, routes = [], [], [], []
+    toks, tgts, losses, routes, gains = [], [], [], [], []
     try:
         for x, y in windows:
             x, y = x.to(device), y.to(device)
             out = model(x, y, generator=router_gen)
-            # logits rows are the target positions in row-major order: every position here
-            losses.append(F.cross_entropy(out.logits.float(), y.reshape(-1), reduction="none").view(y.shape).cpu())
+            losses.append(_position_loss(out, y))
             toks.append(x.cpu())
             tgts.append(y.cpu())
             if out.traces:
                 routes.append((sum(tr.route.float() for tr in out.traces) / len(out.traces)).cpu())
+                if gain:
+                    gains.append(counterfactual_gain(model, x, y))
     finally:
         model.train(was)
     return {"tokens": torch.cat(toks), "targets": torch.cat(tgts), "loss": torch.cat(losses),
-            "route": torch.cat(routes) if routes else None}  # fmt: skip
+            "route": torch.cat(routes) if routes else None, "gain": torch.cat(gains) if gains else None}  # fmt: skip
 
 
 def breakdown(route: torch.Tensor | None, loss: torch.Tensor, groups: torch.Tensor,

@@ -196,3 +196,15 @@ def test_redundancy_reads_a_bpe_run_with_its_tokenizer(bpe_run):
     assert lm.tokenizer == "bpe:320" and lm.encode("The hive") == tok.encode("The hive").tolist()
     with pytest.raises(CramError, match="reads its own tokenizer"):
         load_cram_text(bpe_run / "r", tokenizer="bytes")
+
+
+def test_eval_reports_where_attention_helps(bpe_run):
+    r = CliRunner().invoke(cli, ["eval", str(bpe_run / "r"), "--json", "--sequences", "4"])
+    assert r.exit_code == 0, r.output
+    v = json.loads(r.stdout)["rows"][0]
+    assert 0 <= v["need_share"] <= 1
+    assert v["gain_recall"] is None or 0 <= v["gain_recall"] <= 1
+    if v["rho_all"] > 0:
+        assert 0 <= v["gain_precision"] <= 1
+    shares = (v["need_share_recall"] * v["recall_share"] + v["need_share_other"] * (1 - v["recall_share"]))
+    assert shares == pytest.approx(v["need_share"])
