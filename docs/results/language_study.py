@@ -37,6 +37,9 @@ JSON = Path(__file__).parent / "data" / "language-study.json"
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 FINAL = ("val_loss", "bpb", "recall_share", "bpb_recall", "bpb_other", "val_loss_recall", "val_loss_other",
          "rho_all", "rho_recall", "rho_other", "attn_share_recall")  # fmt: skip
+EVAL = ("windows", "tokens", "bpb", "rho_all", "recall_share", "bpb_recall", "attn_share_recall", "need_share",
+        "need_share_recall", "need_share_other", "gain_mean", "gain_precision", "gain_recall", "gain_attended",
+        "gain_skipped")  # fmt: skip
 CURVE = ("step", "bpb", "bpb_recall", "bpb_other", "rho_all", "rho_recall", "attn_share_recall")
 
 
@@ -65,7 +68,18 @@ def describe(run: Path) -> dict:
     return {"run": run.name, "scale": scale, "label": label, "seed": seed, "settings": settings,
             "final": {k: last.get(k) for k in FINAL}, "step": last["step"], "wall_s": summary["wall_s"],
             "val_jumps": summary.get("val_jumps"),
-            "curve": [{k: e.get(k) for k in CURVE} for e in metrics if "bpb" in e]}  # fmt: skip
+            "curve": [{k: e.get(k) for k in CURVE} for e in metrics if "bpb" in e],
+            "eval": _eval_row(run)}  # fmt: skip
+
+
+def _eval_row(run: Path) -> dict | None:
+    """``cram eval RUN --json`` saved as RUN/eval.json (the whole validation split, with the
+    counterfactual gain of attention per position), when it was made: its first row's scalars."""
+    path = run / "eval.json"
+    if not path.is_file():
+        return None
+    row = json.loads(path.read_text())["rows"][0]
+    return {k: row.get(k) for k in EVAL}
 
 
 def collect(runs: list[str]) -> None:
@@ -184,6 +198,23 @@ def paired_table(rows: list[dict], scale: str, ref: str) -> list[str]:
     return out
 
 
+def gain_table(rows: list[dict]) -> list[str]:
+    out = ["| run | windows | bpb | rho_all | share of attention on recall | need share (gain > delta) "
+           "| need on recall / other | gain precision (attended with gain > delta) | gain recall (needed and attended) "
+           "| precision / need share | mean gain attended / skipped (nats) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        e = r.get("eval")
+        if not e or e.get("need_share") is None:
+            continue
+        lift = e["gain_precision"] / e["need_share"] if e["need_share"] and e["gain_precision"] is not None else None
+        out.append(f"| {r['run']} | {e['windows']} | {e['bpb']:.4f} | {_f(e['rho_all'])} | {_f(e['attn_share_recall'])} "
+                   f"| {_f(e['need_share'])} | {_f(e['need_share_recall'])} / {_f(e['need_share_other'])} "
+                   f"| {_f(e['gain_precision'])} | {_f(e['gain_recall'])} | {_f(lift, '{:.2f}')} "
+                   f"| {_f(e['gain_attended'], '{:.4f}')} / {_f(e['gain_skipped'], '{:.4f}')} |")  # fmt: skip
+    return out if len(out) > 2 else []
+
+
 def runs_table(rows: list[dict]) -> list[str]:
     out = ["| run | router | target / budget | steps | bpb | bpb recall | bpb other | rho_all | attn share recall "
            "| bpb at each evaluation (every 2nd) | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -213,6 +244,9 @@ def tables(data: dict) -> str:
             out += ["", f"### Routers at scale {scale}", ""] + study_table(rows, scale)
             if "cram" in labels:
                 out += ["", f"Paired by seed against CRAM at scale {scale}:", ""] + paired_table(rows, scale, "cram")
+    gains = gain_table(rows)
+    if gains:
+        out += ["", "### Where attention helps (`cram eval RUN --json`, the whole validation split)", ""] + gains
     out += ["", "### Every run", ""] + runs_table(rows)
     return "\n".join(out)
 

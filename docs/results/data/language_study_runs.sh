@@ -18,5 +18,19 @@ done
 # CRAM, error target; tau = 5.6 nats = the 70th percentile of the memory's loss l_m in pA_dense_s0
 # (python docs/results/data/language_study_paths.py RUNS/pA_dense_s0), so z = 1 at ~30 % of positions
 train pA_cram_s0 "${A[@]}" --set router.name=cram --set router.tau=5.6 --set train.seed=0
+train pA_cram_s1 "${A[@]}" --set router.name=cram --set router.tau=5.6 --set train.seed=1
+# static routers at the budget pA_cram_s0 reached (its final rho_all 0.0851)
+train pA_random_s0 "${A[@]}" --set router.name=random --set router.budget=0.0851 --set train.seed=0
+train pA_stride_s0 "${A[@]}" --set router.name=stride --set router.budget=0.0851 --set train.seed=0
+# CRAM with the gain target (branch h-gain, merged): z = 1[l_m - l_a > delta], a probed where skipped
+train pA_cram-gain_s0 "${A[@]}" --set router.name=cram --set router.target=gain --set router.delta=0.05 --set train.seed=0
+train pA_random_s1 "${A[@]}" --set router.name=random --set router.budget=0.0851 --set train.seed=1
+train pA_stride_s1 "${A[@]}" --set router.name=stride --set router.budget=0.0851 --set train.seed=1
+train pA_learned-static_s0 "${A[@]}" --set router.name=learned-static --set router.budget=0.0851 --set train.seed=0
 # sliding-window attention (W layer, 64 tokens) in place of the CRAM layer
 train pA_window_s0 "${A[@]}" --set model.pattern=SW --set model.window=64 --set train.seed=0
+# after training: the counterfactual gain of attention on the whole validation split, per routed run
+for r in pA_dense_s0 pA_cram_s0 pA_cram-gain_s0 pA_random_s0 pA_stride_s0; do
+  cram eval "$RUNS/$r" --json > "$RUNS/$r/eval.json"
+done
+cram fit-gamma "$RUNS/pA_cram_s0" "$RUNS/pA_cram_s1"      # docs/results/data/language-study-fit-gamma.txt
