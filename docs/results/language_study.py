@@ -69,7 +69,17 @@ def describe(run: Path) -> dict:
             "final": {k: last.get(k) for k in FINAL}, "step": last["step"], "wall_s": summary["wall_s"],
             "val_jumps": summary.get("val_jumps"),
             "curve": [{k: e.get(k) for k in CURVE} for e in metrics if "bpb" in e],
-            "eval": _eval_row(run)}  # fmt: skip
+            "eval": _eval_row(run), **_checkpoint_facts(run)}  # fmt: skip
+
+
+def _checkpoint_facts(run: Path) -> dict:
+    """Parameters of the model and tokens of the corpus, from the run's last checkpoint (torch and
+    cramkit are needed for --collect only)."""
+    from cramkit.gpu.run.load import load_checkpoint
+
+    ck = load_checkpoint(run)
+    return {"params": sum(p.numel() for p in ck.model.parameters()), "text_tokens": ck.meta.get("text_tokens"),
+            "vocab": ck.meta.get("vocab_size")}  # fmt: skip
 
 
 def _eval_row(run: Path) -> dict | None:
@@ -120,7 +130,8 @@ def scale_table(rows: list[dict]) -> list[str]:
             continue
         s = dense[seeds[0]]["settings"]
         desc = (f"{s['tokenizer']}, T {s['seq_len']}, d {s['d_model']}, {s['n_heads']} heads, "
-                f"{s['steps']} steps x {s['batch_size']}, lr {s['lr']}")  # fmt: skip
+                f"{s['steps']} steps x {s['batch_size']}, lr {s['lr']}; {dense[seeds[0]].get('params')} parameters, "
+                f"corpus {dense[seeds[0]].get('text_tokens')} tokens")  # fmt: skip
         gaps = []
         for seed in seeds:
             d, n = dense[seed]["final"], none[seed]["final"]
