@@ -161,3 +161,18 @@ def test_text_task_without_data_is_one_line(tmp_path):
         TextTask("")
     with pytest.raises(CramError, match="does not exist"):
         TextTask(tmp_path / "missing.txt")
+
+
+def test_lm_bpe_preset_is_the_subword_study_scale():
+    """The lm-bpe preset is the lm model on BPE subwords with a 512-token context: the setting
+    every run of the subword study (docs/results/language.md) spelled out with --set."""
+    from cramkit.gpu.run.config import load_config
+
+    lm = load_config(preset="lm", overrides=[f'text.data="{CORPUS}"'])
+    cfg = load_config(preset="lm-bpe", overrides=[f'text.data="{CORPUS}"'])
+    assert (cfg.text.tokenizer, cfg.text.seq_len, cfg.text.eval_batches) == ("bpe:2048", 512, 8)
+    assert (cfg.train.batch_size, cfg.train.eval_every, cfg.router.tau) == (8, 100, 5.6)
+    assert cfg.model == lm.model.__class__(**{**lm.model.__dict__, "window": 64})
+    study = {k: v for k, v in cfg.train.__dict__.items() if k not in ("batch_size", "eval_every")}
+    assert study == {k: v for k, v in lm.train.__dict__.items() if k not in ("batch_size", "eval_every")}
+    assert (cfg.router.aux_grad, cfg.router.aux_share) == (lm.router.aux_grad, lm.router.aux_share)

@@ -1,0 +1,36 @@
+#!/bin/bash
+# The runs of docs/results/language.md, "Subword study (issue 18 part 7)", in the order they ran.
+# One training at a time, pinned to one core with one thread; run folders outside the repository.
+# Then: python docs/results/language_study.py --collect RUNS/pA_*   (writes data/language-study.json)
+#       python docs/results/language_study.py                       (prints the tables)
+set -e
+KJV=${KJV:-kjv.txt}              # the bible-kjv text (docs/results/language.md, "Corpus and setup")
+RUNS=${RUNS:-runs}
+train() { name=$1; shift; taskset -c 1 cram train "$@" --set train.threads=1 --out "$RUNS/$name" --overwrite; }
+# scale A: BPE 2048, context 512 tokens, the lm model (d 64, 4 heads, SA), 600 steps of 8 windows
+A=(--preset lm --data "$KJV" --set 'text.tokenizer="bpe:2048"' --set text.seq_len=512 --set train.batch_size=8
+   --set text.eval_batches=8 --set train.eval_every=100)
+# the scale claim: dense hybrid and SSM-only, two seeds
+for s in 0 1; do
+  train pA_dense_s$s "${A[@]}" --set router.name=dense --set train.seed=$s
+  train pA_none_s$s "${A[@]}" --set router.name=none --set train.seed=$s
+done
+# CRAM, error target; tau = 5.6 nats = the 70th percentile of the memory's loss l_m in pA_dense_s0
+# (python docs/results/data/language_study_paths.py RUNS/pA_dense_s0), so z = 1 at ~30 % of positions
+train pA_cram_s0 "${A[@]}" --set router.name=cram --set router.tau=5.6 --set train.seed=0
+train pA_cram_s1 "${A[@]}" --set router.name=cram --set router.tau=5.6 --set train.seed=1
+# static routers at the budget pA_cram_s0 reached (its final rho_all 0.0851)
+train pA_random_s0 "${A[@]}" --set router.name=random --set router.budget=0.0851 --set train.seed=0
+train pA_stride_s0 "${A[@]}" --set router.name=stride --set router.budget=0.0851 --set train.seed=0
+# CRAM with the gain target (branch h-gain, merged): z = 1[l_m - l_a > delta], a probed where skipped
+train pA_cram-gain_s0 "${A[@]}" --set router.name=cram --set router.target=gain --set router.delta=0.05 --set train.seed=0
+train pA_random_s1 "${A[@]}" --set router.name=random --set router.budget=0.0851 --set train.seed=1
+train pA_learned-static_s0 "${A[@]}" --set router.name=learned-static --set router.budget=0.0851 --set train.seed=0
+train pA_stride_s1 "${A[@]}" --set router.name=stride --set router.budget=0.0851 --set train.seed=1
+# not run (no time left): sliding-window attention (W layer, 64 tokens) in place of the CRAM layer
+# train pA_window_s0 "${A[@]}" --set model.pattern=SW --set model.window=64 --set train.seed=0
+# after training: the counterfactual gain of attention on the whole validation split, per routed run
+for r in pA_dense_s0 pA_cram_s0 pA_cram-gain_s0 pA_random_s0 pA_stride_s0 pA_learned-static_s0; do
+  cram eval "$RUNS/$r" --json > "$RUNS/$r/eval.json"
+done
+cram fit-gamma "$RUNS/pA_cram_s0" "$RUNS/pA_cram_s1"      # docs/results/data/language-study-fit-gamma.txt
