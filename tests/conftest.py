@@ -74,3 +74,15 @@ def tiny_text_run(tmp_path_factory):
                                  "--out", str(tmp / "r"), "--quiet", "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
     return tmp
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    tiny matrix products on a loaded 2-core machine are ~100x slower with two."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

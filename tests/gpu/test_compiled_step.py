@@ -23,13 +23,7 @@ from cramkit.gpu.model.network import CramModel
 VOCAB = 48
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: tiny matrix products on a loaded 2-core machine are ~100x slower with two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 T0, STEPS = 12, 64  # prefill 12 positions, then 64 steps: buckets 64 -> 76 (capped at max_len)
 

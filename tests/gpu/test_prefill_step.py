@@ -21,12 +21,7 @@ VOCAB = 48
 T0, STEPS = 40, 30  # a 40-position prompt (window 5, chunk 4), then 30 steps: buckets 64 -> 128
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(pattern: str, router: str, *, max_len: int = 0, budget: float = 0.3) -> CramModel:

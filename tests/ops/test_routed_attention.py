@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from op_testing import TOL, rel_err
+from op_testing import TOL, B, D, H, T, rel_err, routed_inputs, routed_masks
 
 from cramkit.errors import CramError
 from cramkit.gpu.ops.routed_attention import routed_attention
@@ -24,32 +24,8 @@ from cramkit.gpu.ops.routed_attention.cpu import (
 from cramkit.gpu.ops.routed_attention.interface import route_to_mask
 from cramkit.gpu.ops.routed_attention.reference import routed_attention_reference
 
-B, T, H, D = 2, 63, 2, 40
-
-
-def _masks() -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    one = torch.zeros(B, T, dtype=torch.bool)
-    one[1, 37] = True
-    ragged = torch.zeros(B, T, dtype=torch.bool)
-    ragged[0, :45] = True
-    ragged[1, [0, 62]] = True
-    return {
-        "random": torch.rand(B, T, generator=gen) < 0.3,
-        "empty": torch.zeros(B, T, dtype=torch.bool),
-        "full": torch.ones(B, T, dtype=torch.bool),
-        "one": one,
-        "ragged": ragged,
-    }
-
-
-MASKS = _masks()
-
-
-def _inputs(dtype=torch.float32, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    q, k, v, g = (torch.randn(B, T, H, D, generator=gen).to(dtype) for _ in range(4))
-    return q, k, v, g
+MASKS = routed_masks(1)
+_inputs = routed_inputs
 
 
 def _run(fn, q, k, v, g, mask):

@@ -12,38 +12,15 @@ import warnings
 
 import pytest
 import torch
-from op_testing import TOL, rel_err
+from op_testing import TOL, B, D, H, T, rel_err, routed_inputs, routed_masks
 
 from cramkit.errors import CramError
 from cramkit.gpu.ops.routed_attention import interface, routed_attention
 from cramkit.gpu.ops.routed_attention.flex import routed_attention_flex
 from cramkit.gpu.ops.routed_attention.reference import routed_attention_reference
 
-B, T, H, D = 2, 63, 2, 40
-
-
-def _masks() -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(3)
-    one = torch.zeros(B, T, dtype=torch.bool)
-    one[1, 37] = True
-    ragged = torch.zeros(B, T, dtype=torch.bool)
-    ragged[0, :45] = True
-    ragged[1, [0, 62]] = True
-    return {
-        "random": torch.rand(B, T, generator=gen) < 0.3,
-        "empty": torch.zeros(B, T, dtype=torch.bool),
-        "full": torch.ones(B, T, dtype=torch.bool),
-        "one": one,
-        "ragged": ragged,
-    }
-
-
-MASKS = _masks()
-
-
-def _inputs(dtype=torch.float32, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(B, T, H, D, generator=gen).to(dtype) for _ in range(4)]
+MASKS = routed_masks(3)
+_inputs = routed_inputs
 
 
 def _check_forward(fn, mask, dtype):
