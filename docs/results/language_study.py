@@ -157,16 +157,20 @@ def scale_table(rows: list[dict]) -> list[str]:
 
 
 def gap_curves(rows: list[dict]) -> list[str]:
+    """One table per scale (scales differ in their evaluation steps)."""
     out = []
     for scale in dict.fromkeys(r["scale"] for r in rows):
         dense, none = by(rows, scale, "dense"), by(rows, scale, "none")
+        header = False
         for seed in sorted(set(dense) & set(none)):
             d = {c["step"]: c["bpb_recall"] for c in dense[seed]["curve"]}
             n = {c["step"]: c["bpb_recall"] for c in none[seed]["curve"]}
             steps = [k for k in d if k in n and k >= 100]
-            if not out:
-                out += ["| scale | seed | " + " | ".join(f"step {k}" for k in steps) + " |",
-                        "|---|---|" + "---|" * len(steps)]  # fmt: skip
+            if not header:
+                out += ([""] if out else []) + [
+                    "| scale | seed | " + " | ".join(f"step {k}" for k in steps) + " |",
+                    "|---|---|" + "---|" * len(steps)]  # fmt: skip
+                header = True
             out.append(f"| {scale} | {seed} | " + " | ".join(f"{n[k] - d[k]:+.4f}" for k in steps) + " |")
     return out
 

@@ -29,6 +29,12 @@ train pA_learned-static_s0 "${A[@]}" --set router.name=learned-static --set rout
 train pA_stride_s1 "${A[@]}" --set router.name=stride --set router.budget=0.0851 --set train.seed=1
 # not run (no time left): sliding-window attention (W layer, 64 tokens) in place of the CRAM layer
 # train pA_window_s0 "${A[@]}" --set model.pattern=SW --set model.window=64 --set train.seed=0
+# scale pB (run last, by the coordinator, one training per core): twice the schedule, dense and SSM-only
+for s in 0 1; do
+  for r in dense none; do
+    train pB_${r}_s$s --preset lm-bpe --data "$KJV" --set train.steps=1200 --set router.name=$r --set train.seed=$s
+  done
+done
 # after training: the counterfactual gain of attention on the whole validation split, per routed run
 for r in pA_dense_s0 pA_cram_s0 pA_cram-gain_s0 pA_random_s0 pA_stride_s0 pA_learned-static_s0; do
   cram eval "$RUNS/$r" --json > "$RUNS/$r/eval.json"
