@@ -35,6 +35,12 @@ for s in 0 1; do
     train pB_${r}_s$s --preset lm-bpe --data "$KJV" --set train.steps=1200 --set router.name=$r --set train.seed=$s
   done
 done
+# pB routers: CRAM (error, tau 5.6) two seeds, then random and stride at pB_cram_s0's final rho_all
+for s in 0 1; do train pB_cram_s$s --preset lm-bpe --data "$KJV" --set train.steps=1200 --set train.seed=$s; done
+for r in random stride; do
+  train pB_${r}_s0 --preset lm-bpe --data "$KJV" --set train.steps=1200 --set router.name=$r --set router.budget=0.0369 --set train.seed=0
+done
+for r in pB_dense_s0 pB_cram_s0 pB_random_s0 pB_stride_s0; do cram eval "$RUNS/$r" --json > "$RUNS/$r/eval.json"; done
 # after training: the counterfactual gain of attention on the whole validation split, per routed run
 for r in pA_dense_s0 pA_cram_s0 pA_cram-gain_s0 pA_random_s0 pA_stride_s0 pA_learned-static_s0; do
   cram eval "$RUNS/$r" --json > "$RUNS/$r/eval.json"
