@@ -94,25 +94,6 @@ def test_keyblock_cpu_path_keeps_the_dtype(dtype):
     _check(fn, MASKS["ragged"], dtype)
 
 
-@settings(max_examples=15)
-@given(
-    t_len=st.integers(1, 40),
-    frac=st.floats(0.0, 1.0),
-    block=st.integers(1, 50),
-    seed=st.integers(0, 2**16),
-)
-def test_keyblock_path_matches_reference_on_random_routes(t_len, frac, block, seed):
-    gen = torch.Generator().manual_seed(seed)
-    q, k, v, g = (torch.randn(3, t_len, 2, 8, generator=gen, dtype=torch.float64) for _ in range(4))
-    mask = torch.rand(3, t_len, generator=gen) < frac  # rows differ: lanes pad across rows
-    fn = lambda a, b, c, m: routed_attention_keyblock(a, b, c, m, scale=0.5, block=block)  # noqa: E731
-    out, grads = _run(fn, q, k, v, g, mask)
-    ref, ref_grads = _run(lambda a, b, c, m: routed_attention_reference(a, b, c, m, scale=0.5), q, k, v, g, mask)
-    assert rel_err(out, ref) < 1e-10
-    for got, want in zip(grads, ref_grads):
-        assert rel_err(got, want) < 1e-10
-
-
 @pytest.mark.parametrize("case", ["random", "ragged", "one", "empty"])
 def test_keyblock_path_never_reads_uninitialised_memory(monkeypatch, case):
     real = torch.Tensor.new_empty
@@ -141,6 +122,8 @@ def test_blocked_path_recomputes_when_saving_would_be_too_large(monkeypatch):
     _check(fn, MASKS["random"], torch.float32)
 
 
+@pytest.mark.parametrize("path, size", [(routed_attention_keyblock, "block"), (routed_attention_blocked, "width")],
+                         ids=["keyblock", "blocked"])  # fmt: skip
 @settings(max_examples=15)
 @given(
     t_len=st.integers(1, 40),
@@ -148,11 +131,12 @@ def test_blocked_path_recomputes_when_saving_would_be_too_large(monkeypatch):
     width=st.integers(1, 50),
     seed=st.integers(0, 2**16),
 )
-def test_blocked_path_matches_reference_on_random_routes(t_len, frac, width, seed):
+def test_tiled_paths_match_reference_on_random_routes(path, size, t_len, frac, width, seed):
+    """The key-block path and the blocked path, at any tile size (``block`` / ``width``)."""
     gen = torch.Generator().manual_seed(seed)
     q, k, v, g = (torch.randn(3, t_len, 2, 8, generator=gen, dtype=torch.float64) for _ in range(4))
-    mask = torch.rand(3, t_len, generator=gen) < frac  # rows differ: blocks pad across rows
-    out, grads = _run(lambda a, b, c, m: routed_attention_blocked(a, b, c, m, scale=0.5, width=width), q, k, v, g, mask)
+    mask = torch.rand(3, t_len, generator=gen) < frac  # rows differ: tiles pad across rows
+    out, grads = _run(lambda a, b, c, m: path(a, b, c, m, scale=0.5, **{size: width}), q, k, v, g, mask)
     ref, ref_grads = _run(lambda a, b, c, m: routed_attention_reference(a, b, c, m, scale=0.5), q, k, v, g, mask)
     assert rel_err(out, ref) < 1e-10
     for got, want in zip(grads, ref_grads):
