@@ -240,7 +240,7 @@ def _stubs(ledger: Ledger) -> dict[str, tuple[Callable, Callable]]:
     gathered = _find_function("gathered_attention")
     if gathered is not None:
 
-        from cramkit.gpu.model.cram import key_spans
+        from cramkit.gpu.model.gathered import key_spans
 
         def gathered_stub(q, k, v, idx):
             bsz, heads, cap, d = q.shape

@@ -14,8 +14,8 @@ from collections.abc import Callable
 import torch
 
 from cramkit.gpu.model.compiled import BACKEND_ENV, _one_line, _quiet
-from cramkit.gpu.model.cram import routed_capacity
 from cramkit.gpu.model.decode_step import empty_step_state, step_reason
+from cramkit.gpu.model.gathered import routed_capacity
 from cramkit.gpu.model.prefill_step import PrefillStep, prefill_into
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from cramkit.gpu.model.attention import branch, bucketed, cache_attend, cached_attention
 from cramkit.gpu.model.config import ModelConfig, RouterConfig
+from cramkit.gpu.model.gathered import gather_slots, gathered_attention, routed_capacity
 from cramkit.gpu.model.layers import MLP, RMSNorm
 from cramkit.gpu.model.mixer import (
     ForwardContext,
@@ -265,13 +266,27 @@ class CramAttention(Mixer):
         trace.loss_m, trace.loss_a, trace.distill = lm.detach(), la.detach(), dist.detach()
         trace.pred_m = _place(sel, lm_logits.detach().argmax(-1), -1)
         trace.pred_a = _place(rows_a, la_logits.detach().argmax(-1), -1)
-        trace.z = router_targets(lm.nan_to_num(0.0), la.nan_to_num(0.0), rows_a, self.rcfg) & sel
+        gm, ga = self._model_losses(ctx, sel, rows_a, m_s, a, tmask, tgt_s, tgt_a) or (lm, la)
+        trace.z = router_targets(gm.nan_to_num(0.0), ga.nan_to_num(0.0), rows_a, self.rcfg) & sel
         att_s = att_t[rows_a].float()
         out = {"epi": episodic_loss(la_s, att_s), "sem": semantic_loss(lm_s), "distill": consolidation_loss(dist_s, att_s)}
         if logits is not None:
             defined_t = label_defined(self.rcfg, sel, rows_a)
             out["router"] = router_loss(logits, trace.z, tmask, defined_t)
         return out
+
+    @torch.no_grad()
+    def _model_losses(self, ctx: ForwardContext, sel, rows_a, m_s, a, tmask, tgt_s, tgt_a):
+        """``gain``'s losses of the whole model (N,) each, NaN where not computed: the task loss at the
+        sampled rows had this layer output m there, and at the rows where a is known had it output a,
+        through the rest of the network (``ctx.suffix``; the layer in the last block). None when
+        the target is another or the rest of the network is not per position (then ``gain`` compares
+        the layer's readouts, as ``utility`` does)."""
+        if self.rcfg.target != "gain" or ctx.suffix is None:
+            return None
+        lm = F.cross_entropy(ctx.suffix(sel, m_s.detach()), tgt_s, reduction="none")
+        la = F.cross_entropy(ctx.suffix(rows_a, a[tmask][rows_a].detach()), tgt_a, reduction="none")
+        return _place(sel, lm, float("nan")), _place(rows_a, la, float("nan"))
 
     @torch.no_grad()
     def _probe(self, h, probe, kv):
@@ -408,65 +423,6 @@ class CramAttention(Mixer):
             if memo.get("stride_phase") is not None:
                 st["phase"].copy_(memo["stride_phase"])
         return route if self.policy.mixes else torch.zeros_like(route)
-
-
-def routed_capacity(route: torch.Tensor, least: int = 16) -> int:
-    """The routed-row buffer's length for ``route`` (B, T): 0 when no row is routed, else the
-    power of two >= the most rows routed in one sequence (at least ``least``), at most T. One host
-    read; a caller that knows a bound (a forced route, the budget) passes it as the capacity."""
-    most = int(route.sum(1).max()) if route.numel() else 0
-    if most == 0:
-        return 0
-    return min(route.shape[1], max(least, 1 << (most - 1).bit_length()))
-
-
-def gather_slots(route: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Static-shape gather indices of the routed rows: ``slot`` (B, T) the buffer slot of each
-    routed row (``cap`` at the others) and ``idx`` (B, cap) the position held in each slot, routed
-    positions in order, padding slots at position 0 (computed and never read back)."""
-    bsz, t_len = route.shape
-    slot = torch.where(route, route.long().cumsum(1) - 1, cap)
-    idx = route.new_zeros(bsz, cap + 1, dtype=torch.int64)
-    idx.scatter_(1, slot, torch.arange(t_len, device=route.device).expand(bsz, t_len))
-    return slot, idx[:, :cap]
-
-
-GROUP = 32  # buffer rows per SDPA call of the gathered attention
-
-
-def key_spans(idx: torch.Tensor, group: int = GROUP) -> list[tuple[int, int, int]]:
-    """(first row, end row, keys) per group of ``group`` buffer rows of ``idx`` (B, C): the keys a
-    group needs are those up to its latest position (over the batch). One host read."""
-    cap = idx.shape[1]
-    starts = list(range(0, cap, group))
-    if not starts:
-        return []
-    last = torch.stack([idx[:, a : a + group].amax() for a in starts]) + 1
-    return [(a, min(a + group, cap), int(n)) for a, n in zip(starts, last.tolist())]
-
-
-@torch.library.custom_op("cramkit::gathered_attention", mutates_args=())
-def _gathered_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    out = torch.empty_like(q)
-    for a, b, n in key_spans(idx):
-        visible = torch.arange(n, device=k.device) <= idx[:, a:b, None]  # (B, rows, n)
-        out[:, :, a:b] = F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, :n], v[:, :, :n], attn_mask=visible[:, None])
-    return out
-
-
-@_gathered_attention.register_fake
-def _(q, k, v, idx):
-    return torch.empty_like(q)
-
-
-def gathered_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Causal attention of gathered query rows: ``q`` (B, H, C, D) at positions ``idx`` (B, C)
-    against keys and values (B, H, T, D), each query seeing the keys at or before its position.
-    The rows are in position order (padding at the end): groups of :data:`GROUP` rows, each one
-    masked SDPA call over the keys up to the group's latest position (:func:`key_spans`; the
-    masked pairs inside those spans are computed too, and bench/flops.py counts them). An opaque
-    op for ``torch.compile`` (its spans are a host read)."""
-    return _gathered_attention(q, k, v, idx)
 
 
 def _never(layer, h, pos, u, phase):

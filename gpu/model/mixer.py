@@ -106,6 +106,10 @@ class ForwardContext:
     route: torch.Tensor | None = None
     generator: torch.Generator | None = None
     oracle: bool = False
+    # the rest of the network after this block's mixer, where it is per position (the layer is in the
+    # last block): the logits at the target rows ``rows`` (N,) bool if the mixer's output there were
+    # ``y`` (n, d); None elsewhere (router.target = "gain" reads it, docs/training.md)
+    suffix: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     @property
     def has_targets(self) -> bool:

@@ -234,6 +234,7 @@ class CramModel(nn.Module):
         parts: dict[str, float] = {}
         traces: list[LayerTrace] = []
         for blk in self.blocks:
+            ctx.suffix = self._suffix(blk, x, ctx) if (blk is self.blocks[-1] and ctx.has_targets) else None
             x, out = blk(x, ctx)
             if out.trace is not None:
                 traces.append(out.trace)
@@ -249,6 +250,13 @@ class CramModel(nn.Module):
         loss = task + aux
         parts["total"] = float(loss.detach())
         return ForwardOut(loss, parts, logits, ctx.tmask.nonzero(), traces)
+
+    def _suffix(self, blk: Block, x: torch.Tensor, ctx: ForwardContext):
+        """What follows ``blk``'s mixer when ``blk`` is the last block (its MLP, the final norm, the
+        head: per position): the logits at target rows ``rows`` (N,) bool had the mixer output ``y``
+        (n, d) there, on the detached block input ``x`` (ForwardContext.suffix)."""
+        x_t = x.detach()[ctx.tmask]
+        return lambda rows, y: self.readout(blk._mlp(x_t[rows] + y))
 
     def _context(self, tokens, targets, query_mask, explore, generator, oracle, route) -> ForwardContext:
         bsz, t_len = tokens.shape

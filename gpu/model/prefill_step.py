@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 
 from cramkit.errors import CramError
-from cramkit.gpu.model.cram import routed_capacity
 from cramkit.gpu.model.decode_step import StepState, empty_step_state, step_reason
+from cramkit.gpu.model.gathered import routed_capacity
 from cramkit.gpu.model.mixer import PrefillContext
 from cramkit.gpu.model.state import check_route
 

@@ -19,7 +19,7 @@ from cramkit.gpu.bench.flops import (
     scan_flops,
 )
 from cramkit.gpu.bench.model import ModelBenchConfig, build_models, make_cases
-from cramkit.gpu.model.cram import gather_slots, key_spans, routed_capacity
+from cramkit.gpu.model.gathered import gather_slots, key_spans, routed_capacity
 
 B, T, H, D = 2, 13, 3, 5
 

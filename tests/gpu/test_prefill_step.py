@@ -11,7 +11,7 @@ import torch
 from cramkit.errors import CramError
 from cramkit.gpu.model.compiled import FastDecoder
 from cramkit.gpu.model.config import ModelConfig, RouterConfig
-from cramkit.gpu.model.cram import gather_slots, gathered_attention, key_spans, routed_capacity
+from cramkit.gpu.model.gathered import gather_slots, gathered_attention, key_spans, routed_capacity
 from cramkit.gpu.model.decode_step import empty_step_state
 from cramkit.gpu.model.network import CramModel
 from cramkit.gpu.model.prefill_step import PrefillStep, prefill_into

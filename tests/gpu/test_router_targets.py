@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cramkit.errors import CramError
 from cramkit.gpu.model.config import ModelConfig, RouterConfig
@@ -136,7 +137,21 @@ def test_gain_labels_exist_at_non_routed_sampled_rows_and_measure_the_true_atten
     # the probed loss is the episodic path's true loss: the oracle pass (a everywhere) gives the same
     to = _step(util, tb, oracle=True)[0].traces[0]
     torch.testing.assert_close(tg.loss_a[sampled], to.loss_a[sampled], rtol=1e-5, atol=1e-5)
-    assert torch.equal(tg.z[sampled], (to.loss_m - to.loss_a > util.rcfg.delta)[sampled])
+    # the label is the whole model's counterfactual (the CRAM block is the last one, so what follows
+    # its mixer is per position): the task loss with the layer's output m there (attention off
+    # everywhere) minus with a (on everywhere), not the layer's readouts
+    assert gain.blocks[-1].kind == "A"
+    tgt = tb.targets[tmask] - (gain.target_range[0] if gain.target_range is not None else 0)
+    with torch.no_grad():
+        ce = {on: F.cross_entropy(gain(tb.tokens, tb.targets, query_mask=tb.query_mask,
+                                       route=torch.full_like(tmask, on)).logits, tgt, reduction="none")
+              for on in (False, True)}  # fmt: skip
+    g = (ce[False] - ce[True])[sampled]
+    clear = (g - gain.rcfg.delta).abs() > 1e-4  # away from the threshold (float noise)
+    assert int(clear.sum()) > 0.9 * int(sampled.sum())
+    assert torch.equal(tg.z[sampled][clear], (g > gain.rcfg.delta)[clear])
+    readout = (to.loss_m - to.loss_a > util.rcfg.delta)[sampled]
+    assert not torch.equal(tg.z[sampled], readout)  # here the two definitions disagree: the test can tell
 
 
 def test_eval_mode_runs_no_probe():
