@@ -46,3 +46,6 @@ for r in pA_dense_s0 pA_cram_s0 pA_cram-gain_s0 pA_random_s0 pA_stride_s0 pA_lea
   cram eval "$RUNS/$r" --json > "$RUNS/$r/eval.json"
 done
 cram fit-gamma "$RUNS/pA_cram_s0" "$RUNS/pA_cram_s1"      # docs/results/data/language-study-fit-gamma.txt
+# gain on the whole model (after the change of router.target = gain), seed 0 at pA
+train pA_cram-mgain_s0 "${A[@]}" --set router.name=cram --set router.tau=5.6 --set router.target=gain --set router.delta=0.05 --set train.seed=0
+cram eval "$RUNS/pA_cram-mgain_s0" --json > "$RUNS/pA_cram-mgain_s0/eval.json"
