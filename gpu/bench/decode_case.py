@@ -42,10 +42,9 @@ def decode_case(model, tokens, route, t_len, steps, compiled=False) -> tuple[Cal
 
 
 def _fast_step(model) -> bool:
-    from cramkit.gpu.model.decode_step import step_reason
     from cramkit.gpu.model.network import CramModel
 
-    return isinstance(model, CramModel) and step_reason(model) is None
+    return isinstance(model, CramModel)
 
 
 def _compiled(model, tokens, route, t_len, steps) -> tuple[Callable, Callable, str]:

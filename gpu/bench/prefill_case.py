@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from cramkit.gpu.model.compiled import BACKEND_ENV, _one_line, _quiet
-from cramkit.gpu.model.decode_step import empty_step_state, step_reason
+from cramkit.gpu.model.decode_step import empty_step_state
 from cramkit.gpu.model.gathered import routed_capacity
 from cramkit.gpu.model.prefill_step import PrefillStep, prefill_into
 
@@ -22,7 +22,7 @@ from cramkit.gpu.model.prefill_step import PrefillStep, prefill_into
 def has_fast_prefill(model) -> bool:
     from cramkit.gpu.model.network import CramModel
 
-    return isinstance(model, CramModel) and step_reason(model) is None
+    return isinstance(model, CramModel)
 
 
 def _capacity(model, tokens, route) -> int:

@@ -87,7 +87,6 @@ class DenseAttention(Mixer):
         return self.proj(y.reshape(bsz, t_len, d))
 
     # -- the sync-free step (gpu/model/mixer.py): keys and values in a cache of ``bucket`` slots --
-    has_step = True
     step_bucketed = {"k": 2, "v": 2}
 
     def step_state(self, st: KVState, n: int, bucket: int) -> dict[str, torch.Tensor]:

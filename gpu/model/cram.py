@@ -345,7 +345,6 @@ class CramAttention(Mixer):
 
 
     # -- the sync-free step and prefill (gpu/model/mixer.py; docs/inference.md) ---------------
-    has_step = True
     routed = True
     step_bucketed = {"k": 2, "v": 2, "log": 1}
 

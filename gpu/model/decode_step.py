@@ -29,14 +29,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from cramkit.errors import CramError
 from cramkit.gpu.model.cram import STEP_RULES
 from cramkit.gpu.model.mixer import StepContext
 from cramkit.gpu.model.routers import stride_period
 from cramkit.gpu.model.state import InferenceState
 
 __all__ = ["MIN_BUCKET", "STEP_RULES", "DecodeStep", "StepState", "bucket_for", "own_route_reason",
-           "step_reason", "step_state_from", "stride_period"]  # fmt: skip
+           "step_state_from", "stride_period"]  # fmt: skip
 
 MIN_BUCKET = 64
 
@@ -53,14 +52,6 @@ def own_route_reason(model) -> str | None:
     name = model.router_policy.name
     if name not in STEP_RULES:
         return f"the {name} router cannot decide token by token (it needs a forced route)"
-    return None
-
-
-def step_reason(model) -> str | None:
-    """Why ``model`` has no sync-free step (None when it has one)."""
-    for blk in model.blocks:
-        if not blk.mixer.has_step:
-            return f"the {type(blk.mixer).__name__} mixer ({blk.kind}) has no sync-free step"
     return None
 
 
@@ -132,9 +123,6 @@ class DecodeStep(nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        reason = step_reason(model)
-        if reason:
-            raise CramError(reason)
         self.model = model
         # the step-state tensors each block takes (the order of StepState.flat, the same for every bucket)
         probe = empty_step_state(model, 1, MIN_BUCKET)

@@ -39,7 +39,6 @@ class Generation:
     routes: list[torch.Tensor]  # per CRAM layer, (B, n_new) bool: generated positions that attended
     backend: str = "eager"  # what ran the steps: aoti, compile, uncompiled (the sync-free step) or eager
     compile_seconds: float = 0.0  # compiling or loading the step (not in ``seconds``)
-    note: str | None = None  # why the compiled step was not used, when it was asked for
 
 
 def _stderr(line: str) -> None:
@@ -64,11 +63,10 @@ def generate(
 
     ``backend``: ``eager`` runs ``model.step``; the others run the sync-free step
     (:class:`cramkit.gpu.model.compiled.FastDecoder`: ``auto``, ``aoti``, ``compile``,
-    ``uncompiled``), compiled before the clock starts. A model with a mixer that has no sync-free
-    step decodes eagerly, with one line through ``warn`` saying why; a router that cannot decide
-    token by token goes to the eager step, whose error says so."""
+    ``uncompiled``), compiled before the clock starts (``warn``: the compiler's fallback line). A
+    router that cannot decide token by token goes to the eager step, whose error says so."""
     from cramkit.gpu.model.compiled import FastDecoder
-    from cramkit.gpu.model.decode_step import own_route_reason, step_reason
+    from cramkit.gpu.model.decode_step import own_route_reason
 
     if backend not in GENERATE_BACKENDS:
         raise CramError(f"the decode backend must be one of {GENERATE_BACKENDS}, got {backend!r}")
@@ -77,16 +75,10 @@ def generate(
     check_room(_Room(bsz, total), t0 + max_new_tokens, bsz)
     if model.pos is not None and total > model.pos.num_embeddings:
         raise CramError(f"max_len {total} exceeds model.max_len {model.pos.num_embeddings}")
-    note = None
-    if backend != "eager":
-        note = step_reason(model)
-        if note:
-            warn(f"{note}; decoding with the eager step")
-            backend = "eager"
-        elif own_route_reason(model):
-            backend = "eager"  # its router decides over whole sequences: the eager step says so
+    if backend != "eager" and own_route_reason(model):
+        backend = "eager"  # its router decides over whole sequences: the eager step says so
     if backend == "eager":
-        return _generate_eager(model, prompt, max_new_tokens, temperature, top_k, generator, total, note)
+        return _generate_eager(model, prompt, max_new_tokens, temperature, top_k, generator, total)
     dec = FastDecoder(model, backend=backend, folder=cache_folder, warn=warn)
     dec.prepare(bsz, t0 + 1, total)  # compile (or load) before the clock starts
     compiled = dec.compile_seconds
@@ -102,7 +94,7 @@ def generate(
     seconds = time.perf_counter() - start - (dec.compile_seconds - compiled)
     routes = [r[:, t0 - 1 : t0 - 1 + max_new_tokens] for r in dec.routes()]
     toks = torch.stack(out, dim=1) if out else prompt.new_zeros(bsz, 0)
-    return Generation(toks, seconds, prefill_s, routes, dec.backend_used, dec.compile_seconds, None)
+    return Generation(toks, seconds, prefill_s, routes, dec.backend_used, dec.compile_seconds)
 
 
 @dataclass
@@ -112,7 +104,7 @@ class _Room:  # what check_room reads, before any state is allocated
     pos: int = 0
 
 
-def _generate_eager(model, prompt, max_new_tokens, temperature, top_k, generator, total, note) -> Generation:
+def _generate_eager(model, prompt, max_new_tokens, temperature, top_k, generator, total) -> Generation:
     bsz, t0 = prompt.shape
     state = model.init_state(bsz, total)
     start = time.perf_counter()
@@ -128,4 +120,4 @@ def _generate_eager(model, prompt, max_new_tokens, temperature, top_k, generator
     # attention use over the positions that produced a generated token: t0 - 1 .. t0 + n - 2
     routes = [r[:, t0 - 1 : t0 - 1 + max_new_tokens] for r in state.routes()]
     toks = torch.stack(out, dim=1) if out else prompt.new_zeros(bsz, 0)
-    return Generation(toks, seconds, prefill_s, routes, "eager", 0.0, note)
+    return Generation(toks, seconds, prefill_s, routes, "eager", 0.0)

@@ -2,9 +2,8 @@
 (:class:`MixerOut`, with a CRAM layer's :class:`LayerTrace`), and the :class:`Mixer` base class.
 
 A mixer implements ``mix`` over whole sequences (plain mixers: ``forward(h) -> y``, which ``mix``
-wraps), and ``init_state`` / ``decode`` for token-by-token inference (docs/inference.md).
-
-A mixer with a sync-free step (docs/inference.md, "The compiled decode step") also owns it:
+wraps), ``init_state`` / ``decode`` for token-by-token inference (docs/inference.md), and its
+sync-free step (docs/inference.md, "The compiled decode step"):
 
 - ``step_state(st, n, bucket) -> dict[str, Tensor]``: its preallocated step state (named tensors,
   their order the step's argument order) continuing the filled decode state ``st`` of ``n``
@@ -15,8 +14,6 @@ A mixer with a sync-free step (docs/inference.md, "The compiled decode step") al
 - ``fast_prefill(h (B, T, d), st, pctx: PrefillContext) -> y (B, T, d)``: the first ``T``
   positions of a fresh step state, shapes fixed per (T, routed capacity), ``st`` filled so that
   ``fast_step`` continues from it.
-
-``has_step`` says whether a mixer has them (:meth:`Mixer.fast_step` raises otherwise).
 """
 
 from __future__ import annotations
@@ -133,16 +130,18 @@ class Mixer(nn.Module, abc.ABC):
     def decode(self, h: torch.Tensor, state, dctx: DecodeContext) -> torch.Tensor:
         """The output for the next positions ``h``, continuing (and updating) ``state``."""
 
-    # -- the sync-free step (see the module docstring); mixers without one keep these defaults --
-    has_step: bool = False
+    # -- the sync-free step (see the module docstring) -----------------------------------------
     routed: bool = False  # reads a row of ``StepContext.uniforms`` and logs its decisions ("log")
     step_bucketed: ClassVar[dict[str, int]] = {}  # step-state tensors that grow with the bucket -> their dimension
 
+    @abc.abstractmethod
     def step_state(self, st, n: int, bucket: int) -> dict[str, torch.Tensor]:
-        raise NotImplementedError(f"the {type(self).__name__} mixer has no sync-free step")
+        """The preallocated step state continuing the filled decode state ``st`` of ``n`` positions."""
 
+    @abc.abstractmethod
     def fast_step(self, h: torch.Tensor, st: dict[str, torch.Tensor], sctx: StepContext) -> torch.Tensor:
-        raise NotImplementedError(f"the {type(self).__name__} mixer has no sync-free step")
+        """One position (B, d) -> (B, d), no host read, ``st`` updated in place."""
 
+    @abc.abstractmethod
     def fast_prefill(self, h: torch.Tensor, st: dict[str, torch.Tensor], pctx: PrefillContext) -> torch.Tensor:
-        raise NotImplementedError(f"the {type(self).__name__} mixer has no sync-free prefill")
+        """The first ``T`` positions (B, T, d) of a fresh step state, filling ``st``."""

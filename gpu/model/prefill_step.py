@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from cramkit.errors import CramError
-from cramkit.gpu.model.decode_step import StepState, empty_step_state, step_reason
+from cramkit.gpu.model.decode_step import StepState, empty_step_state
 from cramkit.gpu.model.gathered import routed_capacity
 from cramkit.gpu.model.mixer import PrefillContext
 from cramkit.gpu.model.state import check_route
@@ -27,9 +27,6 @@ from cramkit.gpu.model.state import check_route
 
 def check_prompt(model, tokens: torch.Tensor, bucket: int) -> None:
     """A clear error for a prompt the sync-free prefill cannot take."""
-    reason = step_reason(model)
-    if reason:
-        raise CramError(reason)
     if tokens.dim() != 2 or tokens.shape[1] < 1:
         raise CramError(f"prefill takes tokens of shape (B, T) with T >= 1, got {tuple(tokens.shape)}")
     if tokens.shape[1] > bucket:

@@ -87,8 +87,6 @@ class SSMMixer(Mixer):
         return self._output(y, x, z, u.dtype)
 
     # -- the sync-free step (gpu/model/mixer.py) -------------------------------------------------
-    has_step = True
-
     def step_state(self, st: SSMState, n: int, bucket: int) -> dict[str, torch.Tensor]:
         return {"ssm": st.ssm.clone(), "conv": st.conv.clone()}
 
