@@ -72,14 +72,7 @@ def model_tables(data: dict, modes: tuple[str, ...] = ("train", "prefill", "deco
             out.append("")
     targets = data.get("targets") or []
     if targets:
-        out += ["**issue #9 targets, as computed by the benchmark from this run**", "",
-                "| target | ratio | bound | met? |", "|---|---|---|---|"]
-        for t in targets:
-            ratio = "not measured" if t["ratio"] is None else f"{t['ratio']:.2f}×"
-            met = "not measured" if t["met"] is None else ("**met**" if t["met"] else "**missed**")
-            bound = ("≥ " if t["kind"] == "min" else "≤ ") + f"{t['bound']:g}×"
-            out.append(f"| {t['target']} | {ratio} | {bound} | {met} |")
-        out.append("")
+        out += target_rows(targets, "**issue #9 targets, as computed by the benchmark from this run**")
     cross = data.get("crossover") or []
     if cross:
         out += ["**crossover (smallest measured T from which routed cram is the fastest model with attention)**", "",
@@ -236,15 +229,19 @@ def model_tables_flops(data: dict) -> str:
                 "|---|---|---|---|---|---|---|---|", *cross_rows, ""]
     targets = data.get("targets") or []
     if targets and any(t["ratio"] is not None for t in targets):
-        out += ["**issue #9 targets (width 64, vocabulary 256), as computed by the benchmark from this run**", "",
-                "| target | ratio | bound | met? |", "|---|---|---|---|"]
-        for t in targets:
-            ratio = "not measured" if t["ratio"] is None else f"{t['ratio']:.2f}×"
-            met = "not measured" if t["met"] is None else ("**met**" if t["met"] else "**missed**")
-            bound = ("≥ " if t["kind"] == "min" else "≤ ") + f"{t['bound']:g}×"
-            out.append(f"| {t['target']} | {ratio} | {bound} | {met} |")
-        out.append("")
+        out += target_rows(targets, "**issue #9 targets (width 64, vocabulary 256), as computed by the benchmark from this run**")
     return "\n".join(out)
+
+
+def target_rows(targets: list[dict], title: str) -> list[str]:
+    """The benchmark's computed targets as a markdown table under ``title`` (then a blank line)."""
+    out = [title, "", "| target | ratio | bound | met? |", "|---|---|---|---|"]
+    for t in targets:
+        ratio = "not measured" if t["ratio"] is None else f"{t['ratio']:.2f}×"
+        met = "not measured" if t["met"] is None else ("**met**" if t["met"] else "**missed**")
+        bound = ("≥ " if t["kind"] == "min" else "≤ ") + f"{t['bound']:g}×"
+        out.append(f"| {t['target']} | {ratio} | {bound} | {met} |")
+    return out + [""]
 
 
 def kernel_table(data: dict) -> str:
