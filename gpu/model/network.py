@@ -254,9 +254,9 @@ class CramModel(nn.Module):
     def _suffix(self, blk: Block, x: torch.Tensor, ctx: ForwardContext):
         """What follows ``blk``'s mixer when ``blk`` is the last block (its MLP, the final norm, the
         head: per position): the logits at target rows ``rows`` (N,) bool had the mixer output ``y``
-        (n, d) there, on the detached block input ``x`` (ForwardContext.suffix)."""
-        x_t = x.detach()[ctx.tmask]
-        return lambda rows, y: self.readout(blk._mlp(x_t[rows] + y))
+        (n, d) there, on the detached block input ``x`` (ForwardContext.suffix). Nothing is computed
+        unless a layer calls it."""
+        return lambda rows, y: self.readout(blk._mlp(x.detach()[ctx.tmask][rows] + y))
 
     def _context(self, tokens, targets, query_mask, explore, generator, oracle, route) -> ForwardContext:
         bsz, t_len = tokens.shape
