@@ -189,14 +189,25 @@ class CramModel(nn.Module):
         return torch.full((bsz,), t_len if self.n_q is None else self.n_q, dtype=torch.int64, device=device)
 
     def embed_tokens(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """:meth:`embed_positions` after :meth:`check_tokens`."""
+        self.check_tokens(tokens, start)
+        return self.embed_positions(tokens, start)
+
+    def check_tokens(self, tokens: torch.Tensor, start: int = 0) -> None:
+        """A clear error for token ids out of the vocabulary or positions past ``model.max_len``
+        (host reads: kept out of compiled code)."""
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
             raise CramError(f"token ids must lie in [0, {self.vocab_size}), got {int(tokens.min())}..{int(tokens.max())}")
+        end = start + tokens.shape[1]
+        if self.pos is not None and end > self.pos.num_embeddings:
+            raise CramError(f"sequence length {end} exceeds model.max_len {self.pos.num_embeddings}")
+
+    def embed_positions(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Token embeddings (B, T, d) of positions ``start`` on, with the learned position
+        embeddings where the model has them; no check, no host read."""
         x = self.embed(tokens)
         if self.pos is not None:
-            end = start + tokens.shape[1]
-            if end > self.pos.num_embeddings:
-                raise CramError(f"sequence length {end} exceeds model.max_len {self.pos.num_embeddings}")
-            x = x + self.pos(torch.arange(start, end, device=tokens.device))
+            x = x + self.pos(torch.arange(start, start + tokens.shape[1], device=tokens.device))
         return x
 
     # ------------------------------------------------------------------------------------------

@@ -38,9 +38,7 @@ def check_prompt(model, tokens: torch.Tensor, bucket: int) -> None:
 def run_blocks(model, tokens: torch.Tensor, layers: list[dict[str, torch.Tensor]], pctx: PrefillContext) -> torch.Tensor:
     """Logits (B, T, V') of the first T positions, every layer's step state filled (the token
     range is checked by the caller: a host read)."""
-    x = model.embed(tokens)
-    if model.pos is not None:
-        x = x + model.pos(torch.arange(tokens.shape[1], device=tokens.device))
+    x = model.embed_positions(tokens)
     for blk, st in zip(model.blocks, layers):
         x = blk._mlp(x + blk.mixer.fast_prefill(blk.norm1(x), st, pctx))
     return model.readout(x)
@@ -56,8 +54,7 @@ def prefill_into(model, tokens: torch.Tensor, bucket: int, *, route=None, genera
     check_prompt(model, tokens, bucket)
     bsz, t_len = tokens.shape
     route = check_route(route, (bsz, t_len), tokens.device)
-    if int(tokens.min()) < 0 or int(tokens.max()) >= model.vocab_size:
-        raise CramError(f"token ids must lie in [0, {model.vocab_size}), got {int(tokens.min())}..{int(tokens.max())}")
+    model.check_tokens(tokens)
     if capacity is None and route is not None:
         capacity = routed_capacity(route)
     state = empty_step_state(model, bsz, bucket)

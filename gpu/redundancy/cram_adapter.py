@@ -75,10 +75,7 @@ class CramTextAdapter(LMAdapter):
         return h
 
     def embed(self, tokens):
-        x = self.model.embed(tokens)
-        if self.model.pos is not None:
-            x = x + self.model.pos(torch.arange(tokens.shape[1], device=tokens.device))
-        return x
+        return self.model.embed_positions(tokens)
 
     def before_attention(self, layer, h):
         lo = self.att[layer - 1] + 1 if layer > 0 else 0
