@@ -15,6 +15,10 @@ checkpoints. The default mode needs only the standard library: it prints
   Student-t interval), bpb on recall tokens and the rest, attention use overall and on recall
   tokens, and the share of the attended positions that are recall tokens;
 - paired differences (same seed) of every router's bpb against CRAM's, with a 95 % t interval;
+- per router, bpb on a held-out corpus (RUN/eval-web.json: ``cram eval RUN --data FILE --json``);
+- per run, the redundancy headline along its checkpoints (RUN/redundancy.json:
+  ``cram redundancy RUN --json``);
+- where attention helps (RUN/eval.json: ``cram eval RUN --json``);
 - every run with its settings.
 """
 
@@ -41,6 +45,7 @@ EVAL = ("windows", "tokens", "bpb", "rho_all", "recall_share", "bpb_recall", "at
         "need_share_recall", "need_share_other", "gain_mean", "gain_precision", "gain_recall", "gain_attended",
         "gain_skipped")  # fmt: skip
 CURVE = ("step", "bpb", "bpb_recall", "bpb_other", "rho_all", "rho_recall", "attn_share_recall")
+REDUNDANCY = ("step", "headline", "headline_ci", "r2_p1", "mean_ablation_dnll")
 
 
 def parse_name(name: str) -> tuple[str, str, int]:
@@ -69,7 +74,8 @@ def describe(run: Path) -> dict:
             "final": {k: last.get(k) for k in FINAL}, "step": last["step"], "wall_s": summary["wall_s"],
             "val_jumps": summary.get("val_jumps"),
             "curve": [{k: e.get(k) for k in CURVE} for e in metrics if "bpb" in e],
-            "eval": _eval_row(run), **_checkpoint_facts(run)}  # fmt: skip
+            "eval": _eval_row(run / "eval.json"), "eval_web": _eval_row(run / "eval-web.json"),
+            "redundancy": _redundancy(run / "redundancy.json"), **_checkpoint_facts(run)}  # fmt: skip
 
 
 def _checkpoint_facts(run: Path) -> dict:
@@ -82,14 +88,26 @@ def _checkpoint_facts(run: Path) -> dict:
             "vocab": ck.meta.get("vocab_size")}  # fmt: skip
 
 
-def _eval_row(run: Path) -> dict | None:
+def _eval_row(path: Path) -> dict | None:
     """``cram eval RUN --json`` saved as RUN/eval.json (the whole validation split, with the
-    counterfactual gain of attention per position), when it was made: its first row's scalars."""
-    path = run / "eval.json"
+    counterfactual gain of attention per position) or RUN/eval-web.json (``--data`` the held-out
+    corpus), when it was made: its first row's scalars."""
     if not path.is_file():
         return None
     row = json.loads(path.read_text())["rows"][0]
     return {k: row.get(k) for k in EVAL}
+
+
+def _redundancy(path: Path) -> dict | None:
+    """``cram redundancy RUN --json`` saved as RUN/redundancy.json (every checkpoint of the run on
+    the same corpus): the corpus, its TEST tokens, the trend and one row per checkpoint."""
+    if not path.is_file():
+        return None
+    t = json.loads(path.read_text())
+    first = t["checkpoints"][0]
+    return {"corpus": Path(first["data"]["corpus"]).name, "window": first["data"]["window"],
+            "test_tokens": first["data"]["tokens"]["test"], "budget": first["headline"]["budget"],
+            "trend": t["trend"], "rows": [{k: r.get(k) for k in REDUNDANCY} for r in t["trajectory"]]}  # fmt: skip
 
 
 def collect(runs: list[str]) -> None:
@@ -230,6 +248,49 @@ def gain_table(rows: list[dict]) -> list[str]:
     return out if len(out) > 2 else []
 
 
+def heldout_table(rows: list[dict], scale: str) -> list[str]:
+    """Per router, the held-out corpus (``cram eval RUN --data``) beside the validation split."""
+    out = ["| router | seeds | validation bpb | held-out bpb (mean, 95 % CI) | held-out bpb recall | held-out bpb "
+           "other | held-out recall share | rho_all | share of attention on recall tokens |",
+           "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for label in dict.fromkeys(r["label"] for r in rows if r["scale"] == scale):
+        rs = [r for r in by(rows, scale, label).values() if r.get("eval_web")]
+        if not rs:
+            continue
+        ev = [r["eval_web"] for r in rs]
+        mu, ci = mean_ci([e["bpb"] for e in ev])
+
+        def avg(k, ev=ev):
+            vals = [e[k] for e in ev if e.get(k) is not None]
+            return statistics.fmean(vals) if vals else None
+
+        out.append(f"| {label} | {','.join(str(r['seed']) for r in rs)} "
+                   f"| {statistics.fmean(r['final']['bpb'] for r in rs):.4f} | {mu:.4f}{'' if ci is None else f' ± {ci:.4f}'} "
+                   f"| {_f(avg('bpb_recall'), '{:.4f}')} | {_f(avg('bpb_other'), '{:.4f}')} | {_f(avg('recall_share'))} "
+                   f"| {_f(avg('rho_all'))} | {_f(avg('attn_share_recall'))} |")  # fmt: skip
+    return out if len(out) > 2 else []
+
+
+def redundancy_table(rows: list[dict]) -> list[str]:
+    """Per run, the redundancy headline (share of attention outputs replaceable by the ridge
+    prediction within the dNLL budget, 95 % bootstrap CI) and R^2 at each checkpoint."""
+    out = []
+    for r in rows:
+        red = r.get("redundancy")
+        if not red:
+            continue
+        if not out:
+            out = [f"Corpus {red['corpus']} (TEST {red['test_tokens']} tokens, windows of {red['window']}), "
+                   f"budget {red['budget']} nats/token. Each cell: headline fraction [95 % CI] / R^2 of the "
+                   "ridge predictor.", "",
+                   "| run | " + " | ".join(f"step {x['step']}" for x in red["rows"]) + " | trend per checkpoint |",
+                   "|---|" + "---|" * (len(red["rows"]) + 1)]  # fmt: skip
+        cells = [f"{x['headline']:.3f} [{x['headline_ci'][0]:.3f}, {x['headline_ci'][1]:.3f}] / {x['r2_p1']:.2f}"
+                 for x in red["rows"]]  # fmt: skip
+        out.append(f"| {r['run']} | " + " | ".join(cells) + f" | {_f(red['trend'], '{:+.4f}')} |")
+    return out
+
+
 def runs_table(rows: list[dict]) -> list[str]:
     out = ["| run | router | target / budget | steps | bpb | bpb recall | bpb other | rho_all | attn share recall "
            "| bpb at each evaluation (every 2nd) | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -259,6 +320,13 @@ def tables(data: dict) -> str:
             out += ["", f"### Routers at scale {scale}", ""] + study_table(rows, scale)
             if "cram" in labels:
                 out += ["", f"Paired by seed against CRAM at scale {scale}:", ""] + paired_table(rows, scale, "cram")
+    for scale in dict.fromkeys(r["scale"] for r in rows):
+        held = heldout_table(rows, scale)
+        if held:
+            out += ["", f"### Held-out corpus at scale {scale} (`cram eval RUN --data web.txt --json`)", ""] + held
+    red = redundancy_table(rows)
+    if red:
+        out += ["", "### Redundancy along training (`cram redundancy RUN --json`)", ""] + red
     gains = gain_table(rows)
     if gains:
         out += ["", "### Where attention helps (`cram eval RUN --json`, the whole validation split)", ""] + gains

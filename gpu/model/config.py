@@ -117,6 +117,10 @@ class RouterConfig(Section):
     delta: float = setting(0.05, lo=0.0)  # nats, for target = "utility" and "gain"
     explore: float = setting(0.05, lo=0.0, hi=1.0)  # fraction of positions that attend in training regardless of the router
     init_bias: float = 4.0  # router logit bias at step 0 (> 0: every position attends)
+    # the learned router is not trained for its first open_steps training steps (its parameters keep
+    # their initial values: init_bias > 0 attends nearly everywhere), so attention learns to retrieve
+    # before a label judges it; "gain" needs it where attention starts unable to help (docs/training.md)
+    open_steps: int = setting(0, lo=0)
     static_frac: float = setting(0.3, lo=0.0, hi=1.0, lo_open=True, hi_open=True)  # learned-static: share of steps training the router on another pool
     static_scope: str = setting("all", choices=("all", "queries"))  # learned-static top-k over all positions or only query slots
     loss_weight: float = setting(1.0, lo=0.0)

@@ -186,9 +186,10 @@ class _Trainer:
         """One optimizer step; returns the (global) training loss, None for a batch without targets."""
         self.model.train()
         lr = lr_at(self.tcfg, step)
-        frozen = self.static and step >= self.static_steps
+        # learned-static freezes its router after its phase; router.open_steps holds it before training
+        held = (self.static and step >= self.static_steps) or step < self.cfg.router.open_steps
         for g in self.opt.param_groups:
-            g["lr"] = 0.0 if (g["name"] == "router" and frozen) else lr
+            g["lr"] = 0.0 if (g["name"] == "router" and held) else lr
         gen = step_generator(self.tcfg.seed, step, self.rank)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _nullcontext()
         with autocast:

@@ -41,3 +41,26 @@ def test_scale_verdict_is_gap_against_twice_the_seed_spread():
     missed = mod.scale_table([run("dense", 0, 1.00), run("dense", 1, 1.05), run("none", 0, 1.10), run("none", 1, 1.13)])
     assert any("= 0.1000: missed" in line for line in missed)
     assert mod.mean_ci([1.0, 3.0]) == (2.0, 12.706)
+
+
+def test_osis_text_keeps_verses_and_drops_markup():
+    """docs/results/data/osis_text.py (the held-out corpus): verses only, chapter lines, notes and
+    headings dropped, words joined across tags, poetry lines apart, entities unescaped."""
+    import io
+
+    spec = importlib.util.spec_from_file_location("osis_text", RESULTS / "data" / "osis_text.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    imp = "\n".join([
+        "$$$[ Module Heading ]", "<milestone type=\"x-importer\"/>",
+        "$$$Genesis 0:0", "<title>Preface</title> Not a verse.",
+        "$$$Genesis 1:1",
+        "<w lemma=\"a\">In</w> <w>the</w> <w>beginning</w>, <w>God</w><note placement=\"foot\">"
+        "<reference>1:1 </reference>A note.</note><w>created</w> it &amp; <q who=\"x\">“light</q>”.",
+        "$$$Genesis 1:2", "<title type=\"psalm\">A heading</title><l level=\"1\"/>one<l eID=\"x\"/><l/>two<lb/>three",
+        "$$$Genesis 2:1", "<w>Done</w><note>n</note>.",
+    ])  # fmt: skip
+    out = io.StringIO()
+    assert mod.convert(io.StringIO(imp + "\n"), out) == 3
+    assert out.getvalue() == ("Genesis 1\n\n  1 In the beginning, God created it & “light”.\n  2 one two three\n"
+                              "\n\nGenesis 2\n\n  1 Done.\n")  # fmt: skip

@@ -189,6 +189,21 @@ def test_learned_static_router_is_frozen_after_its_phase(tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in moved)
 
 
+def test_router_open_steps_hold_the_router_then_train_it(tmp_path):
+    """router.open_steps = 3: the router's parameters after steps 1, 2 and 3 are its initial ones
+    (held at every update so far), the rest of the model moves; from step 4 it trains."""
+    cfg = tiny("train.steps=5", "train.eval_every=5", "train.ckpt_every=1", "router.target=gain",
+               "router.open_steps=3", "train.keep_checkpoints=true")  # fmt: skip
+    train(cfg, tmp_path / "r")
+    ck = [read_checkpoint(tmp_path / "r" / "checkpoints" / f"step_{k:07d}.safetensors")[0] for k in range(1, 5)]
+    router_keys = [k for k in ck[0] if k.startswith("model/") and ".router." in k]
+    assert router_keys
+    assert all(torch.equal(ck[0][k], ck[i][k]) for k in router_keys for i in (1, 2))
+    assert any(not torch.equal(ck[2][k], ck[3][k]) for k in router_keys)
+    moved = [k for k in ck[0] if k.startswith("model/") and ".memory." in k]
+    assert any(not torch.equal(ck[0][k], ck[1][k]) for k in moved)
+
+
 # --- CLI ---------------------------------------------------------------------------------------
 
 
