@@ -86,7 +86,7 @@ class _Trainer:
         p = state.pending
         self.acc_loss, self.acc_frac, self.n_acc = float(p.get("loss", 0.0)), float(p.get("attn_frac", 0.0)), int(p.get("n", 0))
         # text and token files: loss and attention use on recall hits and the rest, every batch
-        self.by_class = getattr(task, "name", "") in ("text", "tokens")
+        self.by_class = bool(getattr(task, "recall_classes", False))
         self.acc_class = [float(v) for v in p.get("classes", [0.0] * 6)]
         self.static = cfg.router.name == "learned-static"
         self.static_steps = int(round(cfg.router.static_frac * self.tcfg.steps))

@@ -16,7 +16,9 @@ evaluation data. SRCD (:mod:`.srcd`), byte-level text (:mod:`.text`) and token f
 
 Optional (:class:`BaseTask` supplies the defaults): ``router_batch`` (the batch a learned-static
 router trains on during its own phase; default: ``batch``), ``provenance()`` (metadata written
-into checkpoints), ``progress_info(metrics)`` (a short text for the progress bar).
+into checkpoints), ``progress_info(metrics)`` (a short text for the progress bar),
+``recall_classes`` (True: the trainer logs loss and attention use on recall tokens and the rest at
+every batch, ``train_*`` in metrics.jsonl; default False).
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class BaseTask:
     n_targets = 1
     default_budget = 1.0
     device: torch.device | str = "cpu"
+    recall_classes = False  # per training batch: loss and attention on recall tokens and the rest
 
     def router_batch(self, step: int, batch_size: int, *, generator: torch.Generator, rank: int = 0,
                      world_size: int = 1) -> TaskBatch:  # fmt: skip

@@ -79,6 +79,7 @@ def check_length(n_tokens: int, seq_len: int, where: str) -> None:
 
 class TextTask(BaseTask):
     name = "text"
+    recall_classes = True
     vocab_size = VOCAB
     target_range = None
     default_budget = 1.0

@@ -230,6 +230,7 @@ class TokensTask(BaseTask):
     on its validation sequences (at most ``eval_sequences`` of them, the first ones)."""
 
     name = "tokens"
+    recall_classes = True
     target_range = None
     default_budget = 1.0
 

@@ -81,6 +81,25 @@ def test_a_dense_text_model_logs_losses_by_class_but_no_route():
     assert rec["train_loss_recall"] is not None and "train_rho_recall" not in rec
 
 
+def test_the_class_fields_follow_the_tasks_capability_not_its_name():
+    """A task of the user's own (another name) that says ``recall_classes`` gets the fields; a text
+    task that turns it off and SRCD (no such capability) do not."""
+    cfg = tiny("train.steps=1")
+
+    def by_class(task):
+        return _Trainer(cfg, task, RunState(), None, rank=0, world_size=1, device=torch.device("cpu"),
+                        on_eval=None).by_class  # fmt: skip
+
+    task = cfg.build_task()
+    assert by_class(task)
+    task.name = "my-corpus"
+    assert by_class(task)
+    task.recall_classes = False
+    assert not by_class(task)
+    srcd = C.load_config(None, ["model.d_model=32", "model.n_heads=2", "train.threads=1"])
+    assert not by_class(srcd.build_task())
+
+
 def test_class_sums_from_the_batch_mean_equal_the_full_per_position_loss():
     """The trainer scores only the hits' rows and takes the rest from the batch's mean task loss."""
     import torch.nn.functional as F
