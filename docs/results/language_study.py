@@ -231,6 +231,14 @@ def paired_table(rows: list[dict], scale: str, ref: str) -> list[str]:
     return out
 
 
+def _lift(e: dict) -> float | None:
+    """How much likelier an attended position is to need attention than any position (gain
+    precision / need share; 1 = chance); None where the router never attended or nothing needs it."""
+    if not e.get("need_share") or e.get("gain_precision") is None:
+        return None
+    return e["gain_precision"] / e["need_share"]
+
+
 def gain_table(rows: list[dict]) -> list[str]:
     out = ["| run | windows | bpb | rho_all | share of attention on recall | need share (gain > delta) "
            "| need on recall / other | gain precision (attended with gain > delta) | gain recall (needed and attended) "
@@ -240,7 +248,7 @@ def gain_table(rows: list[dict]) -> list[str]:
         e = r.get("eval")
         if not e or e.get("need_share") is None:
             continue
-        lift = e["gain_precision"] / e["need_share"] if e["need_share"] and e["gain_precision"] is not None else None
+        lift = _lift(e)
         out.append(f"| {r['run']} | {e['windows']} | {e['bpb']:.4f} | {_f(e['rho_all'])} | {_f(e['attn_share_recall'])} "
                    f"| {_f(e['need_share'])} | {_f(e['need_share_recall'])} / {_f(e['need_share_other'])} "
                    f"| {_f(e['gain_precision'])} | {_f(e['gain_recall'])} | {_f(lift, '{:.2f}')} "
@@ -251,13 +259,13 @@ def gain_table(rows: list[dict]) -> list[str]:
 def heldout_table(rows: list[dict], scale: str) -> list[str]:
     """Per router, the held-out corpus (``cram eval RUN --data``) beside the validation split."""
     out = ["| router | seeds | validation bpb | held-out bpb (mean, 95 % CI) | held-out bpb recall | held-out bpb "
-           "other | held-out recall share | rho_all | share of attention on recall tokens |",
-           "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+           "other | held-out recall share | rho_all | share of attention on recall tokens | need share (gain > delta) "
+           "| gain precision / need share |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for label in dict.fromkeys(r["label"] for r in rows if r["scale"] == scale):
         rs = [r for r in by(rows, scale, label).values() if r.get("eval_web")]
         if not rs:
             continue
-        ev = [r["eval_web"] for r in rs]
+        ev = [{**r["eval_web"], "lift": _lift(r["eval_web"])} for r in rs]
         mu, ci = mean_ci([e["bpb"] for e in ev])
 
         def avg(k, ev=ev):
@@ -267,7 +275,8 @@ def heldout_table(rows: list[dict], scale: str) -> list[str]:
         out.append(f"| {label} | {','.join(str(r['seed']) for r in rs)} "
                    f"| {statistics.fmean(r['final']['bpb'] for r in rs):.4f} | {mu:.4f}{'' if ci is None else f' ± {ci:.4f}'} "
                    f"| {_f(avg('bpb_recall'), '{:.4f}')} | {_f(avg('bpb_other'), '{:.4f}')} | {_f(avg('recall_share'))} "
-                   f"| {_f(avg('rho_all'))} | {_f(avg('attn_share_recall'))} |")  # fmt: skip
+                   f"| {_f(avg('rho_all'))} | {_f(avg('attn_share_recall'))} | {_f(avg('need_share'))} "
+                   f"| {_f(avg('lift'), '{:.2f}')} |")  # fmt: skip
     return out if len(out) > 2 else []
 
 

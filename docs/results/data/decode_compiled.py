@@ -35,7 +35,9 @@ def render(path: str) -> str:
     cases = [c for c in data["cases"] if c["mode"] == "decode"]
     ts = sorted({c["T"] for c in cases})
     rows = sorted({(c["model"], c["rho"]) for c in cases}, key=lambda k: (k[0] != "cram", k[0], -(k[1] or 0)))
-    out = [f"`{path}`: width {cfg.get('d_model')}, pattern {cfg.get('pattern')}, {cfg.get('decode_steps')} decode steps, "
+    sizes = cfg.get("sizes") or [[cfg.get("d_model"), None]]  # newer bench JSON: (width, vocab) pairs
+    width = ", ".join(str(w) for w, _ in sizes)
+    out = [f"`{path}`: width {width}, pattern {cfg.get('pattern')}, {cfg.get('decode_steps')} decode steps, "
            f"{cfg.get('repeats')} repeats, {'compiled step' if cfg.get('compiled', False) else 'eager step'}, "
            f"date {machine.get('date')}", "",
            "µs per token (median of the repeats):", "",

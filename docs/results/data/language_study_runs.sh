@@ -27,8 +27,7 @@ train pA_cram-gain_s0 "${A[@]}" --set router.name=cram --set router.target=gain 
 train pA_random_s1 "${A[@]}" --set router.name=random --set router.budget=0.0851 --set train.seed=1
 train pA_learned-static_s0 "${A[@]}" --set router.name=learned-static --set router.budget=0.0851 --set train.seed=0
 train pA_stride_s1 "${A[@]}" --set router.name=stride --set router.budget=0.0851 --set train.seed=1
-# not run (no time left): sliding-window attention (W layer, 64 tokens) in place of the CRAM layer
-# train pA_window_s0 "${A[@]}" --set model.pattern=SW --set model.window=64 --set train.seed=0
+# (sliding-window attention was not run at pA; at pB below)
 # scale pB (run last, by the coordinator, one training per core): twice the schedule, dense and SSM-only
 for s in 0 1; do
   for r in dense none; do
@@ -49,3 +48,23 @@ cram fit-gamma "$RUNS/pA_cram_s0" "$RUNS/pA_cram_s1"      # docs/results/data/la
 # gain on the whole model (after the change of router.target = gain), seed 0 at pA
 train pA_cram-mgain_s0 "${A[@]}" --set router.name=cram --set router.tau=5.6 --set router.target=gain --set router.delta=0.05 --set train.seed=0
 cram eval "$RUNS/pA_cram-mgain_s0" --json > "$RUNS/pA_cram-mgain_s0/eval.json"
+# pB, the rest of the grid (2026-12-07 from 16:21 UTC, two trainings at once, one per core; the
+# static routers at 0.0369 = pB_cram_s0's final rho_all, as for seed 0):
+B=(--preset lm-bpe --data "$KJV" --set train.steps=1200)
+train pB_random_s1 "${B[@]}" --set router.name=random --set router.budget=0.0369 --set train.seed=1
+train pB_stride_s1 "${B[@]}" --set router.name=stride --set router.budget=0.0369 --set train.seed=1
+for s in 0 1; do
+  train pB_learned-static_s$s "${B[@]}" --set router.name=learned-static --set router.budget=0.0369 --set train.seed=$s
+  # the gain target on the whole model (the CRAM block is last, so the label is exact)
+  train pB_cram-mgain_s$s "${B[@]}" --set router.name=cram --set router.target=gain --set router.delta=0.05 --set train.seed=$s
+  # sliding-window attention in place of the CRAM layer; window 10 keys = the routed runs' mean keys
+  # per position at rho 0.0369 (0.0369 x 512 / 2 = 9.4), so the attention FLOPs match
+  train pB_window_s$s "${B[@]}" --set model.pattern=SW --set model.window=10 --set router.name=dense --set train.seed=$s
+done
+# every pB run: the validation split and the held-out corpus (the World English Bible, plain text
+# made by docs/results/data/osis_text.py from `mod2imp engWEB2015eb`; its first 256 windows)
+WEB=${WEB:-web.txt}
+for r in "$RUNS"/pB_*; do
+  [ -e "$r/eval.json" ] || cram eval "$r" --json > "$r/eval.json"
+  cram eval "$r" --data "$WEB" --sequences 256 --json > "$r/eval-web.json"
+done
