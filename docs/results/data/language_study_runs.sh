@@ -61,6 +61,13 @@ for s in 0 1; do
   # per position at rho 0.0369 (0.0369 x 512 / 2 = 9.4), so the attention FLOPs match
   train pB_window_s$s "${B[@]}" --set model.pattern=SW --set model.window=10 --set router.name=dense --set train.seed=$s
 done
+# the static routers again at the gain runs' attention use (mean final rho_all of pB_cram-mgain_s0/s1,
+# 0.1583 and 0.1270 -> 0.1426), so the gain target is compared at matched attention use too
+for s in 0 1; do
+  for r in random stride; do
+    train pB_${r}-mg_s$s "${B[@]}" --set router.name=$r --set router.budget=0.1426 --set train.seed=$s
+  done
+done
 # every pB run: the validation split and the held-out corpus (the World English Bible, plain text
 # made by docs/results/data/osis_text.py from `mod2imp engWEB2015eb`; its first 256 windows)
 WEB=${WEB:-web.txt}
