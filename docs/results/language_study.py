@@ -41,7 +41,7 @@ JSON = Path(__file__).parent / "data" / "language-study.json"
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 FINAL = ("val_loss", "bpb", "recall_share", "bpb_recall", "bpb_other", "val_loss_recall", "val_loss_other",
          "rho_all", "rho_recall", "rho_other", "attn_share_recall")  # fmt: skip
-EVAL = ("windows", "tokens", "bpb", "rho_all", "recall_share", "bpb_recall", "attn_share_recall", "need_share",
+EVAL = ("windows", "tokens", "bpb", "rho_all", "recall_share", "bpb_recall", "bpb_other", "attn_share_recall", "need_share",
         "need_share_recall", "need_share_other", "gain_mean", "gain_precision", "gain_recall", "gain_attended",
         "gain_skipped")  # fmt: skip
 CURVE = ("step", "bpb", "bpb_recall", "bpb_other", "rho_all", "rho_recall", "attn_share_recall")
@@ -274,14 +274,19 @@ def gain_table(rows: list[dict]) -> list[str]:
 def heldout_table(rows: list[dict], scale: str) -> list[str]:
     """Per router, the held-out corpus (``cram eval RUN --data``) beside the validation split."""
     out = ["| router | seeds | validation bpb | held-out bpb (mean, 95 % CI) | held-out bpb recall | held-out bpb "
-           "other | held-out recall share | rho_all | share of attention on recall tokens | need share (gain > delta) "
-           "| gain precision / need share |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+           "other | held-out bpb - SSM-only's (paired by seed, 95 % CI) | held-out recall share | rho_all "
+           "| share of attention on recall tokens | need share (gain > delta) | gain precision / need share |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    none = {seed: r["eval_web"]["bpb"] for seed, r in by(rows, scale, "none").items() if r.get("eval_web")}
     for label in dict.fromkeys(r["label"] for r in rows if r["scale"] == scale):
         rs = [r for r in by(rows, scale, label).values() if r.get("eval_web")]
         if not rs:
             continue
         ev = [{**r["eval_web"], "lift": _lift(r["eval_web"])} for r in rs]
         mu, ci = mean_ci([e["bpb"] for e in ev])
+        diffs = [r["eval_web"]["bpb"] - none[r["seed"]] for r in rs if r["seed"] in none]
+        dmu, dci = mean_ci(diffs) if diffs and label != "none" else (None, None)
+        paired = "-" if dmu is None else f"{dmu:+.4f}" + ("" if dci is None else f" ± {dci:.4f}")
 
         def avg(k, ev=ev):
             vals = [e[k] for e in ev if e.get(k) is not None]
@@ -289,7 +294,7 @@ def heldout_table(rows: list[dict], scale: str) -> list[str]:
 
         out.append(f"| {label} | {','.join(str(r['seed']) for r in rs)} "
                    f"| {statistics.fmean(r['final']['bpb'] for r in rs):.4f} | {mu:.4f}{'' if ci is None else f' ± {ci:.4f}'} "
-                   f"| {_f(avg('bpb_recall'), '{:.4f}')} | {_f(avg('bpb_other'), '{:.4f}')} | {_f(avg('recall_share'))} "
+                   f"| {_f(avg('bpb_recall'), '{:.4f}')} | {_f(avg('bpb_other'), '{:.4f}')} | {paired} | {_f(avg('recall_share'))} "
                    f"| {_f(avg('rho_all'))} | {_f(avg('attn_share_recall'))} | {_f(avg('need_share'))} "
                    f"| {_f(avg('lift'), '{:.2f}')} |")  # fmt: skip
     return out if len(out) > 2 else []
