@@ -275,6 +275,7 @@ RECORD_DEFAULTS: dict[tuple[str, str], Any] = {
     ("router", "aux_grad"): "shared",
     ("router", "aux_share"): 1.0,
     ("train", "clip_apart"): False,
+    ("router", "open_steps"): 0,  # the router trained from step 0
 }
 
 

@@ -68,6 +68,14 @@ for s in 0 1; do
     train pB_${r}-mg_s$s "${B[@]}" --set router.name=$r --set router.budget=0.1426 --set train.seed=$s
   done
 done
+# a third seed (2026-12-07 from 17:30 UTC, two trainings at once) for the routers of the key comparisons
+for r in "cram-mgain|--set router.target=gain --set router.delta=0.05" "cram|" "random|--set router.name=random --set router.budget=0.0369" \
+         "none|--set router.name=none" "random-mg|--set router.name=random --set router.budget=0.1426" \
+         "stride-mg|--set router.name=stride --set router.budget=0.1426" "stride|--set router.name=stride --set router.budget=0.0369" \
+         "dense|--set router.name=dense"; do
+  # shellcheck disable=SC2086
+  train pB_${r%%|*}_s2 "${B[@]}" ${r#*|} --set train.seed=2
+done
 # every pB run: the validation split and the held-out corpus (the World English Bible, plain text
 # made by docs/results/data/osis_text.py from `mod2imp engWEB2015eb`; its first 256 windows)
 WEB=${WEB:-web.txt}
