@@ -84,8 +84,8 @@ for r in "$RUNS"/pB_*; do
   cram eval "$r" --data "$WEB" --sequences 256 --json > "$r/eval-web.json"
 done
 # the consolidation curve of the pB CRAM runs, pooled over seeds
-cram fit-gamma "$RUNS/pB_cram_s0" "$RUNS/pB_cram_s1"               # data/language-study-fit-gamma-pB.txt
-cram fit-gamma "$RUNS/pB_cram-mgain_s0" "$RUNS/pB_cram-mgain_s1"   # data/language-study-fit-gamma-pB-gain.txt
+cram fit-gamma "$RUNS"/pB_cram_s[012] --plot docs/results/language_pB_utilization.png  # data/language-study-fit-gamma-pB.txt
+cram fit-gamma "$RUNS"/pB_cram-mgain_s[012]                        # data/language-study-fit-gamma-pB-gain.txt
 # redundancy of the attention output along training (every checkpoint, 200 steps apart), on the held-out
 # corpus in windows of the training context
 for r in pB_dense_s0 pB_cram_s0 pB_dense_s1 pB_cram_s1; do
