@@ -220,11 +220,11 @@ MATCHED_SUFFIX = "-mg"
 
 
 def _pairs_with(label: str, ref: str) -> bool:
-    """Whether ``label``'s runs are compared with ``ref``'s: the unrouted ends and the CRAM runs
-    with both references, a static router with the CRAM run whose attention use it matches."""
+    """Whether ``label``'s runs are compared with ``ref``'s: against a CRAM run, the unrouted ends,
+    the other CRAM runs and the static routers at its attention use; against anything else, all."""
     if label == ref:
         return False
-    if label in ("dense", "none", "cram", "cram-mgain"):
+    if ref not in ("cram", "cram-mgain") or label in ("dense", "none", "cram", "cram-mgain"):
         return True
     return label.endswith(MATCHED_SUFFIX) == (ref == "cram-mgain")
 
@@ -349,6 +349,8 @@ def tables(data: dict) -> str:
             out += ["", f"### Routers at scale {scale}", ""] + study_table(rows, scale)
             if "cram" in labels:
                 out += ["", f"Paired by seed against CRAM at scale {scale}:", ""] + paired_table(rows, scale, "cram")
+            if "none" in labels:
+                out += ["", f"Paired by seed against SSM-only at scale {scale}:", ""] + paired_table(rows, scale, "none")
             if "cram-mgain" in labels and any(x.endswith(MATCHED_SUFFIX) for x in labels):
                 out += ["", f"Paired by seed against CRAM with the gain target at scale {scale} (static routers at "
                         "its attention use):", ""] + paired_table(rows, scale, "cram-mgain")  # fmt: skip

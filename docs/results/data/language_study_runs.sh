@@ -72,7 +72,8 @@ done
 for r in "cram-mgain|--set router.target=gain --set router.delta=0.05" "cram|" "random|--set router.name=random --set router.budget=0.0369" \
          "none|--set router.name=none" "random-mg|--set router.name=random --set router.budget=0.1426" \
          "stride-mg|--set router.name=stride --set router.budget=0.1426" "stride|--set router.name=stride --set router.budget=0.0369" \
-         "dense|--set router.name=dense"; do
+         "dense|--set router.name=dense" "learned-static|--set router.name=learned-static --set router.budget=0.0369" \
+         "window|--set model.pattern=SW --set model.window=10 --set router.name=dense"; do
   # shellcheck disable=SC2086
   train pB_${r%%|*}_s2 "${B[@]}" ${r#*|} --set train.seed=2
 done
