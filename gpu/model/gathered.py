@@ -9,15 +9,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cramkit.gpu.ops.routed_attention.cpu import routed_rows_bucket
+
 
 def routed_capacity(route: torch.Tensor, least: int = 16) -> int:
     """The routed-row buffer's length for ``route`` (B, T): 0 when no row is routed, else the
     power of two >= the most rows routed in one sequence (at least ``least``), at most T. One host
     read; a caller that knows a bound (a forced route, the budget) passes it as the capacity."""
     most = int(route.sum(1).max()) if route.numel() else 0
-    if most == 0:
-        return 0
-    return min(route.shape[1], max(least, 1 << (most - 1).bit_length()))
+    return routed_rows_bucket(most, route.shape[1], least)
 
 
 def gather_slots(route: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:

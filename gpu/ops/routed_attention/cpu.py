@@ -63,16 +63,25 @@ _SAVE_LIMIT = 1 << 26
 _KB_LIMIT = 1 << 25
 
 
-def routed_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted routed positions per row, padded: ``(idx [B, M], valid [B, M])``, M = max count.
+def routed_rows_bucket(most: int, t_len: int, least: int = 16) -> int:
+    """How many rows hold ``most`` routed rows when their count is bucketed: 0 for none, else the
+    power of two >= ``most`` (at least ``least``), at most ``t_len``. A compiled consumer then
+    sees a few lengths instead of one per routed count."""
+    return min(t_len, max(least, 1 << (most - 1).bit_length())) if most else 0
 
-    Padding entries hold index 0 and ``valid`` False.
+
+def routed_index(mask: torch.Tensor, *, pad: int = 0, bucket: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted routed positions per row, padded: ``(idx [B, M], valid [B, M])``, M = the largest
+    routed count (``bucket``: rounded up by :func:`routed_rows_bucket`). One host read.
+
+    Padding entries hold ``pad`` and ``valid`` False.
     """
     counts = mask.sum(1)
     m = int(counts.max()) if mask.numel() else 0
-    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :m]
-    valid = torch.arange(m, device=mask.device)[None, :] < counts[:, None]
-    return torch.where(valid, order, 0), valid
+    lanes = routed_rows_bucket(m, mask.shape[1]) if bucket else m
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :lanes]
+    valid = torch.arange(lanes, device=mask.device)[None, :] < counts[:, None]
+    return torch.where(valid, order, pad), valid
 
 
 def routed_attention_gathered(
@@ -340,11 +349,8 @@ def keyblock_plan(mask: torch.Tensor, block: int):
     The planned blocks are consecutive from position 0.
     """
     bsz, t_len = mask.shape
-    counts = mask.sum(1)
-    m = int(counts.max()) if mask.numel() else 0
-    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :m]
-    valid = torch.arange(m, device=mask.device)[None, :] < counts[:, None]
-    pos = torch.where(valid, order, t_len - 1)
+    pos, valid = routed_index(mask, pad=t_len - 1)
+    m = pos.shape[1]
     if m == 0:
         return pos, valid, []
     cum = F.pad(mask.cumsum(1), (1, 0))  # (B, T + 1): routed positions before each index
@@ -352,7 +358,7 @@ def keyblock_plan(mask: torch.Tensor, block: int):
     ends = (starts + block).clamp(max=t_len)
     first = cum[:, starts].amin(0).tolist()
     diag = cum[:, ends - 1].amax(0).tolist()
-    last = int(torch.where(valid, order, -1).max()) + 1
+    last = int(torch.where(valid, pos, -1).max()) + 1
     plan = []
     for j0, j1, r, e in zip(starts.tolist(), ends.tolist(), first, diag):
         if j0 >= last or r >= m:

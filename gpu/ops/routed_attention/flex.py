@@ -24,6 +24,8 @@ import torch
 
 from cramkit.errors import CramError
 
+from .cpu import routed_index
+
 
 def available() -> bool:
     """Whether this torch has FlexAttention."""
@@ -51,13 +53,7 @@ def routed_positions(mask: torch.Tensor, *, bucket: bool = False) -> tuple[torch
     """``mask [B, T]`` -> sorted routed positions ``pos [B, M]`` (padding ``T - 1``) and
     ``valid [B, M]``. ``bucket`` pads ``M`` up to a power of two (at least 16, at most ``T``):
     a compiled kernel then sees a few query lengths instead of one per routed count."""
-    t_len = mask.shape[1]
-    counts = mask.sum(1)
-    m = int(counts.max()) if mask.numel() else 0
-    lanes = min(max(16, 1 << max(0, m - 1).bit_length()), t_len) if bucket and m else m
-    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :lanes]
-    valid = torch.arange(lanes, device=mask.device)[None, :] < counts[:, None]
-    return torch.where(valid, order, t_len - 1), valid
+    return routed_index(mask, pad=mask.shape[1] - 1, bucket=bucket)
 
 
 def routed_block_mask(pos: torch.Tensor, t_len: int, *, compiled: bool):
