@@ -172,14 +172,8 @@ class WindowAttention(DenseAttention):
     step_bucketed = {}
 
     def step_state(self, st: KVState, n: int, bucket: int) -> dict[str, torch.Tensor]:
-        ring = self.window
-        keep = torch.arange(max(0, n - ring), n, device=st.k.device)
-        out = {}
-        for name in ("k", "v"):
-            src = getattr(st, name)
-            buf = src.new_zeros(*src.shape[:2], ring, src.shape[3])
-            buf[:, :, keep % ring] = src[:, :, keep]
-            out[name] = buf
+        out = {name: t.new_zeros(*t.shape[:2], self.window, t.shape[3]) for name, t in (("k", st.k), ("v", st.v))}
+        self._fill(out, st.k[:, :, :n], st.v[:, :, :n])
         return out
 
     def _slot(self, pos: torch.Tensor) -> torch.Tensor:

@@ -293,7 +293,7 @@ class FastDecoder:
             logits = self.model.prefill(tokens, state, route=route, generator=generator)
             self.state = ds.step_state_from(self.model, state, bucket)
         else:
-            logits, self.state = prefill_into(self.model, tokens, max(bucket, t_len), route=route, generator=generator)
+            logits, self.state = prefill_into(self.model, tokens, bucket, route=route, generator=generator)
         name = self.model.router_policy.name
         phase_ready = route is None  # a prefill by the router's own rule drew the stride phase
         self._draws = name == "random" or (name == "stride" and not phase_ready)

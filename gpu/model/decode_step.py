@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from cramkit.gpu.model.attention import bucketed
 from cramkit.gpu.model.cram import STEP_RULES
 from cramkit.gpu.model.mixer import StepContext
 from cramkit.gpu.model.routers import stride_period
@@ -87,13 +88,18 @@ class StepState:
             return
         for st, grows in zip(self.layers, self.grows):
             for name, dim in grows.items():
-                old = st[name]
-                shape = list(old.shape)
-                shape[dim] = bucket
-                new = old.new_zeros(shape)
-                new.narrow(dim, 0, self.bucket).copy_(old)
-                st[name] = new
+                st[name] = bucketed(st[name], self.bucket, bucket, dim)
         self.bucket = bucket
+
+
+def unflatten(slots: list[tuple[str, ...]], flat) -> list[dict[str, torch.Tensor]]:
+    """Per block, its step-state tensors by name from ``flat`` (``StepState.flat()`` order without
+    ``pos``; ``slots``: each block's names)."""
+    layers, i = [], 0
+    for names in slots:
+        layers.append(dict(zip(names, flat[i : i + len(names)])))
+        i += len(names)
+    return layers
 
 
 def empty_step_state(model, batch: int, bucket: int) -> StepState:
@@ -134,10 +140,7 @@ class DecodeStep(nn.Module):
         if m.pos is not None:
             x = x + m.pos(pos)
         sctx = StepContext(pos, route, force, uniforms)
-        i = 0
-        for names, blk in zip(self.slots, m.blocks):
-            st = dict(zip(names, flat[i : i + len(names)]))
-            i += len(names)
+        for st, blk in zip(unflatten(self.slots, flat), m.blocks):
             x = blk._mlp(x + blk.mixer.fast_step(blk.norm1(x), st, sctx))
             sctx.draw += blk.mixer.routed
         pos.add_(1)

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from cramkit.errors import CramError
-from cramkit.gpu.model.decode_step import StepState, empty_step_state
+from cramkit.gpu.model.decode_step import StepState, empty_step_state, unflatten
 from cramkit.gpu.model.gathered import routed_capacity
 from cramkit.gpu.model.mixer import PrefillContext
 from cramkit.gpu.model.state import check_route
@@ -75,9 +75,6 @@ class PrefillStep(nn.Module):
         self.model, self.capacity, self.slots = model, int(capacity), slots
 
     def forward(self, tokens, route, *flat):
-        layers, i = [], 0
-        for names in self.slots:
-            layers.append(dict(zip(names, flat[i : i + len(names)])))
-            i += len(names)
-        n_targets = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.int64, device=tokens.device)
-        return run_blocks(self.model, tokens, layers, PrefillContext(route, None, n_targets, self.capacity))
+        n_targets = self.model.n_targets(*tokens.shape, device=tokens.device)
+        pctx = PrefillContext(route, None, n_targets, self.capacity)
+        return run_blocks(self.model, tokens, unflatten(self.slots, flat), pctx)

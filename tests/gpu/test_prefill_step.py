@@ -11,8 +11,8 @@ import torch
 from cramkit.errors import CramError
 from cramkit.gpu.model.compiled import FastDecoder
 from cramkit.gpu.model.config import ModelConfig, RouterConfig
-from cramkit.gpu.model.gathered import gather_slots, gathered_attention, key_spans, routed_capacity
 from cramkit.gpu.model.decode_step import empty_step_state
+from cramkit.gpu.model.gathered import gather_slots, gathered_attention, key_spans, routed_capacity
 from cramkit.gpu.model.network import CramModel
 from cramkit.gpu.model.prefill_step import PrefillStep, prefill_into
 from cramkit.gpu.ops.routed_attention.reference import routed_attention_reference
