@@ -4,7 +4,6 @@ compiled here, before any timing; docs/inference.md, "The compiled decode step")
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
@@ -78,8 +77,9 @@ def _is_transformer(model) -> bool:
 def _transformer_compiled(model, tokens, eager_setup, t_len, steps) -> tuple[Callable, Callable, str]:
     """The transformer's static-KV step (:class:`cramkit.gpu.model.baselines.TransformerStep`) over
     a cache of ``t_len + steps`` positions (the eager prefill fills it), compiled the way the
-    CRAM models' steps are: AOTInductor where a C++ compiler is found, else ``torch.compile``,
-    else uncompiled (one warning line per failure), cached on disk like theirs."""
+    CRAM models' steps are (:func:`cramkit.gpu.model.compiled.backend_chain`, without CUDA graphs:
+    AOTInductor where a C++ compiler is found, else ``torch.compile``, else uncompiled, or what
+    ``$CRAM_DECODE_BACKEND`` names; one warning line per failure), cached on disk like theirs."""
     import hashlib
     import inspect
     import time
@@ -94,16 +94,9 @@ def _transformer_compiled(model, tokens, eager_setup, t_len, steps) -> tuple[Cal
     key = hashlib.sha256(repr([cc.weights_hash(model), [tuple(t.shape) for t in example], str(example[2].dtype),
                                str(example[2].device), torch.__version__, inspect.getsource(baselines),
                                repr(cc.INDUCTOR_OPTIONS)]).encode()).hexdigest()[:32]  # fmt: skip
-    chain = (["aoti"] if cc.has_cxx() else []) + ["compile", "uncompiled"]
-    if os.environ.get(cc.BACKEND_ENV) == "uncompiled":  # the test suite: never compile
-        chain = ["uncompiled"]
+    chain = [b for b in cc.backend_chain() if b != "cudagraph"]  # its arguments are not DecodeStep's
     start = time.perf_counter()
-    for name in chain:
-        try:
-            run = cc._COMPILERS[name](step, example, key, cc.cache_dir())
-            break
-        except Exception as exc:  # noqa: BLE001 -- a compile failure falls back, one line
-            cc._warn(f"{name} transformer step unavailable ({cc._one_line(exc)}); using the next")
+    name, run, _ = cc.compile_step(chain, step, example, key, cc.cache_dir(), cc._warn, "transformer step")
     seconds = time.perf_counter() - start
     toks = [tokens[:, i].contiguous() for i in range(t_len - 1, t_len - 1 + steps)]
 

@@ -200,6 +200,39 @@ def _cuda_graph(step, example, key: str, folder: Path) -> Callable:
 _COMPILERS = {"cudagraph": _cuda_graph, "aoti": _aoti, "compile": _torch_compile, "uncompiled": _uncompiled}
 
 
+def backend_chain(backend: str = "auto", *, cuda: bool = False) -> list[str]:
+    """The backends tried in order for ``backend``: ``auto`` means ``$CRAM_DECODE_BACKEND`` when it
+    is set, else ``cudagraph`` (``cuda`` only), ``aoti`` (where a C++ compiler is found),
+    ``compile``, ``uncompiled``; a named backend is tried before ``uncompiled``."""
+    if backend == "auto" and os.environ.get(BACKEND_ENV):
+        backend = os.environ[BACKEND_ENV]
+        if backend not in BACKENDS:
+            raise CramError(f"{BACKEND_ENV} must be one of {BACKENDS}, got {backend!r}")
+    if backend not in BACKENDS:
+        raise CramError(f"the decode backend must be one of {BACKENDS}, got {backend!r}")
+    chain = ["aoti", "compile", "uncompiled"] if backend == "auto" else [backend, "uncompiled"]
+    if backend == "auto" and cuda:  # CUDA: the step in a CUDA graph first; never on the CPU
+        chain.insert(0, "cudagraph")
+    if backend == "auto" and not has_cxx():
+        chain.remove("aoti")
+    return list(dict.fromkeys(chain))
+
+
+def compile_step(chain: list[str], step, example: list[torch.Tensor], key: str, folder: Path,
+                 warn: Callable[[str], None], what: str = "decode step") -> tuple[str, Callable, list[str]]:  # fmt: skip
+    """The first backend of ``chain`` that builds ``step``: (its name, the callable, the chain from
+    it on). Each failure is one ``warn`` line naming the next backend; the last one failing is a
+    :class:`CramError`."""
+    for i, name in enumerate(chain):
+        try:
+            return name, _COMPILERS[name](step, example, key, folder), chain[i:]
+        except Exception as exc:  # noqa: BLE001 -- any compile failure falls back, one line
+            if i == len(chain) - 1:
+                raise CramError(f"the {what} failed ({_one_line(exc)})") from None
+            warn(f"{name} {what} unavailable ({_one_line(exc)}); using {chain[i + 1]}")
+    raise CramError(f"the {what} has no backend to try")
+
+
 class FastDecoder:
     """The sync-free prefill, then the compiled sync-free step, for one batch of sequences.
 
@@ -209,21 +242,10 @@ class FastDecoder:
 
     def __init__(self, model, *, backend: str = "auto", folder: str | os.PathLike | None = None,
                  warn: Callable[[str], None] = _warn):  # fmt: skip
-        if backend == "auto" and os.environ.get(BACKEND_ENV):
-            backend = os.environ[BACKEND_ENV]
-            if backend not in BACKENDS:
-                raise CramError(f"{BACKEND_ENV} must be one of {BACKENDS}, got {backend!r}")
-        if backend not in BACKENDS:
-            raise CramError(f"the decode backend must be one of {BACKENDS}, got {backend!r}")
+        self.chain = backend_chain(backend, cuda=model.embed.weight.is_cuda)
         self.model = model
         self.step_fn = ds.DecodeStep(model)
         self.own_reason = ds.own_route_reason(model)
-        chain = ["aoti", "compile", "uncompiled"] if backend == "auto" else [backend, "uncompiled"]
-        if backend == "auto" and model.embed.weight.is_cuda:  # CUDA: the step in a CUDA graph first; never on the CPU
-            chain.insert(0, "cudagraph")
-        if backend == "auto" and not has_cxx():
-            chain.remove("aoti")
-        self.chain = list(dict.fromkeys(chain))
         self.folder = Path(folder) if folder is not None else cache_dir()
         self.warn = warn
         self.graphs: dict[tuple[int, int], tuple[str, Callable]] = {}
@@ -247,18 +269,8 @@ class FastDecoder:
             self._weights = self._weights or weights_hash(self.model)
             key = graph_key(self.model, *spec, weights=self._weights)
             example = example_inputs(self.step_fn, state)
-            for name in self.chain:
-                try:
-                    run = _COMPILERS[name](self.step_fn, example, key, self.folder)
-                except Exception as exc:  # noqa: BLE001 -- any compile failure falls back, one line
-                    nxt = self.chain[self.chain.index(name) + 1] if name != self.chain[-1] else None
-                    if nxt is None:
-                        raise CramError(f"the decode step failed ({_one_line(exc)})") from None
-                    self.warn(f"{name} decode step unavailable ({_one_line(exc)}); using {nxt}")
-                    self.chain = self.chain[self.chain.index(name) + 1 :]
-                    continue
-                self.graphs[spec] = (name, run)
-                break
+            name, run, self.chain = compile_step(self.chain, self.step_fn, example, key, self.folder, self.warn)
+            self.graphs[spec] = (name, run)
             self.compile_seconds += time.perf_counter() - start
         self.backend_used = self.graphs[spec][0]
         return self.graphs[spec][1]
