@@ -128,6 +128,18 @@ def mean_ci(xs: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(xs), T95[len(xs) - 1] * statistics.stdev(xs) / math.sqrt(len(xs))
 
 
+def ci_text(xs: list[float], fmt: str = "{:.4f}") -> str:
+    """The mean of ``xs`` and its 95 % half-width (none for one value), as a table cell."""
+    mu, ci = mean_ci(xs)
+    return fmt.format(mu) + ("" if ci is None else f" ± {ci:.4f}")
+
+
+def avg(dicts: list[dict], key: str) -> float | None:
+    """The mean of ``key`` over the dicts that have a value for it (None when none has)."""
+    vals = [d[key] for d in dicts if d.get(key) is not None]
+    return statistics.fmean(vals) if vals else None
+
+
 def spread(xs: list[float]) -> float:
     return max(xs) - min(xs)
 
@@ -201,16 +213,10 @@ def study_table(rows: list[dict], scale: str) -> list[str]:
     for label in labels:
         rs = list(by(rows, scale, label).values())
         fin = [r["final"] for r in rs]
-
-        def avg(k, fin=fin):
-            vals = [f[k] for f in fin if f.get(k) is not None]
-            return statistics.fmean(vals) if vals else None
-
-        mu, ci = mean_ci([f["bpb"] for f in fin])
-        cis = f"{mu:.4f}" + ("" if ci is None else f" ± {ci:.4f}")
-        out.append(f"| {label} | {','.join(str(r['seed']) for r in rs)} | {cis} | {_f(avg('bpb_recall'), '{:.4f}')} "
-                   f"| {_f(avg('bpb_other'), '{:.4f}')} | {_f(avg('rho_all'))} | {_f(avg('rho_recall'))} "
-                   f"| {_f(avg('rho_other'))} | {_f(avg('attn_share_recall'))} | {_f(avg('recall_share'))} |")  # fmt: skip
+        out.append(f"| {label} | {','.join(str(r['seed']) for r in rs)} | {ci_text([f['bpb'] for f in fin])} "
+                   f"| {_f(avg(fin, 'bpb_recall'), '{:.4f}')} | {_f(avg(fin, 'bpb_other'), '{:.4f}')} "
+                   f"| {_f(avg(fin, 'rho_all'))} | {_f(avg(fin, 'rho_recall'))} | {_f(avg(fin, 'rho_other'))} "
+                   f"| {_f(avg(fin, 'attn_share_recall'))} | {_f(avg(fin, 'recall_share'))} |")  # fmt: skip
     return out
 
 
@@ -240,8 +246,7 @@ def paired_table(rows: list[dict], scale: str, ref: str) -> list[str]:
         if not seeds:
             continue
         diffs = [other[k]["final"]["bpb"] - base[k]["final"]["bpb"] for k in seeds]
-        mu, ci = mean_ci(diffs)
-        out.append(f"| {label} | {','.join(map(str, seeds))} | {mu:+.4f}{'' if ci is None else f' ± {ci:.4f}'} "
+        out.append(f"| {label} | {','.join(map(str, seeds))} | {ci_text(diffs, '{:+.4f}')} "
                    f"| {' / '.join(f'{d:+.4f}' for d in diffs)} |")  # fmt: skip
     return out
 
@@ -283,20 +288,13 @@ def heldout_table(rows: list[dict], scale: str) -> list[str]:
         if not rs:
             continue
         ev = [{**r["eval_web"], "lift": _lift(r["eval_web"])} for r in rs]
-        mu, ci = mean_ci([e["bpb"] for e in ev])
         diffs = [r["eval_web"]["bpb"] - none[r["seed"]] for r in rs if r["seed"] in none]
-        dmu, dci = mean_ci(diffs) if diffs and label != "none" else (None, None)
-        paired = "-" if dmu is None else f"{dmu:+.4f}" + ("" if dci is None else f" ± {dci:.4f}")
-
-        def avg(k, ev=ev):
-            vals = [e[k] for e in ev if e.get(k) is not None]
-            return statistics.fmean(vals) if vals else None
-
+        paired = ci_text(diffs, "{:+.4f}") if diffs and label != "none" else "-"
         out.append(f"| {label} | {','.join(str(r['seed']) for r in rs)} "
-                   f"| {statistics.fmean(r['final']['bpb'] for r in rs):.4f} | {mu:.4f}{'' if ci is None else f' ± {ci:.4f}'} "
-                   f"| {_f(avg('bpb_recall'), '{:.4f}')} | {_f(avg('bpb_other'), '{:.4f}')} | {paired} | {_f(avg('recall_share'))} "
-                   f"| {_f(avg('rho_all'))} | {_f(avg('attn_share_recall'))} | {_f(avg('need_share'))} "
-                   f"| {_f(avg('lift'), '{:.2f}')} |")  # fmt: skip
+                   f"| {statistics.fmean(r['final']['bpb'] for r in rs):.4f} | {ci_text([e['bpb'] for e in ev])} "
+                   f"| {_f(avg(ev, 'bpb_recall'), '{:.4f}')} | {_f(avg(ev, 'bpb_other'), '{:.4f}')} | {paired} "
+                   f"| {_f(avg(ev, 'recall_share'))} | {_f(avg(ev, 'rho_all'))} | {_f(avg(ev, 'attn_share_recall'))} "
+                   f"| {_f(avg(ev, 'need_share'))} | {_f(avg(ev, 'lift'), '{:.2f}')} |")  # fmt: skip
     return out if len(out) > 2 else []
 
 
